@@ -1,0 +1,146 @@
+//! `credwatch check`: what the kernel and this process's privileges allow, probe by probe.
+use std::path::Path;
+
+use crate::{btf, probes, sys};
+
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub name: String,
+    pub ok: bool,
+    /// The agent cannot run without it.
+    pub required: bool,
+    pub detail: String,
+}
+
+fn item(name: impl Into<String>, ok: bool, required: bool, detail: impl Into<String>) -> Item {
+    Item {
+        name: name.into(),
+        ok,
+        required,
+        detail: detail.into(),
+    }
+}
+
+/// Runs every check. Probes are really loaded and attached (then detached) when privileges allow.
+pub fn run() -> Vec<Item> {
+    let mut items = Vec::new();
+    let privileged = sys::missing_privileges();
+    items.push(match &privileged {
+        None => item("privileges", true, true, "can load eBPF programs"),
+        Some(why) => item("privileges", false, true, why.clone()),
+    });
+    let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF));
+    items.push(match &offsets {
+        Ok(o) => item(
+            "kernel BTF",
+            true,
+            true,
+            format!(
+                "{} (task_struct.files@{}, file.f_inode@{}, inode.i_ino@{})",
+                btf::VMLINUX_BTF,
+                o.task_files,
+                o.file_f_inode,
+                o.inode_i_ino
+            ),
+        ),
+        Err(e) => item("kernel BTF", false, true, e.to_string()),
+    });
+    for (path, fstype, required, why) in [
+        (
+            sys::TRACEFS,
+            "tracefs",
+            true,
+            "tracepoint ids are read from it",
+        ),
+        (sys::BPFFS, "bpf", false, "for pinning maps"),
+    ] {
+        let name = format!("{fstype} at {path}");
+        items.push(
+            if sys::is_mounted(path, fstype) || Path::new(path).join("events").exists() {
+                item(name, true, required, "mounted")
+            } else if privileged.is_none() {
+                match sys::ensure_mounted(path, fstype) {
+                    Ok(_) => item(
+                        name,
+                        true,
+                        required,
+                        "was not mounted; mounted it now (the agent does the same)",
+                    ),
+                    Err(e) => item(
+                        name,
+                        false,
+                        required,
+                        format!("not mounted and mounting failed: {e} ({why})"),
+                    ),
+                }
+            } else {
+                item(
+                    name,
+                    false,
+                    required,
+                    format!("not mounted; the agent mounts it when run as root ({why})"),
+                )
+            },
+        );
+    }
+    items.push(match sys::cgroup2_mount() {
+        Some(m) => item("cgroup v2", true, false, format!("mounted at {m}")),
+        None => item(
+            "cgroup v2",
+            false,
+            false,
+            "not mounted: reads are counted but readers cannot be told apart",
+        ),
+    });
+    match (&privileged, &offsets) {
+        (None, Ok(off)) => match probes::load(off, std::process::id()) {
+            Ok(mut ebpf) => {
+                let statuses = probes::attach(&mut ebpf, &probes::FILE_PROBES);
+                let any = statuses.iter().any(|s| s.attached);
+                for s in statuses {
+                    // openat is what every libc uses; without it the agent is blind.
+                    let required = s.probe.ends_with("/sys_exit_openat") || !any;
+                    let detail = s.error.unwrap_or_else(|| "attached".to_owned());
+                    items.push(item(
+                        format!("probe {}", s.probe),
+                        s.attached,
+                        required,
+                        detail,
+                    ));
+                }
+            }
+            Err(e) => items.push(item("eBPF object", false, true, format!("{e}"))),
+        },
+        _ => items.push(item(
+            "probes",
+            false,
+            true,
+            "not tried: needs the privileges and BTF above",
+        )),
+    }
+    items
+}
+
+/// Prints the report; returns whether the agent can run.
+pub fn print(items: &[Item]) -> bool {
+    let width = items.iter().map(|i| i.name.len()).max().unwrap_or(0);
+    for i in items {
+        let mark = match (i.ok, i.required) {
+            (true, _) => "ok  ",
+            (false, true) => "FAIL",
+            (false, false) => "warn",
+        };
+        let mut lines = i.detail.lines();
+        println!("{mark}  {:width$}  {}", i.name, lines.next().unwrap_or(""));
+        for l in lines {
+            println!("      {:width$}  {l}", "");
+        }
+    }
+    let can_run = items.iter().all(|i| i.ok || !i.required);
+    if can_run {
+        println!("\nthe agent can run on this host");
+    } else {
+        println!("\nthe agent cannot run on this host: see FAIL above");
+    }
+    can_run
+}

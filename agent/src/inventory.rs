@@ -1,0 +1,409 @@
+//! Host-mode inventory: finds credential files under the watch paths (files, directories, globs),
+//! keeps `Credentials` and the kernel's `WATCHED` map in step with them, and follows creation,
+//! replacement and deletion with inotify (plus a periodic rescan as a safety net).
+use std::{
+    collections::{BTreeSet, HashSet},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use credwatch_common::InodeKey;
+use futures_util::StreamExt;
+use inotify::{Inotify, WatchMask};
+
+use crate::{
+    credential,
+    state::{Found, MapOp, State, REMOVED_GRACE},
+    sys,
+};
+
+/// Deepest directory level searched below a watch root.
+pub const MAX_DEPTH: usize = 8;
+/// Files tracked per watch entry; beyond it files are skipped and counted as cardinality drops.
+pub const MAX_FILES_PER_WATCH: usize = 4096;
+/// Rescan even without inotify events (a missed event, an unwatchable directory).
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+/// Events arriving within this window are folded into one rescan.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+
+/// One `--watch` entry: a file, directory or glob. Its `root` (the directory part before any
+/// glob character) is the `volume` label; a file's path below it is the `file` label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub pattern: String,
+    pub root: PathBuf,
+    glob: bool,
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+impl WatchSpec {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("watch path {pattern:?} is not absolute"));
+        }
+        let glob = has_glob(pattern);
+        if glob {
+            glob::Pattern::new(pattern).map_err(|e| format!("watch glob {pattern:?}: {e}"))?;
+        }
+        let path = Path::new(pattern);
+        // Literal prefix: components up to the first one with a glob character.
+        let mut root = PathBuf::from("/");
+        for c in path.components().skip(1) {
+            if has_glob(&c.as_os_str().to_string_lossy()) {
+                break;
+            }
+            root.push(c);
+        }
+        if glob {
+            // `root` is already the directory part.
+        } else if !path.is_dir() {
+            // A single file: its directory is the root. (A path that does not exist yet is
+            // taken as a file; if it appears as a directory the next scan's labels follow.)
+            root = path.parent().unwrap_or(Path::new("/")).to_owned();
+        }
+        Ok(Self {
+            pattern: pattern.trim_end_matches('/').to_owned().max("/".to_owned()),
+            root,
+            glob,
+        })
+    }
+}
+
+/// What one pass over the watch paths found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    /// Directories to watch with inotify (existing ones only).
+    pub dirs: BTreeSet<PathBuf>,
+    /// Watch entries with nothing on disk yet.
+    pub missing: Vec<String>,
+    /// Files skipped by `MAX_FILES_PER_WATCH`.
+    pub skipped: u64,
+}
+
+pub fn scan(specs: &[WatchSpec]) -> Scan {
+    let mut out = Scan::default();
+    let mut inodes = HashSet::new();
+    for spec in specs {
+        // Watch the nearest existing ancestor of the root so that its creation is seen.
+        let mut anchor = spec.root.as_path();
+        while !anchor.is_dir() {
+            match anchor.parent() {
+                Some(p) => anchor = p,
+                None => break,
+            }
+        }
+        out.dirs.insert(anchor.to_owned());
+        let mut files = Vec::new();
+        if spec.glob {
+            // Every directory level of the pattern, so new matches at any level are seen.
+            let parts: Vec<_> = Path::new(&spec.pattern).components().collect();
+            for n in 2..parts.len() {
+                let prefix: PathBuf = parts[..n].iter().collect();
+                if has_glob(&prefix.to_string_lossy()) {
+                    for m in glob::glob(&prefix.to_string_lossy())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        if m.is_dir() {
+                            out.dirs.insert(m);
+                        }
+                    }
+                }
+            }
+            let mut matches: Vec<PathBuf> = glob::glob(&spec.pattern)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect();
+            matches.sort();
+            for m in matches {
+                visit(&m, 0, &mut files, &mut out.dirs);
+            }
+        } else if Path::new(&spec.pattern).exists() {
+            visit(Path::new(&spec.pattern), 0, &mut files, &mut out.dirs);
+        }
+        if files.is_empty() && !Path::new(&spec.pattern).exists() && !spec.glob {
+            out.missing.push(spec.pattern.clone());
+        }
+        let mut tracked = 0;
+        for (path, meta) in files {
+            let key = InodeKey::new(sys::kernel_dev(meta.dev()), meta.ino());
+            // The same file under two watch entries (a symlinked kubeconfig, say) is one credential.
+            if !inodes.insert(key) {
+                continue;
+            }
+            if tracked >= MAX_FILES_PER_WATCH {
+                out.skipped += 1;
+                continue;
+            }
+            let file = path
+                .strip_prefix(&spec.root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            tracked += 1;
+            out.found.push(Found {
+                volume: spec.root.to_string_lossy().into_owned(),
+                file,
+                path,
+                inode: key,
+            });
+        }
+    }
+    out
+}
+
+/// Collects regular files at or below `path`. Names starting with `..` are the kubelet atomic
+/// writer's internals (the visible names are symlinks into them); `.pub` files are public keys.
+fn visit(
+    path: &Path,
+    depth: usize,
+    files: &mut Vec<(PathBuf, std::fs::Metadata)>,
+    dirs: &mut BTreeSet<PathBuf>,
+) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return; // dangling symlink, or gone since listed
+    };
+    if meta.is_file() {
+        if !path.extension().is_some_and(|e| e == "pub") {
+            files.push((path.to_owned(), meta));
+        }
+        return;
+    }
+    if !meta.is_dir() || depth >= MAX_DEPTH {
+        return;
+    }
+    // Do not descend through symlinked directories (loops, and files outside the root).
+    if depth > 0 && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return;
+    }
+    dirs.insert(path.to_owned());
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    let mut names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+    names.sort();
+    for name in names {
+        if name.to_string_lossy().starts_with("..") {
+            continue;
+        }
+        visit(&path.join(name), depth + 1, files, dirs);
+    }
+}
+
+pub fn specs(patterns: &[String]) -> (Vec<WatchSpec>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for p in patterns {
+        match WatchSpec::new(p) {
+            Ok(s) => ok.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (ok, errors)
+}
+
+/// Applies a scan to the shared state and returns the kernel map changes.
+pub fn apply(state: &State, scan: &Scan) -> Vec<MapOp> {
+    let mut creds = state.credentials.lock().expect("credentials lock");
+    creds.apply(
+        &scan.found,
+        |f| credential::classify_file(&f.path),
+        Instant::now(),
+        sys::unix_now(),
+        REMOVED_GRACE,
+    )
+}
+
+/// Keeps the inventory current until the process ends. `sink` applies map changes to the kernel.
+pub struct Watcher {
+    specs: Vec<WatchSpec>,
+    state: Arc<State>,
+    sink: Box<dyn Fn(&[MapOp]) + Send + Sync>,
+    inotify_dirs: HashSet<PathBuf>,
+    warned_missing: HashSet<String>,
+    last_skipped: u64,
+}
+
+impl Watcher {
+    pub fn new(
+        specs: Vec<WatchSpec>,
+        state: Arc<State>,
+        sink: Box<dyn Fn(&[MapOp]) + Send + Sync>,
+    ) -> Self {
+        Self {
+            specs,
+            state,
+            sink,
+            inotify_dirs: HashSet::new(),
+            warned_missing: HashSet::new(),
+            last_skipped: 0,
+        }
+    }
+
+    /// One full pass: scan, apply, update kernel maps. Returns the directories to watch.
+    pub fn rescan(&mut self) -> BTreeSet<PathBuf> {
+        let scan = scan(&self.specs);
+        for m in &scan.missing {
+            if self.warned_missing.insert(m.clone()) {
+                tracing::warn!(path = %m, "watch path does not exist (yet); it will be watched when it appears");
+            }
+        }
+        self.warned_missing.retain(|m| scan.missing.contains(m));
+        if scan.skipped > self.last_skipped {
+            self.state
+                .lost
+                .cardinality
+                .fetch_add(scan.skipped - self.last_skipped, Ordering::Relaxed);
+            tracing::warn!(
+                skipped = scan.skipped,
+                limit = MAX_FILES_PER_WATCH,
+                "too many files under a watch path; the rest are not tracked"
+            );
+        }
+        self.last_skipped = scan.skipped;
+        let ops = apply(&self.state, &scan);
+        for op in &ops {
+            if let MapOp::Watch(_, c) = op {
+                let creds = self.state.credentials.lock().expect("credentials lock");
+                if let Some(r) = creds.get(c.cred_id) {
+                    tracing::info!(volume = %r.volume, file = %r.file, kind = r.kind.as_str(), generation = r.generation, "watching credential");
+                }
+            }
+        }
+        (self.sink)(&ops);
+        scan.dirs
+    }
+
+    /// Runs forever: rescans on inotify events (debounced) and every `RESCAN_INTERVAL`.
+    pub async fn run(mut self, first_dirs: BTreeSet<PathBuf>) -> std::io::Result<()> {
+        let inotify = Inotify::init()?;
+        let mut watches = inotify.watches();
+        let mask = WatchMask::CREATE
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::MOVED_TO
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::ATTRIB
+            | WatchMask::DELETE_SELF
+            | WatchMask::MOVE_SELF;
+        let mut add = |dirs: &BTreeSet<PathBuf>, known: &mut HashSet<PathBuf>| {
+            known.retain(|d| dirs.contains(d));
+            for d in dirs {
+                if !known.contains(d) && watches.add(d, mask).is_ok() {
+                    known.insert(d.clone());
+                }
+            }
+        };
+        add(&first_dirs, &mut self.inotify_dirs);
+        let mut stream = inotify.into_event_stream([0u8; 8192])?;
+        let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                ev = stream.next() => {
+                    if ev.is_none() { return Ok(()); }
+                    // Fold a burst (an atomic writer's several steps) into one pass.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, stream.next()).await {}
+                }
+                _ = tick.tick() => {}
+            }
+            let dirs = self.rescan();
+            add(&dirs, &mut self.inotify_dirs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = WatchSpec::new(d).unwrap();
+        assert_eq!(s.root, dir.path());
+        let s = WatchSpec::new(&format!("{d}/missing.conf")).unwrap();
+        assert_eq!(s.root, dir.path());
+        let s = WatchSpec::new("/home/*/.kube/config").unwrap();
+        assert_eq!(s.root, PathBuf::from("/home"));
+        let s = WatchSpec::new("/etc/kubernetes/*.conf").unwrap();
+        assert_eq!(s.root, PathBuf::from("/etc/kubernetes"));
+        assert!(WatchSpec::new("relative/path")
+            .unwrap_err()
+            .contains("not absolute"));
+        assert!(WatchSpec::new("/a/[b").is_err());
+    }
+
+    #[test]
+    fn scan_finds_files_dedupes_inodes_and_skips_internals() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("vol/..2026_01_01")).unwrap();
+        std::fs::write(root.join("vol/..2026_01_01/token"), "t").unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", root.join("vol/..data")).unwrap();
+        std::os::unix::fs::symlink("..data/token", root.join("vol/token")).unwrap();
+        std::fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
+        std::fs::write(root.join("home/alice/.ssh/id_ed25519"), "k").unwrap();
+        std::fs::write(root.join("home/alice/.ssh/id_ed25519.pub"), "p").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.join("vol/dangling")).unwrap();
+        let r = root.to_str().unwrap();
+        let (specs, errs) = specs(&[
+            format!("{r}/vol"),
+            format!("{r}/home/*/.ssh/id_*"),
+            format!("{r}/vol/token"), // same inode as vol/token above
+            format!("{r}/not/there/yet"),
+        ]);
+        assert!(errs.is_empty());
+        let s = scan(&specs);
+        let got: Vec<(String, String)> = s
+            .found
+            .iter()
+            .map(|f| (f.volume.clone(), f.file.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (format!("{r}/vol"), "token".to_owned()),
+                (format!("{r}/home"), "alice/.ssh/id_ed25519".to_owned()),
+            ]
+        );
+        assert_eq!(s.missing, vec![format!("{r}/not/there/yet")]);
+        assert!(
+            s.dirs.contains(&root.join("home/alice/.ssh")),
+            "{:?}",
+            s.dirs
+        );
+        assert!(
+            s.dirs.contains(&root.join("home/alice")),
+            "glob levels are watched: {:?}",
+            s.dirs
+        );
+        assert!(
+            s.dirs.contains(root),
+            "nearest existing ancestor of a missing path: {:?}",
+            s.dirs
+        );
+    }
+
+    #[test]
+    fn scan_caps_files_per_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..(MAX_FILES_PER_WATCH + 3) {
+            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let (specs, _) = specs(&[dir.path().to_string_lossy().into_owned()]);
+        let s = scan(&specs);
+        assert_eq!(s.found.len(), MAX_FILES_PER_WATCH);
+        assert_eq!(s.skipped, 3);
+    }
+}

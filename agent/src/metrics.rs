@@ -1,0 +1,301 @@
+//! `/metrics`: a prometheus-client collector that reads the kernel's counters and the agent's
+//! state at scrape time (nothing is mirrored). Names and labels follow the catalog in design.md.
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use credwatch_common::LostStage;
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
+use crate::{
+    identity::{self, CgroupResolver, NODE},
+    probes::{KernelMaps, ReadTotal},
+    state::{CredentialRecord, State},
+    sys::MonotonicClock,
+};
+
+pub const PREFIX: &str = "credwatch";
+/// The `container` label of a reader whose cgroup is gone and was never described (its event
+/// was dropped): counted, but not attributable.
+pub const UNKNOWN_READER: &str = "_unknown";
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+pub struct Collector {
+    pub state: Arc<State>,
+    pub maps: Option<Arc<KernelMaps>>,
+    pub cgroups: Arc<CgroupResolver>,
+    pub kernel: String,
+}
+
+pub fn registry(collector: Collector) -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    r.register_collector(Box::new(collector));
+    r
+}
+
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    out
+}
+
+fn identity(c: &CredentialRecord) -> Labels {
+    vec![
+        ("namespace", c.namespace.clone()),
+        ("pod", c.pod.clone()),
+        ("volume", c.volume.clone()),
+        ("file", c.file.clone()),
+    ]
+}
+
+fn with(mut l: Labels, k: &'static str, v: impl Into<String>) -> Labels {
+    l.push((k, v.into()));
+    l
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, f64)],
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector {
+    fn reader_label(&self, cgroup_id: u64) -> String {
+        if let Some(r) = self.state.readers.get(&cgroup_id) {
+            return r.container.clone();
+        }
+        match self.cgroups.path_of(cgroup_id, None) {
+            Some(p) => identity::parse_cgroup_path(&p).container_label(),
+            None => UNKNOWN_READER.to_owned(),
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let clock = MonotonicClock::now();
+        let totals: Vec<ReadTotal> = self
+            .maps
+            .as_ref()
+            .map(|m| m.read_totals())
+            .unwrap_or_default();
+        let creds: Vec<CredentialRecord> = self
+            .state
+            .credentials
+            .lock()
+            .expect("credentials lock")
+            .iter()
+            .cloned()
+            .collect();
+
+        // Reads by (credential, container label): summed over generations and cgroups.
+        let mut reads: BTreeMap<(u32, String), (u64, u64)> = BTreeMap::new();
+        for c in &creds {
+            // Present with 0 before anyone reads it: "mounted, never read" is one expression.
+            reads.entry((c.id, NODE.to_owned())).or_default();
+        }
+        for t in &totals {
+            if !creds.iter().any(|c| c.id == t.key.cred_id) {
+                continue; // purged
+            }
+            let e = reads
+                .entry((t.key.cred_id, self.reader_label(t.key.cgroup_id)))
+                .or_default();
+            e.0 += t.count;
+            e.1 = e.1.max(t.last_read_ns);
+        }
+        let by_id: BTreeMap<u32, &CredentialRecord> = creds.iter().map(|c| (c.id, c)).collect();
+
+        let info: Vec<(Labels, f64)> = creds
+            .iter()
+            .map(|c| {
+                let mut l = identity(c);
+                l.extend([
+                    ("kind", c.kind.as_str().to_owned()),
+                    ("source", c.source.clone()),
+                    ("pod_uid", c.pod_uid.clone()),
+                    ("service_account", c.service_account.clone()),
+                ]);
+                (l, 1.0)
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "credential_info",
+            "One per known credential file.",
+            &info,
+        )?;
+
+        let issued: Vec<(Labels, f64)> = creds
+            .iter()
+            .map(|c| (identity(c), c.generation_seen_at))
+            .collect();
+        gauges(
+            &mut enc,
+            "credential_issued_timestamp_seconds",
+            "When the current generation was issued: JWT iat, certificate NotBefore, else when the agent first saw it.",
+            &issued,
+        )?;
+
+        let rotations: Vec<(Labels, u64)> =
+            creds.iter().map(|c| (identity(c), c.rotations)).collect();
+        counters(
+            &mut enc,
+            "credential_rotations",
+            "Generations observed after the first.",
+            &rotations,
+        )?;
+
+        let mut read_rows = Vec::new();
+        let mut last_rows = Vec::new();
+        for ((id, container), (count, last)) in &reads {
+            let Some(c) = by_id.get(id) else { continue };
+            let l = with(identity(c), "container", container.clone());
+            if *count > 0 {
+                last_rows.push((l.clone(), clock.to_unix_seconds(*last)));
+            }
+            read_rows.push((l, *count));
+        }
+        counters(
+            &mut enc,
+            "credential_reads",
+            "Opens of the credential for reading, by reader.",
+            &read_rows,
+        )?;
+        gauges(
+            &mut enc,
+            "credential_last_read_timestamp_seconds",
+            "Unix time of the reader's last read.",
+            &last_rows,
+        )?;
+
+        let kernel_lost = |s| self.maps.as_ref().map(|m| m.lost(s)).unwrap_or(0);
+        let ul = &self.state.lost;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        let lost = [
+            ("kernel_ringbuf", kernel_lost(LostStage::RingBuf)),
+            ("kernel_reads_map", kernel_lost(LostStage::ReadsMap)),
+            ("kernel_watched_map", load(&ul.watched_map)),
+            ("channel", load(&ul.channel)),
+            ("decode", load(&ul.decode)),
+            ("cardinality", load(&ul.cardinality)),
+        ];
+        let lost: Vec<(Labels, u64)> = lost
+            .iter()
+            .map(|(s, v)| (vec![("stage", s.to_string())], *v))
+            .collect();
+        counters(
+            &mut enc,
+            "events_lost",
+            "Everything dropped anywhere, by stage.",
+            &lost,
+        )?;
+
+        let probes: Vec<(Labels, f64)> = self
+            .state
+            .probes
+            .lock()
+            .expect("probes lock")
+            .iter()
+            .map(|p| {
+                (
+                    vec![("probe", p.probe.clone())],
+                    if p.attached { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        gauges(
+            &mut enc,
+            "probe_attached",
+            "1 when the probe is attached.",
+            &probes,
+        )?;
+
+        gauges(
+            &mut enc,
+            "build_info",
+            "The agent's version and the kernel it runs on.",
+            &[(
+                vec![
+                    ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                    ("kernel", self.kernel.clone()),
+                ],
+                1.0,
+            )],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Found;
+    use credwatch_common::InodeKey;
+
+    #[test]
+    fn renders_catalog_names_with_zero_reads_and_no_values() {
+        let state = Arc::new(State::default());
+        state.credentials.lock().unwrap().apply(
+            &[Found {
+                volume: "/run/secrets".into(),
+                file: "db/password".into(),
+                path: "/run/secrets/db/password".into(),
+                inode: InodeKey::new(1, 2),
+            }],
+            |_| crate::credential::Kind::Opaque,
+            std::time::Instant::now(),
+            1000.0,
+            crate::state::REMOVED_GRACE,
+        );
+        let reg = registry(Collector {
+            state,
+            maps: None,
+            cgroups: Arc::new(CgroupResolver::new("/nonexistent")),
+            kernel: "6.18.0".into(),
+        });
+        let text = render(&reg);
+        let id = r#"namespace="",pod="",volume="/run/secrets",file="db/password""#;
+        for want in [
+            format!("credwatch_credential_info{{{id},kind=\"opaque\",source=\"host\",pod_uid=\"\",service_account=\"\"}} 1"),
+            format!("credwatch_credential_reads_total{{{id},container=\"_node\"}} 0"),
+            format!("credwatch_credential_rotations_total{{{id}}} 0"),
+            format!("credwatch_credential_issued_timestamp_seconds{{{id}}} 1000.0"),
+            "credwatch_events_lost_total{stage=\"kernel_ringbuf\"} 0".to_owned(),
+            "credwatch_events_lost_total{stage=\"cardinality\"} 0".to_owned(),
+            "credwatch_build_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1".to_owned(),
+            "# TYPE credwatch_credential_reads counter".to_owned(),
+            "# EOF".to_owned(),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(
+            !text.contains("credential_last_read_timestamp_seconds{"),
+            "no last-read before a read"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Loading the eBPF object, attaching its programs, and the typed handles to its maps. Lives in
+//! the library so that `credwatch check`, the benchmark and the tests run exactly what the agent runs.
+use std::sync::Mutex;
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use credwatch_common::{
+    globals, maps, Credential, InodeKey, KernelOffsets, LostStage, ReadKey, ReadStats,
+};
+
+use crate::state::{MapOp, ProbeStatus};
+
+/// The eBPF object built by `build.rs`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch"));
+
+/// A tracepoint program and where it attaches.
+#[derive(Clone, Copy, Debug)]
+pub struct TracepointProbe {
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+}
+
+const fn syscall_exit(program: &'static str, name: &'static str) -> TracepointProbe {
+    TracepointProbe {
+        program,
+        category: "syscalls",
+        name,
+    }
+}
+
+/// The file probes: the exits of every syscall that returns a new descriptor for a path.
+/// (`creat` is left out: it always opens write-only, so it can never be a read.)
+pub const FILE_PROBES: [TracepointProbe; 4] = [
+    syscall_exit("sys_exit_openat", "sys_exit_openat"),
+    syscall_exit("sys_exit_openat2", "sys_exit_openat2"),
+    syscall_exit("sys_exit_open", "sys_exit_open"),
+    syscall_exit("sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at"),
+];
+
+/// Empty programs on the same tracepoints: the benchmark's floor.
+pub const FLOOR_PROBES: [TracepointProbe; 4] = [
+    syscall_exit("floor_sys_exit_openat", "sys_exit_openat"),
+    syscall_exit("floor_sys_exit_openat2", "sys_exit_openat2"),
+    syscall_exit("floor_sys_exit_open", "sys_exit_open"),
+    syscall_exit(
+        "floor_sys_exit_open_by_handle_at",
+        "sys_exit_open_by_handle_at",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the eBPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Loads the object with the kernel offsets and the agent's tgid filled in. Programs are verified
+/// when attached.
+pub fn load(offsets: &KernelOffsets, agent_tgid: u32) -> Result<Ebpf> {
+    // On kernels that charge BPF memory to the memory cgroup (5.11+) the limit does not matter;
+    // on older ones raising it is required. Failure is only worth a note.
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            "setrlimit(RLIMIT_MEMLOCK) failed (fine on kernels that account BPF memory to memcg)"
+        );
+    }
+    Ok(EbpfLoader::new()
+        .override_global(globals::KERNEL_OFFSETS, offsets, true)
+        .override_global(globals::AGENT_TGID, &agent_tgid, true)
+        .load(EBPF_OBJECT)?)
+}
+
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            format!(
+                "verifier rejected it ({io_error}); last lines of its log:\n  {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            )
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}
+
+/// Loads and attaches each probe; a failure is reported per probe, not fatal here.
+pub fn attach(ebpf: &mut Ebpf, probes: &[TracepointProbe]) -> Vec<ProbeStatus> {
+    probes
+        .iter()
+        .map(|p| {
+            let result = (|| -> std::result::Result<(), String> {
+                let prog: &mut TracePoint = ebpf
+                    .program_mut(p.program)
+                    .ok_or_else(|| format!("program {} missing from the object", p.program))?
+                    .try_into()
+                    .map_err(|e: ProgramError| describe(&e))?;
+                prog.load().map_err(|e| describe(&e))?;
+                prog.attach(p.category, p.name).map_err(|e| describe(&e))?;
+                Ok(())
+            })();
+            ProbeStatus {
+                probe: format!("tracepoint/{}/{}", p.category, p.name),
+                attached: result.is_ok(),
+                error: result.err(),
+            }
+        })
+        .collect()
+}
+
+/// Typed handles to the object's maps, shared by the inventory (writes `WATCHED`), the metrics
+/// collector (reads `READS`, `LOST`) and the event reader (`EVENTS`, taken separately).
+pub struct KernelMaps {
+    watched: Mutex<HashMap<MapData, InodeKey, Credential>>,
+    reads: Mutex<PerCpuHashMap<MapData, ReadKey, ReadStats>>,
+    lost: PerCpuArray<MapData, u64>,
+}
+
+impl std::fmt::Debug for KernelMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelMaps")
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(Error::NoMap(name))?;
+    T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+/// The summed read counter of one (cgroup, credential, generation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadTotal {
+    pub key: ReadKey,
+    pub count: u64,
+    pub last_read_ns: u64,
+}
+
+impl KernelMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, RingBuf<MapData>)> {
+        Ok((
+            Self {
+                watched: Mutex::new(take(ebpf, maps::WATCHED)?),
+                reads: Mutex::new(take(ebpf, maps::READS)?),
+                lost: take(ebpf, maps::LOST)?,
+            },
+            take(ebpf, maps::EVENTS)?,
+        ))
+    }
+
+    /// Applies inventory changes. Returns how many `Watch`es failed (the map is full).
+    pub fn apply(&self, ops: &[MapOp]) -> u64 {
+        let mut failed = 0;
+        for op in ops {
+            match *op {
+                MapOp::Watch(key, cred) => {
+                    let r = self
+                        .watched
+                        .lock()
+                        .expect("watched lock")
+                        .insert(key, cred, 0);
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "cannot watch a credential: WATCHED map full?");
+                        failed += 1;
+                    }
+                }
+                MapOp::Unwatch(key) => {
+                    let _ = self.watched.lock().expect("watched lock").remove(&key);
+                }
+                MapOp::Purge(cred_id) => {
+                    let mut reads = self.reads.lock().expect("reads lock");
+                    let stale: Vec<ReadKey> = reads
+                        .keys()
+                        .flatten()
+                        .filter(|k| k.cred_id == cred_id)
+                        .collect();
+                    for k in stale {
+                        let _ = reads.remove(&k);
+                    }
+                }
+            }
+        }
+        failed
+    }
+
+    /// Every read counter, summed over CPUs (`last_read_ns` is the latest CPU's).
+    pub fn read_totals(&self) -> Vec<ReadTotal> {
+        let reads = self.reads.lock().expect("reads lock");
+        reads
+            .iter()
+            .flatten()
+            .map(|(key, per_cpu)| ReadTotal {
+                key,
+                count: per_cpu.iter().map(|s| s.count).sum(),
+                last_read_ns: per_cpu.iter().map(|s| s.last_read_ns).max().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Kernel-side drops by stage, summed over CPUs.
+    pub fn lost(&self, stage: LostStage) -> u64 {
+        self.lost
+            .get(&(stage as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
+}

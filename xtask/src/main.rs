@@ -1,1 +1,117 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|lint>`.
+//!
+//! Every task starts with `setup`, which is idempotent: it installs only what is missing.
+mod bench;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "credwatch's build, run, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, the pinned nightly with rust-src,
+    /// bpf-linker) and mount tracefs and bpffs; skips whatever is already there.
+    Setup,
+    /// Build the agent (release) with its eBPF object.
+    Build,
+    /// Set up, build, and run the agent on this host with the built-in defaults
+    /// (arguments after `--` go to `credwatch agent`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run the unit tests and the end-to-end tier on the real kernel (needs root;
+    /// with CREDWATCH_E2E=required a skipped end-to-end tier is a failure).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Measure the agent's overhead against nothing, the empty-program floor and a bpftrace peer.
+    Bench(bench::Args),
+    /// cargo fmt --check and clippy with warnings as errors.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build(true)
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            build(true)?;
+            let bin = root.join("target/release/credwatch");
+            eprintln!("xtask: running {} agent {}", bin.display(), args.join(" "));
+            eprintln!("xtask: every first read of a credential by a process is logged below; Ctrl-C stops");
+            run(Command::new(bin).arg("agent").args(&args))
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+        Task::Bench(args) => {
+            setup::run()?;
+            setup::bench_tools()?;
+            build(true)?;
+            bench::run(&root, &args)
+        }
+        Task::Lint => {
+            setup::run()?;
+            run(Command::new("cargo").args(["fmt", "--all", "--", "--check"]))?;
+            run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+        }
+    }
+}
+
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command with inherited output; a non-zero exit is an error naming the command.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--package", "credwatch", "--package", "credwatch-e2e", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)
+}
+
+fn test(args: &[String]) -> Result<()> {
+    // The end-to-end tier runs the real agent binary; build it (with its eBPF object) first.
+    build(false)?;
+    let bin = project_root().join("target/debug/credwatch");
+    run(Command::new("cargo")
+        .args(["test", "--workspace", "--exclude", "credwatch-ebpf"])
+        .args(args)
+        .env("CREDWATCH_BIN", bin))
+}

@@ -283,9 +283,14 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_watch_lists_add_up() {
-        let mut flags = AgentFlags::default();
-        flags.listen = Some("127.0.0.1:0".parse().unwrap());
-        flags.common.watch = vec!["/from/flag".into(), "/from/file".into()];
+        let mut flags = AgentFlags {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            common: Flags {
+                watch: vec!["/from/flag".into(), "/from/file".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let file = FileConfig {
             listen: Some("0.0.0.0:1".parse().unwrap()),
             node_name: Some("n".into()),

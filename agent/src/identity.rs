@@ -125,7 +125,7 @@ impl CgroupResolver {
         if let Some(p) = self.cache.get(&cgroup_id) {
             return Some(p.clone());
         }
-        if let Some(p) = tgid.and_then(|t| self.from_proc(cgroup_id, t)) {
+        if let Some(p) = tgid.and_then(|t| self.via_proc(cgroup_id, t)) {
             self.cache.insert(cgroup_id, p.clone());
             return Some(p);
         }
@@ -155,7 +155,7 @@ impl CgroupResolver {
             .map(|m| m.ino())
     }
 
-    fn from_proc(&self, cgroup_id: u64, tgid: u32) -> Option<String> {
+    fn via_proc(&self, cgroup_id: u64, tgid: u32) -> Option<String> {
         let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
         let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
         (self.ino(rel) == Some(cgroup_id)).then(|| rel.to_owned())

@@ -28,13 +28,15 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// Events arriving within this window are folded into one rescan.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// One `--watch` entry: a file, directory or glob. Its `root` (the directory part before any
-/// glob character) is the `volume` label; a file's path below it is the `file` label.
+/// One `--watch` entry: a file, directory or glob. Its root (the directory part before any glob
+/// character, or the entry itself when it is a directory) is the `volume` label; a file's path
+/// below it is the `file` label.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchSpec {
     pub pattern: String,
-    pub root: PathBuf,
     glob: bool,
+    /// Components up to the first one with a glob character.
+    literal_prefix: PathBuf,
 }
 
 fn has_glob(s: &str) -> bool {
@@ -50,27 +52,34 @@ impl WatchSpec {
         if glob {
             glob::Pattern::new(pattern).map_err(|e| format!("watch glob {pattern:?}: {e}"))?;
         }
-        let path = Path::new(pattern);
-        // Literal prefix: components up to the first one with a glob character.
-        let mut root = PathBuf::from("/");
-        for c in path.components().skip(1) {
+        let mut literal_prefix = PathBuf::from("/");
+        for c in Path::new(pattern).components().skip(1) {
             if has_glob(&c.as_os_str().to_string_lossy()) {
                 break;
             }
-            root.push(c);
+            literal_prefix.push(c);
         }
-        if glob {
-            // `root` is already the directory part.
-        } else if !path.is_dir() {
-            // A single file: its directory is the root. (A path that does not exist yet is
-            // taken as a file; if it appears as a directory the next scan's labels follow.)
-            root = path.parent().unwrap_or(Path::new("/")).to_owned();
-        }
+        let trimmed = pattern.trim_end_matches('/');
         Ok(Self {
-            pattern: pattern.trim_end_matches('/').to_owned().max("/".to_owned()),
-            root,
+            pattern: if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            },
             glob,
+            literal_prefix,
         })
+    }
+
+    /// Decided at each scan: a path that does not exist yet is taken as a file, and becomes its
+    /// own root if it appears as a directory.
+    pub fn root(&self) -> PathBuf {
+        let p = &self.literal_prefix;
+        if self.glob || p.is_dir() {
+            p.clone()
+        } else {
+            p.parent().unwrap_or(Path::new("/")).to_owned()
+        }
     }
 }
 
@@ -90,8 +99,9 @@ pub fn scan(specs: &[WatchSpec]) -> Scan {
     let mut out = Scan::default();
     let mut inodes = HashSet::new();
     for spec in specs {
+        let root = spec.root();
         // Watch the nearest existing ancestor of the root so that its creation is seen.
-        let mut anchor = spec.root.as_path();
+        let mut anchor = root.as_path();
         while !anchor.is_dir() {
             match anchor.parent() {
                 Some(p) => anchor = p,
@@ -144,13 +154,13 @@ pub fn scan(specs: &[WatchSpec]) -> Scan {
                 continue;
             }
             let file = path
-                .strip_prefix(&spec.root)
+                .strip_prefix(&root)
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .into_owned();
             tracked += 1;
             out.found.push(Found {
-                volume: spec.root.to_string_lossy().into_owned(),
+                volume: root.to_string_lossy().into_owned(),
                 file,
                 path,
                 inode: key,
@@ -172,7 +182,7 @@ fn visit(
         return; // dangling symlink, or gone since listed
     };
     if meta.is_file() {
-        if !path.extension().is_some_and(|e| e == "pub") {
+        if path.extension().is_none_or(|e| e != "pub") {
             files.push((path.to_owned(), meta));
         }
         return;
@@ -222,22 +232,21 @@ pub fn apply(state: &State, scan: &Scan) -> Vec<MapOp> {
     )
 }
 
+/// Applies inventory changes to the kernel's maps.
+pub type MapSink = Box<dyn Fn(&[MapOp]) + Send + Sync>;
+
 /// Keeps the inventory current until the process ends. `sink` applies map changes to the kernel.
 pub struct Watcher {
     specs: Vec<WatchSpec>,
     state: Arc<State>,
-    sink: Box<dyn Fn(&[MapOp]) + Send + Sync>,
+    sink: MapSink,
     inotify_dirs: HashSet<PathBuf>,
     warned_missing: HashSet<String>,
     last_skipped: u64,
 }
 
 impl Watcher {
-    pub fn new(
-        specs: Vec<WatchSpec>,
-        state: Arc<State>,
-        sink: Box<dyn Fn(&[MapOp]) + Send + Sync>,
-    ) -> Self {
+    pub fn new(specs: Vec<WatchSpec>, state: Arc<State>, sink: MapSink) -> Self {
         Self {
             specs,
             state,
@@ -331,13 +340,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
         let s = WatchSpec::new(d).unwrap();
-        assert_eq!(s.root, dir.path());
-        let s = WatchSpec::new(&format!("{d}/missing.conf")).unwrap();
-        assert_eq!(s.root, dir.path());
+        assert_eq!(s.root(), dir.path());
+        let s = WatchSpec::new(&format!("{d}/later")).unwrap();
+        assert_eq!(s.root(), dir.path(), "missing: taken as a file");
+        std::fs::create_dir(dir.path().join("later")).unwrap();
+        assert_eq!(
+            s.root(),
+            dir.path().join("later"),
+            "appeared as a directory"
+        );
         let s = WatchSpec::new("/home/*/.kube/config").unwrap();
-        assert_eq!(s.root, PathBuf::from("/home"));
+        assert_eq!(s.root(), PathBuf::from("/home"));
         let s = WatchSpec::new("/etc/kubernetes/*.conf").unwrap();
-        assert_eq!(s.root, PathBuf::from("/etc/kubernetes"));
+        assert_eq!(s.root(), PathBuf::from("/etc/kubernetes"));
         assert!(WatchSpec::new("relative/path")
             .unwrap_err()
             .contains("not absolute"));

@@ -1,1 +1,5 @@
-
+//! End-to-end tests on the real kernel: the real agent, real cgroups, real processes.
+//! Run as root through `cargo xtask test`; without root they say so (and fail under
+//! `CREDWATCH_E2E=required`).
+mod files;
+mod inputs;

@@ -1,1 +1,368 @@
-pub fn x() {}
+//! Harness for credwatch's end-to-end tests: the real agent binary, real cgroups, real processes.
+//!
+//! Everything a test creates is removed by a guard's `Drop` (agent processes, cgroups, files).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+/// True when the end-to-end tier can run (root). Without root it says why, and panics when
+/// `CREDWATCH_E2E=required` (CI) so that a skipped tier cannot pass.
+pub fn e2e_enabled() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let msg = "the end-to-end tier needs root (it loads eBPF programs and makes cgroups)";
+    if std::env::var("CREDWATCH_E2E").as_deref() == Ok("required") {
+        panic!("{msg}, and CREDWATCH_E2E=required");
+    }
+    eprintln!("SKIPPED: {msg}; run `sudo cargo xtask test`");
+    false
+}
+
+/// The agent binary: `$CREDWATCH_BIN` (set by `cargo xtask test`), else the debug build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("CREDWATCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/credwatch"))
+}
+
+/// The helper that opens files in controlled ways (see `src/bin/reader.rs`).
+/// Cargo builds it next to the test binary's `deps/` directory.
+pub fn reader_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("credwatch-probe-reader")
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test process.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temporary directory removed on drop (after unmounting anything a test left in it).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(unique(&format!("credwatch-e2e-{name}")));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        Self(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `credwatch agent`, stopped with SIGTERM on drop.
+pub struct Agent {
+    child: Child,
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Agent {
+    /// Starts the agent on a free port with only the given watch paths and extra arguments, and
+    /// waits until /readyz says ready.
+    pub fn start(watch: &[&Path], extra: &[&str]) -> Agent {
+        let dir = TempDir::new("agent");
+        let log = dir.join("agent.log");
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["agent", "--listen", "127.0.0.1:0", "--no-default-watch"]);
+        for w in watch {
+            cmd.arg("--watch").arg(w);
+        }
+        cmd.args(extra)
+            .env("CREDWATCH_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", agent_bin().display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("agent stdout");
+        let addr = first
+            .trim()
+            .strip_prefix("credwatch: serving http://")
+            .and_then(|s| s.strip_suffix("/metrics"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "agent did not print its address (got {first:?}); log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        let agent = Agent {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok((200, _)) = http_get(self.addr, "/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready after 60 s; log:\n{}", self.log_text());
+    }
+
+    pub fn get(&self, path: &str) -> String {
+        match http_get(self.addr, path) {
+            Ok((200, body)) => body,
+            other => panic!("GET {path}: {other:?}"),
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously).
+    pub fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.metrics();
+            if pred(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; metrics:\n{m}\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of the sample `name{...}` whose labels include every `(key, value)` in `labels`.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (lbl, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (l, v) = r.split_once("} ")?;
+            (l, v)
+        } else {
+            ("", rest.strip_prefix(' ')?)
+        };
+        labels
+            .iter()
+            .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
+/// A cgroup v2 directory made by the test (nested path allowed), removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+    /// Directories this guard created, deepest last.
+    created: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    /// Creates `rel` (e.g. `kubepods.slice/.../cri-containerd-<id>.scope`) under the cgroup2 mount.
+    pub fn new(rel: &str) -> Cgroup {
+        let root = cgroup2_mount();
+        let mut created = Vec::new();
+        let mut p = root.clone();
+        for part in rel.split('/').filter(|s| !s.is_empty()) {
+            p.push(part);
+            if !p.exists() {
+                std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+                created.push(p.clone());
+            }
+        }
+        Cgroup { path: p, created }
+    }
+
+    /// A command that starts inside this cgroup (it moves itself in before exec).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let procs =
+            std::ffi::CString::new(self.path.join("cgroup.procs").to_string_lossy().as_bytes())
+                .unwrap();
+        let mut cmd = Command::new(program);
+        // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs the reader helper in this cgroup; returns the number of opens it made.
+    pub fn read(&self, args: &[&str]) -> u64 {
+        let out = self
+            .command(reader_bin())
+            .args(args)
+            .output()
+            .expect("run reader");
+        assert!(
+            out.status.success(),
+            "reader {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("reader prints its count")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for d in self.created.iter().rev() {
+            // Processes have exited by now; a cgroup with none can be removed.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let v2: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1])
+        })
+        .collect();
+    let m = v2
+        .iter()
+        .find(|m| **m == "/sys/fs/cgroup")
+        .or(v2.first())
+        .expect("cgroup v2 is mounted");
+    PathBuf::from(m)
+}
+
+/// A random 64-hex container id and a pod uid, and the systemd-driver cgroup path of that
+/// container: `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice/cri-containerd-<id>.scope`.
+pub fn pod_container_cgroup() -> (String, String, String) {
+    let mut bytes = [0u8; 48];
+    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    f.expect("urandom");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex[..64].to_owned();
+    let u = &hex[64..96];
+    let uid = format!(
+        "{}-{}-{}-{}-{}",
+        &u[..8],
+        &u[8..12],
+        &u[12..16],
+        &u[16..20],
+        &u[20..32]
+    );
+    let rel = format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    );
+    (rel, uid, id)
+}

@@ -13,7 +13,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "credwatch's build, run, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "credwatch's build, run, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -45,7 +48,17 @@ enum Task {
     Lint,
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let root = project_root();
     std::env::set_current_dir(&root)?;
@@ -90,7 +103,9 @@ pub fn project_root() -> PathBuf {
 
 /// Runs a command with inherited output; a non-zero exit is an error naming the command.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -99,7 +114,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 fn build(release: bool) -> Result<()> {
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--package", "credwatch", "--package", "credwatch-e2e", "--bins"]);
+    cmd.args([
+        "build",
+        "--package",
+        "credwatch",
+        "--package",
+        "credwatch-e2e",
+        "--bins",
+    ]);
     if release {
         cmd.arg("--release");
     }

@@ -11,7 +11,12 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// To build bpf-linker against LLVM 22.
-const BUILD_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev"];
+const BUILD_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
 /// For the benchmark's peer and the kernel's own BPF run-time accounting.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
 
@@ -47,7 +52,9 @@ fn is_root() -> bool {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let o = cmd.output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 pub fn run() -> Result<()> {
@@ -67,10 +74,22 @@ pub fn run() -> Result<()> {
             "rust-src",
         ]))?;
     }
-    let has_src = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let has_src = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
-        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+        sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
     }
 
     let linker_ok = output(Command::new("bpf-linker").arg("--version"))
@@ -78,7 +97,11 @@ pub fn run() -> Result<()> {
     if !linker_ok {
         eprintln!("setup: cargo install bpf-linker@{BPF_LINKER_VERSION} (LLVM 22, about a minute)");
         sh(Command::new("cargo")
-            .args(["install", "--force", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args([
+                "install",
+                "--force",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            ])
             .args(["--no-default-features", "--features", "llvm-22"])
             .env("LLVM_PREFIX", LLVM_PREFIX))
         .context("installing bpf-linker")?;

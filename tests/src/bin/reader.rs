@@ -1,1 +1,111 @@
-fn main() {}
+//! The process the end-to-end tests place in cgroups and mount namespaces to open files in
+//! controlled ways.
+//!
+//! usage: credwatch-probe-reader [--chdir DIR] [--bind SRC:DST]... open PATH N [r|w|rw]
+//!
+//! `--bind` first moves the process into a private mount namespace, so the bind mount is seen by
+//! nobody else. Prints the number of successful opens.
+use std::ffi::CString;
+
+fn die(msg: String) -> ! {
+    eprintln!("credwatch-probe-reader: {msg}");
+    std::process::exit(2)
+}
+
+fn cstr(s: &str) -> CString {
+    CString::new(s).unwrap_or_else(|_| die(format!("NUL in {s:?}")))
+}
+
+fn check(rc: i32, what: &str) {
+    if rc != 0 {
+        die(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+}
+
+fn bind(src: &str, dst: &str) {
+    // SAFETY: plain syscalls with valid NUL-terminated strings.
+    unsafe {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)");
+            let root = cstr("/");
+            check(
+                libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+                "make / private",
+            );
+        });
+        let (s, d) = (cstr(src), cstr(dst));
+        check(
+            libc::mount(
+                s.as_ptr(),
+                d.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            &format!("bind {src} on {dst}"),
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--chdir" => {
+                let dir = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("--chdir needs DIR".into()));
+                std::env::set_current_dir(dir).unwrap_or_else(|e| die(format!("chdir {dir}: {e}")));
+                i += 2;
+            }
+            "--bind" => {
+                let spec = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("--bind needs SRC:DST".into()));
+                let (src, dst) = spec
+                    .split_once(':')
+                    .unwrap_or_else(|| die(format!("bad --bind {spec}")));
+                bind(src, dst);
+                i += 2;
+            }
+            "open" => {
+                let path = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("open needs PATH".into()));
+                let n: u64 = args
+                    .get(i + 2)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| die("open needs a count".into()));
+                let flags = match args.get(i + 3).map(String::as_str).unwrap_or("r") {
+                    "r" => libc::O_RDONLY,
+                    "w" => libc::O_WRONLY,
+                    "rw" => libc::O_RDWR,
+                    other => die(format!("bad mode {other}")),
+                };
+                let p = cstr(path);
+                let mut ok = 0u64;
+                for _ in 0..n {
+                    // SAFETY: valid path; the fd is closed right away.
+                    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+                    if fd < 0 {
+                        die(format!("open {path}: {}", std::io::Error::last_os_error()));
+                    }
+                    unsafe { libc::close(fd) };
+                    ok += 1;
+                }
+                println!("{ok}");
+                return;
+            }
+            other => die(format!("unknown argument {other}")),
+        }
+    }
+    die("nothing to do: expected `open PATH N [r|w|rw]`".into())
+}

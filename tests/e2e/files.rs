@@ -1,0 +1,206 @@
+//! Credential-read counting: every path form, exactness under load, generations, canaries.
+use std::{path::Path, thread};
+
+use credwatch_e2e::{e2e_enabled, pod_container_cgroup, sample, Agent, Cgroup, TempDir};
+
+const CANARY: &str = "CANARY-7f3e9a1c-never-export-me";
+
+fn reads(metrics: &str, file: &str, container: &str) -> f64 {
+    sample(
+        metrics,
+        "credwatch_credential_reads_total",
+        &[("file", file), ("container", container)],
+    )
+    .unwrap_or_else(|| panic!("no credential_reads_total for {file}/{container}:\n{metrics}"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[test]
+fn read_opens_are_counted_exactly_through_every_path_form() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("paths");
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let cred = secrets.join("db-password");
+    std::fs::write(&cred, format!("{CANARY}\n")).unwrap();
+    let other = dir.join("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    std::os::unix::fs::symlink(&cred, other.join("link")).unwrap();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+
+    let agent = Agent::start(&[&secrets], &[]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let container = &id[..12];
+    let m = agent.metrics();
+    assert_eq!(
+        reads(&m, "db-password", "_node"),
+        0.0,
+        "present with 0 before any read"
+    );
+
+    let mut expected = 0;
+    expected += cg.read(&["open", s(&cred), "5"]);
+    expected += cg.read(&["--chdir", s(&secrets), "open", "db-password", "4"]);
+    expected += cg.read(&["open", s(&other.join("link")), "3"]);
+    expected += cg.read(&["open", &format!("/proc/self/root{}", s(&cred)), "2"]);
+    let bind = format!("{}:{}", s(&secrets), s(&mnt));
+    expected += cg.read(&["--bind", &bind, "open", s(&mnt.join("db-password")), "6"]);
+    // Read-write opens are reads too; write-only opens are not.
+    expected += cg.read(&["open", s(&cred), "2", "rw"]);
+    cg.read(&["open", s(&cred), "7", "w"]);
+    assert_eq!(expected, 22);
+
+    let m = agent.metrics();
+    assert_eq!(reads(&m, "db-password", container), expected as f64, "{m}");
+    assert_eq!(
+        reads(&m, "db-password", "_node"),
+        0.0,
+        "nothing read from the host"
+    );
+    let last = sample(
+        &m,
+        "credwatch_credential_last_read_timestamp_seconds",
+        &[("file", "db-password"), ("container", container)],
+    )
+    .expect("last read");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 30.0, "last read {last} vs now {now}");
+
+    // The reader is described by its cgroup, with its first read.
+    let readers = agent.get("/api/v1/readers");
+    assert!(readers.contains(&rel), "{readers}");
+    // comm is the kernel's 15-character task name.
+    assert!(
+        readers.contains("\"comm\":\"credwatch-probe\""),
+        "comm of the first reader: {readers}"
+    );
+}
+
+#[test]
+fn two_hundred_thousand_reads_from_two_processes_are_all_counted() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("load");
+    let cred = dir.join("token");
+    std::fs::write(&cred, "x").unwrap();
+    let agent = Agent::start(&[dir.path()], &[]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let path = s(&cred).to_owned();
+    let counts: Vec<u64> = thread::scope(|sc| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| sc.spawn(|| cg.read(&["open", &path, "100000"])))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(counts, [100_000, 100_000]);
+    let m = agent.metrics();
+    assert_eq!(reads(&m, "token", &id[..12]), 200_000.0);
+    for line in m
+        .lines()
+        .filter(|l| l.starts_with("credwatch_events_lost_total{"))
+    {
+        assert!(line.ends_with(" 0"), "nothing may be lost: {line}");
+    }
+}
+
+#[test]
+fn a_replaced_file_is_a_new_generation_and_later_reads_count_against_it() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("rotate");
+    let cred = dir.join("api-key");
+    std::fs::write(&cred, "v1").unwrap();
+    let agent = Agent::start(&[dir.path()], &[]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    cg.read(&["open", s(&cred), "3"]);
+
+    // Atomic replacement, as config-management tools do: write aside, rename over.
+    let tmp = dir.join(".api-key.tmp");
+    std::fs::write(&tmp, "v2").unwrap();
+    std::fs::rename(&tmp, &cred).unwrap();
+    agent.wait_metrics("rotation", |m| {
+        sample(
+            m,
+            "credwatch_credential_rotations_total",
+            &[("file", "api-key")],
+        ) == Some(1.0)
+    });
+    cg.read(&["open", s(&cred), "4"]);
+    let m = agent.metrics();
+    assert_eq!(reads(&m, "api-key", &id[..12]), 7.0, "{m}");
+    let creds = agent.get("/api/v1/credentials");
+    assert!(creds.contains("\"generation\":1"), "{creds}");
+    let readers = agent.get("/api/v1/readers");
+    assert!(
+        readers.contains("\"generation\":0") && readers.contains("\"generation\":1"),
+        "a first read of each generation: {readers}"
+    );
+}
+
+#[test]
+fn canary_values_never_leave_the_agent() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("canary");
+    std::fs::write(dir.join("password"), CANARY).unwrap();
+    std::fs::write(
+        dir.join("tls.key"),
+        format!("-----BEGIN PRIVATE KEY-----\n{CANARY}\n-----END PRIVATE KEY-----\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("token"),
+        format!("eyJhbGciOiJub25lIn0.{CANARY}.c2ln"),
+    )
+    .unwrap();
+    let agent = Agent::start(&[dir.path()], &["--config", "/dev/null"]);
+    let (rel, _, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    for f in ["password", "tls.key", "token"] {
+        cg.read(&["open", s(&dir.join(f)), "2"]);
+    }
+    let m = agent.metrics();
+    assert!(m.contains("kind=\"private_key\""), "{m}");
+    assert!(m.contains("kind=\"jwt\""), "{m}");
+    let inventory = std::process::Command::new(credwatch_e2e::agent_bin())
+        .args([
+            "inventory",
+            "--json",
+            "--no-default-watch",
+            "--watch",
+            s(dir.path()),
+        ])
+        .output()
+        .unwrap();
+    assert!(inventory.status.success());
+    let inventory_out = String::from_utf8_lossy(&inventory.stdout).into_owned();
+    assert!(inventory_out.contains("tls.key"), "{inventory_out}");
+    for (what, text) in [
+        ("/metrics", m),
+        ("/api/v1/credentials", agent.get("/api/v1/credentials")),
+        ("/api/v1/readers", agent.get("/api/v1/readers")),
+        ("the agent's log", agent.log_text()),
+        ("inventory --json", inventory_out),
+    ] {
+        assert!(!text.contains(CANARY), "the canary leaked into {what}");
+        assert!(
+            !text.contains("7f3e9a1c"),
+            "part of the canary leaked into {what}"
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! Bad input: missing watch paths, bad configuration, missing privileges.
+use std::{os::unix::fs::PermissionsExt, process::Command};
+
+use credwatch_e2e::{agent_bin, e2e_enabled, pod_container_cgroup, sample, Agent, Cgroup, TempDir};
+
+#[test]
+fn a_missing_watch_path_is_warned_about_and_watched_when_it_appears() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("later");
+    let later = dir.join("not/yet/there");
+    let agent = Agent::start(&[&later], &[]);
+    assert!(
+        agent.log_text().contains("does not exist"),
+        "{}",
+        agent.log_text()
+    );
+    std::fs::create_dir_all(&later).unwrap();
+    std::fs::write(later.join("creds.json"), "{}").unwrap();
+    agent.wait_metrics("the new file", |m| m.contains("file=\"creds.json\""));
+    let (rel, _, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    cg.read(&["open", later.join("creds.json").to_str().unwrap(), "2"]);
+    let m = agent.metrics();
+    let n = sample(
+        &m,
+        "credwatch_credential_reads_total",
+        &[("file", "creds.json"), ("container", &id[..12])],
+    );
+    assert_eq!(n, Some(2.0), "{m}");
+    // A file that is deleted stops being watched.
+    std::fs::remove_file(later.join("creds.json")).unwrap();
+    let creds = || agent.get("/api/v1/credentials");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !creds().contains("\"present\":false") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deletion not seen: {}",
+            creds()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn agent_fails(args: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("run agent");
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_files_are_clear_errors_naming_the_line() {
+    let dir = TempDir::new("config");
+    let cases = [
+        (
+            "listen: 127.0.0.1:0\nwatchh: [/x]\n",
+            "unknown field `watchh`",
+            "line 2",
+        ),
+        ("listen: 127.0.0.1:0\nwatch: /x\n", "invalid type", "line 2"),
+        ("listen: nowhere\n", "invalid socket address", "line 1"),
+    ];
+    for (i, (text, what, line)) in cases.iter().enumerate() {
+        let file = dir.join(&format!("c{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let err = agent_fails(&["agent", "--config", file.to_str().unwrap()]);
+        assert!(
+            err.contains("config file") && err.contains(what) && err.contains(line),
+            "{text:?}: {err}"
+        );
+    }
+    let err = agent_fails(&["agent", "--config", "/nonexistent/credwatch.yaml"]);
+    assert!(
+        err.contains("cannot read config file /nonexistent/credwatch.yaml"),
+        "{err}"
+    );
+    let err = agent_fails(&["agent", "--listen", "not-an-address"]);
+    assert!(err.contains("invalid value 'not-an-address'"), "{err}");
+}
+
+#[test]
+fn without_root_the_agent_and_check_say_why() {
+    if !e2e_enabled() {
+        return; // needs root to become someone else
+    }
+    // A copy any user can execute, wherever the checkout lives.
+    let dir = TempDir::new("nonroot");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("credwatch");
+    std::fs::copy(agent_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(&bin);
+        std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+        std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+        cmd.args(args)
+            .env("HOME", dir.path())
+            .output()
+            .expect("run as nobody")
+    };
+    let out = run(&["agent", "--no-default-watch", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must run as root"), "{err}");
+    let out = run(&["check"]);
+    assert!(
+        !out.status.success(),
+        "check exits non-zero when the agent cannot run"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL  privileges") && text.contains("cannot run"),
+        "{text}"
+    );
+}
+
+#[test]
+fn check_passes_on_this_kernel() {
+    if !e2e_enabled() {
+        return;
+    }
+    let out = Command::new(agent_bin()).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for p in [
+        "sys_exit_openat ",
+        "sys_exit_openat2",
+        "sys_exit_open ",
+        "sys_exit_open_by_handle_at",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(p) && l.contains("attached")),
+            "{p}: {text}"
+        );
+    }
+}
+
+#[test]
+fn probes_are_reported_attached() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("probes");
+    let agent = Agent::start(&[dir.path()], &[]);
+    let m = agent.metrics();
+    for p in [
+        "sys_exit_openat",
+        "sys_exit_openat2",
+        "sys_exit_open",
+        "sys_exit_open_by_handle_at",
+    ] {
+        let probe = format!("tracepoint/syscalls/{p}");
+        assert_eq!(
+            sample(&m, "credwatch_probe_attached", &[("probe", &probe)]),
+            Some(1.0),
+            "{m}"
+        );
+    }
+    assert!(m.contains("credwatch_build_info{version=\""), "{m}");
+    assert_eq!(
+        credwatch_e2e::http_get(agent.addr, "/healthz").unwrap().0,
+        200
+    );
+}

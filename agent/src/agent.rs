@@ -66,7 +66,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let sink_maps = maps.clone();
     let sink_state = state.clone();
     let mut watcher = inventory::Watcher::new(
-        specs,
+        inventory::Sources {
+            specs,
+            kubelet_root: Some(cfg.kubelet_root.clone()),
+            sink_volumes: cfg.credential_sink_volumes.clone(),
+            grace: cfg.series_grace,
+        },
         state.clone(),
         Box::new(move |ops| {
             let failed = sink_maps.apply(ops);
@@ -136,9 +141,6 @@ async fn shutdown() {
 
 /// Says plainly which configured features this build does not act on yet.
 fn note_unimplemented(cfg: &Config) {
-    if cfg.kubelet_root.join("pods").is_dir() {
-        tracing::warn!(kubelet_root = %cfg.kubelet_root.display(), "kubelet volume inventory is not supported by this build yet: pod credentials are not watched");
-    }
     if cfg.kubeconfig.is_some() || cfg.node_name.is_some() {
         tracing::warn!("Kubernetes pod metadata is not supported by this build yet: --kubeconfig and --node-name are ignored");
     }

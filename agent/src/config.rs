@@ -77,6 +77,10 @@ pub struct AgentFlags {
     /// This node's name, to watch only its pods (the DaemonSet sets it from the downward API)
     #[arg(long, env = "CREDWATCH_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+
+    /// How long the series of a credential whose file (or pod) is gone are kept [default: 300]
+    #[arg(long, env = "CREDWATCH_SERIES_GRACE", value_name = "SECONDS")]
+    pub series_grace: Option<u64>,
 }
 
 /// The YAML file. Unknown keys and wrong types are errors that name the line.
@@ -89,6 +93,7 @@ pub struct FileConfig {
     pub no_default_watch: bool,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
+    pub series_grace: Option<u64>,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
 }
@@ -138,6 +143,7 @@ pub struct Config {
     pub watch: Vec<String>,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
+    pub series_grace: std::time::Duration,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
 }
@@ -205,6 +211,11 @@ impl Config {
             watch,
             kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig),
             node_name: flags.node_name.clone().or(file.node_name),
+            series_grace: flags
+                .series_grace
+                .or(file.series_grace)
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(crate::state::REMOVED_GRACE),
             endpoints: file.endpoints,
             credential_sink_volumes: sinks,
         }

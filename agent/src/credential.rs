@@ -1,19 +1,29 @@
-//! What kind of credential a file holds, judged from its first bytes. Nothing read here is kept:
-//! the bytes are looked at and dropped.
+//! What a credential file holds, judged from its content: the kind (service-account token, JWT,
+//! certificate, private key, opaque) and the claims needed for expiry and identity. Nothing secret
+//! read here is kept: the bytes are looked at and dropped, and [`Parsed`] only holds claims, dates
+//! and names. Problem texts are fixed sentences that never quote the content.
 use std::{io::Read, path::Path};
 
+use base64::{
+    alphabet,
+    engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
+    Engine as _,
+};
 use serde::Serialize;
+use serde_json::{Map, Value};
+use x509_parser::{certificate::X509Certificate, pem::Pem};
 
 /// Files larger than this are not parsed (they are tracked as opaque).
 pub const MAX_PARSE_BYTES: u64 = 1024 * 1024;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     ServiceaccountToken,
     Jwt,
     Certificate,
     PrivateKey,
+    #[default]
     Opaque,
 }
 
@@ -29,96 +39,933 @@ impl Kind {
     }
 }
 
-/// Classifies a file's content. A PEM bundle with a private key is a private key (it is the more
-/// sensitive part); a compact JWS (three base64url segments, JSON header) is a JWT.
-pub fn classify(content: &[u8]) -> Kind {
-    let has = |needle: &[u8]| content.windows(needle.len()).any(|w| w == needle);
-    if has(b"-----BEGIN ") {
-        if has(b"PRIVATE KEY-----") {
-            return Kind::PrivateKey;
-        }
-        if has(b"-----BEGIN CERTIFICATE-----") {
-            return Kind::Certificate;
-        }
-    }
-    if looks_like_jwt(content) {
-        return Kind::Jwt;
-    }
-    Kind::Opaque
+/// What a credential file says about itself. Never holds the secret: only claims needed for expiry
+/// and identity (exp, iat, nbf, warnafter, aud, sub, kubernetes.io names) and certificate dates/CN.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Parsed {
+    pub kind: Kind,
+    /// JWT `exp`, or the leaf certificate's NotAfter; unix seconds.
+    pub expiry: Option<f64>,
+    /// JWT `iat`, or the leaf certificate's NotBefore; unix seconds.
+    pub issued: Option<f64>,
+    /// JWT `nbf`; unix seconds.
+    pub not_before: Option<f64>,
+    /// JWT `"kubernetes.io": {"warnafter": N}`: when the kubelet should have refreshed the token.
+    pub stale_after: Option<f64>,
+    /// JWT `aud` (a string or an array of strings).
+    pub audience: Vec<String>,
+    /// JWT `sub`.
+    pub subject: Option<String>,
+    /// `kubernetes.io.namespace` (or the legacy `kubernetes.io/serviceaccount/namespace`).
+    pub namespace: Option<String>,
+    /// `kubernetes.io.pod.name`.
+    pub pod_name: Option<String>,
+    /// `kubernetes.io.pod.uid`.
+    pub pod_uid: Option<String>,
+    /// `kubernetes.io.serviceaccount.name` (or the legacy
+    /// `kubernetes.io/serviceaccount/service-account.name`).
+    pub service_account: Option<String>,
+    /// The leaf (first) certificate's subject CN.
+    pub subject_cn: Option<String>,
+    /// Number of certificates in a PEM chain.
+    pub certificates: u32,
+    /// Why the content was not understood, for a log line. Never contains any byte of the content.
+    pub problem: Option<String>,
 }
 
-fn looks_like_jwt(content: &[u8]) -> bool {
+impl Parsed {
+    fn opaque(problem: impl Into<String>) -> Self {
+        Parsed {
+            problem: Some(problem.into()),
+            ..Parsed::default()
+        }
+    }
+}
+
+/// Parses a credential file's content. Never panics; see [`Parsed`] for what is kept.
+///
+/// - PEM (a line starting with `-----BEGIN `): a block labelled `... PRIVATE KEY` makes it a
+///   private key (certificate dates are still filled from the leaf if present); otherwise
+///   `CERTIFICATE` blocks make it a certificate, the first one being the leaf. Blocks that do not
+///   decode, or certificates that do not parse, make it opaque with a problem, unless a private
+///   key header is present (then it stays a private key, with the problem noted).
+/// - A compact JWS (`eyJ...`, header.payload.signature, base64url): a JWT, or a service-account
+///   token if it has `kubernetes.io.serviceaccount.name` or the legacy secret-based claims.
+///   Something that looks like a JWT but does not decode is opaque with a problem.
+/// - Anything else is opaque with no problem: a plain opaque secret.
+pub fn parse(content: &[u8]) -> Parsed {
+    if content
+        .split(|&b| b == b'\n')
+        .any(|l| l.starts_with(b"-----BEGIN "))
+    {
+        return parse_pem(content);
+    }
     let text = content.trim_ascii();
-    // base64url of '{"' is "eyJ"; every JOSE header starts with it.
-    if !text.starts_with(b"eyJ") {
-        return false;
+    // base64url of '{"' is "eyJ"; every JOSE header starts with it. The '.' keeps plain
+    // base64-encoded JSON documents out.
+    if text.starts_with(b"eyJ") && text.contains(&b'.') {
+        return parse_jwt(text);
     }
-    let parts: Vec<&[u8]> = text.split(|&b| b == b'.').collect();
-    parts.len() == 3
-        && parts[..2].iter().all(|p| !p.is_empty())
-        && parts.iter().all(|p| {
-            p.iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    Parsed::default()
 }
 
-/// Classifies a file on disk without keeping its content; too large or unreadable is opaque.
-pub fn classify_file(path: &Path) -> Kind {
-    let Ok(file) = std::fs::File::open(path) else {
-        return Kind::Opaque;
+/// Parses a file on disk, reading at most [`MAX_PARSE_BYTES`] + 1 bytes. Too large or unreadable
+/// is opaque with a problem (which names the size or the I/O error kind, never the content).
+pub fn parse_file(path: &Path) -> Parsed {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) => return Parsed::opaque(format!("could not be opened: {}", e.kind())),
     };
     let mut buf = Vec::new();
     match file.take(MAX_PARSE_BYTES + 1).read_to_end(&mut buf) {
-        Ok(n) if n as u64 <= MAX_PARSE_BYTES => classify(&buf),
-        Ok(_) => {
-            tracing::info!(path = %path.display(), "credential file larger than 1 MiB: tracked as opaque, not parsed");
-            Kind::Opaque
+        Ok(n) if n as u64 <= MAX_PARSE_BYTES => parse(&buf),
+        Ok(_) => Parsed::opaque("larger than 1 MiB: not parsed"),
+        Err(e) => Parsed::opaque(format!("could not be read: {}", e.kind())),
+    }
+}
+
+/// Classifies a file's content: `parse(content).kind`.
+pub fn classify(content: &[u8]) -> Kind {
+    parse(content).kind
+}
+
+/// Classifies a file on disk without keeping its content: `parse_file(path).kind`, logging the
+/// problem (never the content) when there is one.
+pub fn classify_file(path: &Path) -> Kind {
+    let parsed = parse_file(path);
+    if let Some(problem) = &parsed.problem {
+        tracing::info!(path = %path.display(), problem = %problem, kind = parsed.kind.as_str(), "credential file not fully understood");
+    }
+    parsed.kind
+}
+
+// ---- JWT ----
+
+/// base64url, padding optional, lenient about non-zero trailing bits.
+const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Decodes one base64url segment to a JSON object. Errors are fixed words: base64 and JSON errors
+/// can quote the offending byte, so they are never passed on.
+fn decode_json_object(segment: &[u8]) -> Result<Map<String, Value>, &'static str> {
+    let bytes = B64URL.decode(segment).map_err(|_| "not base64url")?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("not a JSON object"),
+        Err(_) => Err("not JSON"),
+    }
+}
+
+fn parse_jwt(text: &[u8]) -> Parsed {
+    let segments: Vec<&[u8]> = text.split(|&b| b == b'.').collect();
+    let [header, payload, _signature] = segments[..] else {
+        return Parsed::opaque("looks like a JWT but does not have three dot-separated parts");
+    };
+    if let Err(why) = decode_json_object(header) {
+        return Parsed::opaque(format!("looks like a JWT but its header is {why}"));
+    }
+    let claims = match decode_json_object(payload) {
+        Ok(claims) => claims,
+        Err(why) => return Parsed::opaque(format!("looks like a JWT but its payload is {why}")),
+    };
+    jwt_claims(&claims)
+}
+
+fn number(v: Option<&Value>) -> Option<f64> {
+    v.and_then(Value::as_f64).filter(|n| n.is_finite())
+}
+
+fn string(v: Option<&Value>) -> Option<String> {
+    v.and_then(Value::as_str).map(str::to_owned)
+}
+
+fn jwt_claims(claims: &Map<String, Value>) -> Parsed {
+    let audience = match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut parsed = Parsed {
+        kind: Kind::Jwt,
+        expiry: number(claims.get("exp")),
+        issued: number(claims.get("iat")),
+        not_before: number(claims.get("nbf")),
+        audience,
+        subject: string(claims.get("sub")),
+        ..Parsed::default()
+    };
+    if let Some(Value::Object(k8s)) = claims.get("kubernetes.io") {
+        let child = |name: &str, field: &str| match k8s.get(name) {
+            Some(Value::Object(o)) => string(o.get(field)),
+            _ => None,
+        };
+        parsed.namespace = string(k8s.get("namespace"));
+        parsed.pod_name = child("pod", "name");
+        parsed.pod_uid = child("pod", "uid");
+        parsed.service_account = child("serviceaccount", "name");
+        parsed.stale_after = number(k8s.get("warnafter"));
+    }
+    // Secret-based tokens (before bound tokens): flat claims, no exp.
+    if parsed.service_account.is_none() {
+        parsed.service_account =
+            string(claims.get("kubernetes.io/serviceaccount/service-account.name"));
+        if parsed.service_account.is_some() && parsed.namespace.is_none() {
+            parsed.namespace = string(claims.get("kubernetes.io/serviceaccount/namespace"));
         }
-        Err(_) => Kind::Opaque,
+    }
+    if parsed.service_account.is_some() {
+        parsed.kind = Kind::ServiceaccountToken;
+    }
+    parsed
+}
+
+// ---- PEM ----
+
+/// Whether a PEM label names a private key (PKCS#8, encrypted PKCS#8, RSA, EC, DSA, OPENSSH, ...).
+fn is_private_key_label(label: &[u8]) -> bool {
+    label.ends_with(b"PRIVATE KEY")
+}
+
+/// Whether any line is a PEM header for a private key. Looked at separately from the decoder so a
+/// key whose body does not decode is still reported as a key (the more sensitive reading).
+fn has_private_key_header(content: &[u8]) -> bool {
+    content.split(|&b| b == b'\n').any(|line| {
+        line.strip_prefix(b"-----BEGIN ")
+            .and_then(|rest| {
+                rest.windows(5)
+                    .position(|w| w == b"-----")
+                    .map(|end| &rest[..end])
+            })
+            .is_some_and(is_private_key_label)
+    })
+}
+
+fn fill_leaf(parsed: &mut Parsed, cert: &X509Certificate<'_>) {
+    let validity = cert.validity();
+    // Unix seconds fit an f64 exactly for any date an X.509 time can hold.
+    parsed.expiry = Some(validity.not_after.timestamp() as f64);
+    parsed.issued = Some(validity.not_before.timestamp() as f64);
+    parsed.subject_cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+}
+
+fn parse_pem(content: &[u8]) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut key = has_private_key_header(content);
+    let mut problem = None;
+    let mut blocks = 0u32;
+    for (i, block) in Pem::iter_from_buffer(content).enumerate() {
+        let n = i + 1;
+        blocks += 1;
+        let pem = match block {
+            Ok(pem) => pem,
+            Err(_) => {
+                problem = Some(format!("PEM block {n} could not be decoded"));
+                break;
+            }
+        };
+        if is_private_key_label(pem.label.as_bytes()) {
+            key = true;
+        } else if pem.label == "CERTIFICATE" {
+            match x509_parser::parse_x509_certificate(&pem.contents) {
+                Ok((_, cert)) => {
+                    if parsed.certificates == 0 {
+                        fill_leaf(&mut parsed, &cert);
+                    }
+                    parsed.certificates = parsed.certificates.saturating_add(1);
+                }
+                Err(_) => {
+                    problem = Some(format!("PEM block {n} is not a valid certificate"));
+                    break;
+                }
+            }
+        }
+        // `pem.contents` (possibly key material) is dropped here.
+    }
+    if blocks == 0 && problem.is_none() {
+        // A "-----BEGIN " line the decoder skipped (e.g. not UTF-8).
+        problem = Some("PEM header could not be read".to_owned());
+    }
+    if key {
+        parsed.kind = Kind::PrivateKey;
+        parsed.problem = problem;
+        parsed
+    } else if let Some(problem) = problem {
+        Parsed::opaque(problem)
+    } else if parsed.certificates > 0 {
+        parsed.kind = Kind::Certificate;
+        parsed
+    } else {
+        // Valid PEM with neither certificates nor keys (public key, CSR, CRL, ...).
+        Parsed::default()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{path::PathBuf, process::Command};
+
     use super::*;
 
-    #[test]
-    fn kinds() {
-        let cases: &[(&[u8], Kind)] = &[
-            (b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n", Kind::PrivateKey),
-            (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n", Kind::PrivateKey),
-            (b"-----BEGIN EC PRIVATE KEY-----\n", Kind::PrivateKey),
-            (b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", Kind::Certificate),
-            (
-                b"-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n-----BEGIN RSA PRIVATE KEY-----\n",
-                Kind::PrivateKey,
-            ),
-            (b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n", Kind::Jwt),
-            (b"eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", Kind::Jwt),
-            (b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0", Kind::Opaque),
-            (b"eyJ a.b.c", Kind::Opaque),
-            (b"[default]\naws_access_key_id = AKIA\n", Kind::Opaque),
-            (b"", Kind::Opaque),
-            (b"\xff\xfe\x00garbage", Kind::Opaque),
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn std_b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    const CANARY: &str = "CANARY-d41d8cd98f00b204e9800998ecf8427e";
+
+    /// A signature segment that carries the canary (so a leak of the segment or its decoding shows).
+    fn signature() -> String {
+        b64(format!("sig-{CANARY}-0123456789abcdef0123456789abcdef").as_bytes())
+    }
+
+    fn jwt(header: &str, payload: &str) -> String {
+        format!(
+            "{}.{}.{}",
+            b64(header.as_bytes()),
+            b64(payload.as_bytes()),
+            signature()
+        )
+    }
+
+    const HEADER: &str = r#"{"alg":"RS256","kid":"abc123"}"#;
+
+    fn openssl(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI is needed for these tests");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Days from 1970-01-01 to a civil date (proleptic Gregorian), after Howard Hinnant.
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (m + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146097 + doe - 719468
+    }
+
+    /// "May  2 12:34:56 2026 GMT" (openssl's default date format) to unix seconds.
+    fn openssl_date(s: &str) -> f64 {
+        let f: Vec<&str> = s.split_whitespace().collect();
+        assert_eq!(f.len(), 5, "{s}");
+        assert_eq!(f[4], "GMT", "{s}");
+        let month = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ]
+        .iter()
+        .position(|m| *m == f[0])
+        .unwrap() as i64
+            + 1;
+        let day: i64 = f[1].parse().unwrap();
+        let year: i64 = f[3].parse().unwrap();
+        let hms: Vec<i64> = f[2].split(':').map(|x| x.parse().unwrap()).collect();
+        (days_from_civil(year, month, day) * 86400 + hms[0] * 3600 + hms[1] * 60 + hms[2]) as f64
+    }
+
+    /// (NotBefore, NotAfter) of the first certificate in `file`, as openssl prints them.
+    fn openssl_dates(dir: &Path, file: &str) -> (f64, f64) {
+        let out = openssl(
+            dir,
+            &["x509", "-in", file, "-noout", "-startdate", "-enddate"],
+        );
+        let field = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {out}"))
+        };
+        (
+            openssl_date(field("notBefore=")),
+            openssl_date(field("notAfter=")),
+        )
+    }
+
+    /// The base64 body lines of every PEM block (key material and certificate DER).
+    fn pem_body_lines(pem: &str) -> Vec<String> {
+        pem.lines()
+            .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        content: Vec<u8>,
+        expect: Parsed,
+        /// Strings that must not appear in the Debug or JSON form of the result.
+        secrets: Vec<String>,
+    }
+
+    struct Fixtures {
+        _dir: tempfile::TempDir,
+        leaf_pem: String,
+        leaf_dates: (f64, f64),
+        chain_pem: String,
+        chain_leaf_dates: (f64, f64),
+        pkcs8_key: String,
+        ec_key: String,
+        rsa_key: String,
+    }
+
+    /// Certificates and keys made with the openssl CLI in a temporary directory.
+    fn fixtures() -> Fixtures {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
         ];
-        for (content, kind) in cases {
-            assert_eq!(
-                classify(content),
-                *kind,
-                "{:?}",
-                String::from_utf8_lossy(content)
-            );
+        // A self-signed leaf.
+        openssl(
+            d,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-subj", "/CN=leaf", "-days", "2"],
+                &["-keyout", "self.key", "-out", "self.pem"],
+            ]
+            .concat(),
+        );
+        // A CA and a leaf it signs, with different lifetimes so the leaf's dates are told apart.
+        openssl(
+            d,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-subj", "/CN=test-ca", "-days", "30"],
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+            ]
+            .concat(),
+        );
+        openssl(
+            d,
+            &[
+                &["req"][..],
+                &ec,
+                &["-subj", "/CN=chain-leaf"],
+                &["-keyout", "leaf.key", "-out", "leaf.csr"],
+            ]
+            .concat(),
+        );
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "2",
+                "-days",
+                "3",
+                "-out",
+                "leaf.pem",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                "pkcs8.key",
+            ],
+        );
+        openssl(
+            d,
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-noout",
+                "-out",
+                "ec.key",
+            ],
+        );
+        openssl(d, &["genrsa", "-traditional", "-out", "rsa.key", "2048"]);
+        let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+        let leaf_dates = openssl_dates(d, "self.pem");
+        let chain_leaf_dates = openssl_dates(d, "leaf.pem");
+        assert_ne!(chain_leaf_dates, openssl_dates(d, "ca.pem"));
+        let f = Fixtures {
+            leaf_pem: read("self.pem"),
+            leaf_dates,
+            chain_pem: read("leaf.pem") + &read("ca.pem"),
+            chain_leaf_dates,
+            pkcs8_key: read("pkcs8.key"),
+            ec_key: read("ec.key"),
+            rsa_key: read("rsa.key"),
+            _dir: dir,
+        };
+        assert!(f.pkcs8_key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(f.ec_key.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+        assert!(f.rsa_key.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        f
+    }
+
+    fn cases(f: &Fixtures) -> Vec<Case> {
+        let sig = signature();
+        let canary_claim = format!(r#""password":"{CANARY}""#);
+
+        let projected = jwt(
+            HEADER,
+            &format!(
+                r#"{{"aud":["https://kubernetes.default.svc","vault"],"exp":1781000000,"iat":1780996400.5,"nbf":1780996400,"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:payments:api","kubernetes.io":{{"namespace":"payments","node":{{"name":"node-1","uid":"n-uid"}},"pod":{{"name":"api-7d9f","uid":"0b5c2a3e-1111-2222-3333-444455556666"}},"serviceaccount":{{"name":"api","uid":"sa-uid"}},"warnafter":1780999927}},{canary_claim}}}"#
+            ),
+        );
+        let plain = jwt(
+            r#"{"alg":"ES256","typ":"JWT"}"#,
+            &format!(
+                r#"{{"aud":"sts.amazonaws.com","exp":1781000000,"sub":"user-1",{canary_claim}}}"#
+            ),
+        );
+        let legacy = jwt(
+            HEADER,
+            &format!(
+                r#"{{"iss":"kubernetes/serviceaccount","kubernetes.io/serviceaccount/namespace":"kube-system","kubernetes.io/serviceaccount/secret.name":"builder-token-x","kubernetes.io/serviceaccount/service-account.name":"builder","kubernetes.io/serviceaccount/service-account.uid":"u-1","sub":"system:serviceaccount:kube-system:builder",{canary_claim}}}"#
+            ),
+        );
+        // Padded base64 is accepted too; surrounding whitespace is trimmed.
+        let padded = format!(
+            "\n  {}.{}.{}\n",
+            base64::engine::general_purpose::URL_SAFE.encode(b"{\"alg\":\"none\"}"),
+            base64::engine::general_purpose::URL_SAFE
+                .encode(b"{\"exp\":12.25,\"aud\":[\"a\",1,\"b\"]}"),
+            sig
+        );
+        let truncated = &projected[..projected.find('.').unwrap() + 30];
+        let not_json = format!(
+            "{}.{}.{}",
+            b64(HEADER.as_bytes()),
+            b64(format!("not json {CANARY}").as_bytes()),
+            sig
+        );
+        let not_object = jwt(HEADER, "[1,2,3]");
+        let bad_header = format!("eyJ{}.{}.{}", b64(CANARY.as_bytes()), b64(b"{}"), sig);
+        // '*' and '!' are not base64url; base64 errors would name them.
+        let bad_b64 = format!(
+            "{}.eyJzdWIiOiJ4In0*!{CANARY}.{}",
+            b64(HEADER.as_bytes()),
+            sig
+        );
+
+        let openssh_body = std_b64(format!("openssh-key-v1\0none\0none\0{CANARY}").as_bytes());
+        let openssh = format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{openssh_body}\n-----END OPENSSH PRIVATE KEY-----\n"
+        );
+        let bundle = format!("{}{}", f.pkcs8_key, f.leaf_pem);
+        let garbage_cert_body = std_b64(format!("not DER at all {CANARY}").as_bytes());
+        let garbage_cert = format!(
+            "-----BEGIN CERTIFICATE-----\n{garbage_cert_body}\n-----END CERTIFICATE-----\n"
+        );
+        let bad_b64_pem =
+            format!("-----BEGIN CERTIFICATE-----\n{CANARY}!!*\n-----END CERTIFICATE-----\n");
+        let bad_key_pem =
+            format!("-----BEGIN EC PRIVATE KEY-----\n{CANARY}!!*\n-----END EC PRIVATE KEY-----\n");
+        let cert_then_garbage = format!("{}{garbage_cert}", f.leaf_pem);
+        let public_key = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            std_b64(CANARY.as_bytes())
+        );
+        let comment_then_cert = format!("# {CANARY}\n{}", f.leaf_pem);
+
+        let jwt_secrets = || vec![sig.clone(), CANARY.to_owned()];
+        let pem_secrets = |pem: &str| {
+            let mut s = pem_body_lines(pem);
+            s.push(CANARY.to_owned());
+            s
+        };
+        let leaf = Parsed {
+            kind: Kind::Certificate,
+            issued: Some(f.leaf_dates.0),
+            expiry: Some(f.leaf_dates.1),
+            subject_cn: Some("leaf".into()),
+            certificates: 1,
+            ..Parsed::default()
+        };
+        let key = Parsed {
+            kind: Kind::PrivateKey,
+            ..Parsed::default()
+        };
+        let opaque = |problem: &str| Parsed::opaque(problem);
+
+        vec![
+            Case {
+                name: "projected serviceaccount token",
+                content: projected.clone().into_bytes(),
+                expect: Parsed {
+                    kind: Kind::ServiceaccountToken,
+                    expiry: Some(1781000000.0),
+                    issued: Some(1780996400.5),
+                    not_before: Some(1780996400.0),
+                    stale_after: Some(1780999927.0),
+                    audience: vec!["https://kubernetes.default.svc".into(), "vault".into()],
+                    subject: Some("system:serviceaccount:payments:api".into()),
+                    namespace: Some("payments".into()),
+                    pod_name: Some("api-7d9f".into()),
+                    pod_uid: Some("0b5c2a3e-1111-2222-3333-444455556666".into()),
+                    service_account: Some("api".into()),
+                    ..Parsed::default()
+                },
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "projected token with trailing newline",
+                content: format!("{projected}\n").into_bytes(),
+                expect: parse(projected.as_bytes()),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "plain JWT, aud string",
+                content: plain.into_bytes(),
+                expect: Parsed {
+                    kind: Kind::Jwt,
+                    expiry: Some(1781000000.0),
+                    audience: vec!["sts.amazonaws.com".into()],
+                    subject: Some("user-1".into()),
+                    ..Parsed::default()
+                },
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "legacy secret-based serviceaccount token",
+                content: legacy.into_bytes(),
+                expect: Parsed {
+                    kind: Kind::ServiceaccountToken,
+                    subject: Some("system:serviceaccount:kube-system:builder".into()),
+                    namespace: Some("kube-system".into()),
+                    service_account: Some("builder".into()),
+                    ..Parsed::default()
+                },
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "padded base64, float exp, mixed aud array",
+                content: padded.into_bytes(),
+                expect: Parsed {
+                    kind: Kind::Jwt,
+                    expiry: Some(12.25),
+                    audience: vec!["a".into(), "b".into()],
+                    ..Parsed::default()
+                },
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "unsecured JWT with empty signature",
+                content: format!(
+                    "{}.{}.",
+                    b64(b"{\"alg\":\"none\"}"),
+                    b64(b"{\"sub\":\"x\"}")
+                )
+                .into_bytes(),
+                expect: Parsed {
+                    kind: Kind::Jwt,
+                    subject: Some("x".into()),
+                    ..Parsed::default()
+                },
+                secrets: vec![],
+            },
+            Case {
+                name: "truncated JWT",
+                content: truncated.as_bytes().to_vec(),
+                expect: opaque("looks like a JWT but does not have three dot-separated parts"),
+                secrets: vec![truncated.to_owned()],
+            },
+            Case {
+                name: "JWT cut inside the payload",
+                content: format!(
+                    "{}.{}",
+                    &projected[..projected.rfind('.').unwrap() - 8],
+                    sig
+                )
+                .into_bytes(),
+                expect: opaque("looks like a JWT but its payload is not JSON"),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "JWT with non-JSON payload",
+                content: not_json.into_bytes(),
+                expect: opaque("looks like a JWT but its payload is not JSON"),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "JWT with non-object payload",
+                content: not_object.into_bytes(),
+                expect: opaque("looks like a JWT but its payload is not a JSON object"),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "JWT with non-JSON header",
+                content: bad_header.into_bytes(),
+                expect: opaque("looks like a JWT but its header is not JSON"),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "JWT with bad base64",
+                content: bad_b64.into_bytes(),
+                expect: opaque("looks like a JWT but its payload is not base64url"),
+                secrets: vec![sig.clone(), CANARY.to_owned(), "*!".to_owned()],
+            },
+            Case {
+                name: "four-part token",
+                content: format!("{projected}.{sig}").into_bytes(),
+                expect: opaque("looks like a JWT but does not have three dot-separated parts"),
+                secrets: jwt_secrets(),
+            },
+            Case {
+                name: "base64 JSON without dots is opaque",
+                content: b64(b"{\"auths\":{}}").into_bytes(),
+                expect: Parsed::default(),
+                secrets: vec![],
+            },
+            Case {
+                name: "PEM certificate",
+                content: f.leaf_pem.clone().into_bytes(),
+                expect: leaf.clone(),
+                secrets: pem_secrets(&f.leaf_pem),
+            },
+            Case {
+                name: "PEM certificate after a comment line",
+                content: comment_then_cert.into_bytes(),
+                expect: leaf.clone(),
+                secrets: pem_secrets(&f.leaf_pem),
+            },
+            Case {
+                name: "PEM chain, leaf first",
+                content: f.chain_pem.clone().into_bytes(),
+                expect: Parsed {
+                    kind: Kind::Certificate,
+                    issued: Some(f.chain_leaf_dates.0),
+                    expiry: Some(f.chain_leaf_dates.1),
+                    subject_cn: Some("chain-leaf".into()),
+                    certificates: 2,
+                    ..Parsed::default()
+                },
+                secrets: pem_secrets(&f.chain_pem),
+            },
+            Case {
+                name: "PKCS#8 private key",
+                content: f.pkcs8_key.clone().into_bytes(),
+                expect: key.clone(),
+                secrets: pem_secrets(&f.pkcs8_key),
+            },
+            Case {
+                name: "EC private key",
+                content: f.ec_key.clone().into_bytes(),
+                expect: key.clone(),
+                secrets: pem_secrets(&f.ec_key),
+            },
+            Case {
+                name: "RSA private key",
+                content: f.rsa_key.clone().into_bytes(),
+                expect: key.clone(),
+                secrets: pem_secrets(&f.rsa_key),
+            },
+            Case {
+                name: "OPENSSH private key",
+                content: openssh.clone().into_bytes(),
+                expect: key.clone(),
+                secrets: vec![openssh_body.clone(), CANARY.to_owned()],
+            },
+            Case {
+                name: "key and certificate bundle",
+                content: bundle.clone().into_bytes(),
+                expect: Parsed {
+                    kind: Kind::PrivateKey,
+                    ..leaf.clone()
+                },
+                secrets: pem_secrets(&bundle),
+            },
+            Case {
+                name: "PEM certificate with garbage DER",
+                content: garbage_cert.into_bytes(),
+                expect: opaque("PEM block 1 is not a valid certificate"),
+                secrets: vec![garbage_cert_body.clone(), CANARY.to_owned()],
+            },
+            Case {
+                name: "PEM certificate with garbage base64",
+                content: bad_b64_pem.into_bytes(),
+                expect: opaque("PEM block 1 could not be decoded"),
+                secrets: vec![CANARY.to_owned()],
+            },
+            Case {
+                name: "certificate followed by garbage certificate",
+                content: cert_then_garbage.into_bytes(),
+                expect: opaque("PEM block 2 is not a valid certificate"),
+                secrets: vec![garbage_cert_body, CANARY.to_owned()],
+            },
+            Case {
+                name: "private key with garbage body stays a private key",
+                content: bad_key_pem.into_bytes(),
+                expect: Parsed {
+                    problem: Some("PEM block 1 could not be decoded".into()),
+                    ..key.clone()
+                },
+                secrets: vec![CANARY.to_owned()],
+            },
+            Case {
+                name: "PEM header without end",
+                content: b"-----BEGIN CERTIFICATE-----\nMIIB\n".to_vec(),
+                expect: opaque("PEM block 1 could not be decoded"),
+                secrets: vec!["MIIB".to_owned()],
+            },
+            Case {
+                name: "public key is opaque",
+                content: public_key.into_bytes(),
+                expect: Parsed::default(),
+                secrets: vec![CANARY.to_owned()],
+            },
+            Case {
+                name: "plain opaque secret",
+                content: format!("[default]\naws_secret_access_key = {CANARY}\n").into_bytes(),
+                expect: Parsed::default(),
+                secrets: vec![CANARY.to_owned()],
+            },
+            Case {
+                name: "empty",
+                content: vec![],
+                expect: Parsed::default(),
+                secrets: vec![],
+            },
+            Case {
+                name: "binary garbage",
+                content: b"\xff\xfe\x00garbage\x80eyJ.\x00-----BEGIN \xff".to_vec(),
+                expect: Parsed::default(),
+                secrets: vec![],
+            },
+            Case {
+                name: "binary garbage in a PEM header",
+                content: b"-----BEGIN \xff\xfe PRIVATE KEY-----\n\x00\x01\n".to_vec(),
+                expect: Parsed {
+                    problem: Some("PEM header could not be read".into()),
+                    ..key.clone()
+                },
+                secrets: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn parses() {
+        let f = fixtures();
+        for case in cases(&f) {
+            let got = parse(&case.content);
+            assert_eq!(got, case.expect, "case {:?}", case.name);
+            assert_eq!(classify(&case.content), case.expect.kind, "{}", case.name);
         }
     }
 
     #[test]
-    fn large_files_are_opaque() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("big");
-        let mut content = b"-----BEGIN CERTIFICATE-----\n".to_vec();
-        content.resize(MAX_PARSE_BYTES as usize + 10, b'A');
+    fn never_holds_content() {
+        let f = fixtures();
+        for case in cases(&f) {
+            let parsed = parse(&case.content);
+            let debug = format!("{parsed:?}");
+            let json = serde_json::to_string(&parsed).unwrap();
+            for secret in &case.secrets {
+                assert!(!debug.contains(secret.as_str()), "{}: {debug}", case.name);
+                assert!(!json.contains(secret.as_str()), "{}: {json}", case.name);
+            }
+            if let Some(problem) = &parsed.problem {
+                let content = String::from_utf8_lossy(&case.content);
+                assert!(
+                    !content.contains(problem.as_str()),
+                    "{}: {problem}",
+                    case.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn json_shape() {
+        let parsed = Parsed {
+            kind: Kind::ServiceaccountToken,
+            expiry: Some(1.5),
+            ..Parsed::default()
+        };
+        let v: Value = serde_json::to_value(&parsed).unwrap();
+        assert_eq!(v["kind"], "serviceaccount_token");
+        assert_eq!(v["expiry"], 1.5);
+        assert_eq!(v["problem"], Value::Null);
+        assert_eq!(Kind::default(), Kind::Opaque);
+    }
+
+    fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+        let p = dir.join(name);
         std::fs::write(&p, content).unwrap();
-        assert_eq!(classify_file(&p), Kind::Opaque);
-        assert_eq!(classify_file(&dir.path().join("missing")), Kind::Opaque);
+        p
+    }
+
+    #[test]
+    fn files() {
+        let f = fixtures();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+
+        let cert = write(d, "tls.crt", f.leaf_pem.as_bytes());
+        assert_eq!(parse_file(&cert), parse(f.leaf_pem.as_bytes()));
+        assert_eq!(classify_file(&cert), Kind::Certificate);
+
+        // 5 MiB that would be a certificate if it were read: not parsed.
+        let mut big = f.leaf_pem.clone().into_bytes();
+        big.resize(5 * 1024 * 1024, b'A');
+        let big = write(d, "big", &big);
+        let parsed = parse_file(&big);
+        assert_eq!(parsed, Parsed::opaque("larger than 1 MiB: not parsed"));
+        assert_eq!(classify_file(&big), Kind::Opaque);
+
+        // Exactly 1 MiB is still parsed.
+        let mut edge = f.leaf_pem.clone().into_bytes();
+        edge.resize(MAX_PARSE_BYTES as usize, b'\n');
+        let edge = write(d, "edge", &edge);
+        assert_eq!(parse_file(&edge).kind, Kind::Certificate);
+
+        let missing = parse_file(&d.join("missing"));
+        assert_eq!(missing.kind, Kind::Opaque);
+        assert_eq!(
+            missing.problem.as_deref(),
+            Some("could not be opened: entity not found")
+        );
+        // A directory opens but cannot be read.
+        let unreadable = parse_file(d);
+        assert_eq!(unreadable.kind, Kind::Opaque);
+        assert!(unreadable.problem.is_some());
     }
 }

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 use inotify::{Inotify, WatchMask};
 
 use crate::{
-    credential,
-    state::{Found, MapOp, State, REMOVED_GRACE},
+    credential, kubelet,
+    state::{Found, MapOp, State},
     sys,
 };
 
@@ -91,8 +91,15 @@ pub struct Scan {
     pub dirs: BTreeSet<PathBuf>,
     /// Watch entries with nothing on disk yet.
     pub missing: Vec<String>,
-    /// Files skipped by `MAX_FILES_PER_WATCH`.
+    /// Files skipped by `MAX_FILES_PER_WATCH` / `kubelet::MAX_FILES_PER_VOLUME`.
     pub skipped: u64,
+    /// Odd things worth a log line (each is logged once while it lasts).
+    pub problems: Vec<String>,
+}
+
+/// A file's modification time in Unix seconds.
+pub fn modified(m: &std::fs::Metadata) -> f64 {
+    m.mtime() as f64 + m.mtime_nsec() as f64 / 1e9
 }
 
 pub fn scan(specs: &[WatchSpec]) -> Scan {
@@ -160,10 +167,14 @@ pub fn scan(specs: &[WatchSpec]) -> Scan {
                 .into_owned();
             tracked += 1;
             out.found.push(Found {
+                pod_uid: String::new(),
                 volume: root.to_string_lossy().into_owned(),
                 file,
+                source: "host".to_owned(),
                 path,
                 inode: key,
+                modified: modified(&meta),
+                generations: None,
             });
         }
     }
@@ -220,15 +231,51 @@ pub fn specs(patterns: &[String]) -> (Vec<WatchSpec>, Vec<String>) {
     (ok, errors)
 }
 
-/// Applies a scan to the shared state and returns the kernel map changes.
-pub fn apply(state: &State, scan: &Scan) -> Vec<MapOp> {
+/// Where credentials are looked for.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub specs: Vec<WatchSpec>,
+    pub kubelet_root: Option<PathBuf>,
+    pub sink_volumes: Vec<String>,
+    /// How long series of a credential that is gone are kept.
+    pub grace: Duration,
+}
+
+/// Scans host watch paths and the kubelet root; a file under both is one credential.
+pub fn scan_all(sources: &Sources, kubelet: &mut kubelet::Scanner) -> Scan {
+    let mut out = scan(&sources.specs);
+    if let Some(root) = &sources.kubelet_root {
+        let mut k = Scan::default();
+        kubelet.scan(root, &sources.sink_volumes, &mut k);
+        let host: HashSet<InodeKey> = out.found.iter().map(|f| f.inode).collect();
+        out.found.extend(
+            k.found
+                .into_iter()
+                .filter(|f| f.inode == InodeKey::default() || !host.contains(&f.inode)),
+        );
+        out.dirs.extend(k.dirs);
+        out.skipped += k.skipped;
+        out.problems.extend(k.problems);
+    }
+    out
+}
+
+/// Applies a scan to the shared state and returns the kernel map changes. Parsing problems
+/// (a truncated token, a broken certificate) are logged here, without content.
+pub fn apply(state: &State, scan: &Scan, grace: Duration) -> Vec<MapOp> {
     let mut creds = state.credentials.lock().expect("credentials lock");
     creds.apply(
         &scan.found,
-        |f| credential::classify_file(&f.path),
+        |path| {
+            let parsed = credential::parse_file(path);
+            if let Some(problem) = &parsed.problem {
+                tracing::warn!(path = %path.display(), %problem, "credential tracked as opaque");
+            }
+            parsed
+        },
         Instant::now(),
         sys::unix_now(),
-        REMOVED_GRACE,
+        grace,
     )
 }
 
@@ -237,7 +284,9 @@ pub type MapSink = Box<dyn Fn(&[MapOp]) + Send + Sync>;
 
 /// Keeps the inventory current until the process ends. `sink` applies map changes to the kernel.
 pub struct Watcher {
-    specs: Vec<WatchSpec>,
+    sources: Sources,
+    kubelet: kubelet::Scanner,
+    warned_problems: HashSet<String>,
     state: Arc<State>,
     sink: MapSink,
     inotify_dirs: HashSet<PathBuf>,
@@ -246,9 +295,11 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    pub fn new(specs: Vec<WatchSpec>, state: Arc<State>, sink: MapSink) -> Self {
+    pub fn new(sources: Sources, state: Arc<State>, sink: MapSink) -> Self {
         Self {
-            specs,
+            sources,
+            kubelet: kubelet::Scanner::default(),
+            warned_problems: HashSet::new(),
             state,
             sink,
             inotify_dirs: HashSet::new(),
@@ -259,7 +310,13 @@ impl Watcher {
 
     /// One full pass: scan, apply, update kernel maps. Returns the directories to watch.
     pub fn rescan(&mut self) -> BTreeSet<PathBuf> {
-        let scan = scan(&self.specs);
+        let scan = scan_all(&self.sources, &mut self.kubelet);
+        for p in &scan.problems {
+            if self.warned_problems.insert(p.clone()) {
+                tracing::warn!("{p}");
+            }
+        }
+        self.warned_problems.retain(|p| scan.problems.contains(p));
         for m in &scan.missing {
             if self.warned_missing.insert(m.clone()) {
                 tracing::warn!(path = %m, "watch path does not exist (yet); it will be watched when it appears");
@@ -278,12 +335,12 @@ impl Watcher {
             );
         }
         self.last_skipped = scan.skipped;
-        let ops = apply(&self.state, &scan);
+        let ops = apply(&self.state, &scan, self.sources.grace);
         for op in &ops {
             if let MapOp::Watch(_, c) = op {
                 let creds = self.state.credentials.lock().expect("credentials lock");
                 if let Some(r) = creds.get(c.cred_id) {
-                    tracing::info!(volume = %r.volume, file = %r.file, kind = r.kind.as_str(), generation = r.generation, "watching credential");
+                    tracing::info!(pod_uid = %r.pod_uid, volume = %r.volume, file = %r.file, kind = r.kind.as_str(), generation = c.generation, "watching credential");
                 }
             }
         }
@@ -313,7 +370,11 @@ impl Watcher {
         };
         add(&first_dirs, &mut self.inotify_dirs);
         let mut stream = inotify.into_event_stream([0u8; 8192])?;
-        let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        // Rescan often enough that series of removed credentials go soon after their grace period.
+        let period = RESCAN_INTERVAL
+            .min(self.sources.grace / 2)
+            .max(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(period);
         tick.tick().await;
         loop {
             tokio::select! {

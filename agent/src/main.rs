@@ -96,50 +96,60 @@ fn run_inventory(flags: Flags, json: bool) -> anyhow::Result<()> {
     if !errors.is_empty() {
         anyhow::bail!("bad watch entries: {}", errors.join("; "));
     }
+    let sources = inventory::Sources {
+        specs,
+        kubelet_root: Some(cfg.kubelet_root.clone()),
+        sink_volumes: cfg.credential_sink_volumes.clone(),
+        grace: cfg.series_grace,
+    };
     let state = Arc::new(State::default());
-    let scan = inventory::scan(&specs);
-    inventory::apply(&state, &scan);
+    let scan = inventory::scan_all(&sources, &mut credwatch::kubelet::Scanner::default());
+    for p in &scan.problems {
+        eprintln!("note: {p}");
+    }
+    inventory::apply(&state, &scan, sources.grace);
     let creds = state.credentials.lock().expect("credentials lock");
     if json {
         let list: Vec<_> = creds.iter().collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(());
     }
-    let rows: Vec<[String; 5]> = creds
-        .iter()
-        .map(|c| {
-            [
-                c.kind.as_str().to_owned(),
-                c.source.clone(),
-                c.generation.to_string(),
-                c.volume.clone(),
-                c.file.clone(),
-            ]
-        })
+    let now = sys::unix_now();
+    let dash = || "-".to_owned();
+    let mut rows: Vec<Vec<String>> = vec![[
+        "POD", "VOLUME", "FILE", "KIND", "SOURCE", "GEN", "ISSUED", "EXPIRY",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for c in creds.iter() {
+        rows.push(vec![
+            if c.pod.is_empty() {
+                dash()
+            } else {
+                c.pod.clone()
+            },
+            c.volume.clone(),
+            c.file.clone(),
+            c.kind.as_str().to_owned(),
+            c.source.clone(),
+            c.generation.to_string(),
+            format!("{} ago", sys::human_duration(now - c.issued())),
+            c.parsed
+                .expiry
+                .map(|e| sys::expiry_phrase(e, now))
+                .unwrap_or_else(dash),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
-    let head = ["KIND", "SOURCE", "GEN", "VOLUME", "FILE"];
-    let w: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([head[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in std::iter::once(head.map(String::from)).chain(rows) {
-        println!(
-            "{:w0$}  {:w1$}  {:w2$}  {:w3$}  {}",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        );
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
     }
     for m in &scan.missing {
         eprintln!("note: watch path {m} does not exist");

@@ -23,6 +23,14 @@ pub const UNKNOWN_READER: &str = "_unknown";
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One reader's reads of one credential, over all its cgroups and the credential's generations.
+#[derive(Default)]
+struct ReaderReads {
+    count: u64,
+    last_read_ns: u64,
+    newest_generation: Option<u32>,
+}
+
 #[derive(Debug)]
 pub struct Collector {
     pub state: Arc<State>,
@@ -112,23 +120,27 @@ impl prometheus_client::collector::Collector for Collector {
             .cloned()
             .collect();
 
+        let by_id: BTreeMap<u32, &CredentialRecord> = creds.iter().map(|c| (c.id, c)).collect();
         // Reads by (credential, container label): summed over generations and cgroups.
-        let mut reads: BTreeMap<(u32, String), (u64, u64)> = BTreeMap::new();
+        let mut reads: BTreeMap<(u32, String), ReaderReads> = BTreeMap::new();
         for c in &creds {
             // Present with 0 before anyone reads it: "mounted, never read" is one expression.
             reads.entry((c.id, NODE.to_owned())).or_default();
         }
         for t in &totals {
-            if !creds.iter().any(|c| c.id == t.key.cred_id) {
+            if !by_id.contains_key(&t.key.cred_id) {
                 continue; // purged
             }
             let e = reads
                 .entry((t.key.cred_id, self.reader_label(t.key.cgroup_id)))
                 .or_default();
-            e.0 += t.count;
-            e.1 = e.1.max(t.last_read_ns);
+            e.count += t.count;
+            e.last_read_ns = e.last_read_ns.max(t.last_read_ns);
+            if t.count > 0 {
+                let g = t.key.generation;
+                e.newest_generation = Some(e.newest_generation.map_or(g, |n| n.max(g)));
+            }
         }
-        let by_id: BTreeMap<u32, &CredentialRecord> = creds.iter().map(|c| (c.id, c)).collect();
 
         let info: Vec<(Labels, f64)> = creds
             .iter()
@@ -150,10 +162,19 @@ impl prometheus_client::collector::Collector for Collector {
             &info,
         )?;
 
-        let issued: Vec<(Labels, f64)> = creds
-            .iter()
-            .map(|c| (identity(c), c.generation_seen_at))
-            .collect();
+        let dated = |f: fn(&CredentialRecord) -> Option<f64>| -> Vec<(Labels, f64)> {
+            creds
+                .iter()
+                .filter_map(|c| Some((identity(c), f(c)?)))
+                .collect()
+        };
+        gauges(
+            &mut enc,
+            "credential_expiry_timestamp_seconds",
+            "JWT exp or certificate NotAfter of the current generation.",
+            &dated(|c| c.parsed.expiry),
+        )?;
+        let issued: Vec<(Labels, f64)> = creds.iter().map(|c| (identity(c), c.issued())).collect();
         gauges(
             &mut enc,
             "credential_issued_timestamp_seconds",
@@ -161,6 +182,18 @@ impl prometheus_client::collector::Collector for Collector {
             &issued,
         )?;
 
+        gauges(
+            &mut enc,
+            "credential_stale_after_timestamp_seconds",
+            "JWT kubernetes.io warnafter: when an extended service-account token should be considered stale.",
+            &dated(|c| c.parsed.stale_after),
+        )?;
+        gauges(
+            &mut enc,
+            "credential_refresh_due_timestamp_seconds",
+            "Projected service-account tokens: when the kubelet should have rotated it (iat + 80% of its lifetime, at most 24 h).",
+            &dated(CredentialRecord::refresh_due),
+        )?;
         let rotations: Vec<(Labels, u64)> =
             creds.iter().map(|c| (identity(c), c.rotations)).collect();
         counters(
@@ -172,13 +205,21 @@ impl prometheus_client::collector::Collector for Collector {
 
         let mut read_rows = Vec::new();
         let mut last_rows = Vec::new();
-        for ((id, container), (count, last)) in &reads {
+        let mut lag_rows = Vec::new();
+        let mut held_rows = Vec::new();
+        for ((id, container), r) in &reads {
             let Some(c) = by_id.get(id) else { continue };
             let l = with(identity(c), "container", container.clone());
-            if *count > 0 {
-                last_rows.push((l.clone(), clock.to_unix_seconds(*last)));
+            if r.count > 0 {
+                last_rows.push((l.clone(), clock.to_unix_seconds(r.last_read_ns)));
             }
-            read_rows.push((l, *count));
+            if let Some(g) = r.newest_generation {
+                lag_rows.push((l.clone(), f64::from(c.generation.saturating_sub(g))));
+                if let Some(Some(exp)) = c.generation_expiry.get(&g) {
+                    held_rows.push((l.clone(), *exp));
+                }
+            }
+            read_rows.push((l, r.count));
         }
         counters(
             &mut enc,
@@ -191,6 +232,18 @@ impl prometheus_client::collector::Collector for Collector {
             "credential_last_read_timestamp_seconds",
             "Unix time of the reader's last read.",
             &last_rows,
+        )?;
+        gauges(
+            &mut enc,
+            "credential_reader_generation_lag",
+            "Rotations since this reader last read the credential (0 = it has read the current generation).",
+            &lag_rows,
+        )?;
+        gauges(
+            &mut enc,
+            "credential_reader_held_expiry_timestamp_seconds",
+            "Expiry of the newest generation this reader has read: below time() it can only hold an expired credential.",
+            &held_rows,
         )?;
 
         let kernel_lost = |s| self.maps.as_ref().map(|m| m.lost(s)).unwrap_or(0);
@@ -262,12 +315,16 @@ mod tests {
         let state = Arc::new(State::default());
         state.credentials.lock().unwrap().apply(
             &[Found {
+                pod_uid: String::new(),
                 volume: "/run/secrets".into(),
                 file: "db/password".into(),
+                source: "host".into(),
                 path: "/run/secrets/db/password".into(),
                 inode: InodeKey::new(1, 2),
+                modified: 1000.0,
+                generations: None,
             }],
-            |_| crate::credential::Kind::Opaque,
+            |_| crate::credential::Parsed::default(),
             std::time::Instant::now(),
             1000.0,
             crate::state::REMOVED_GRACE,

@@ -137,9 +137,59 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xfffff)
 }
 
+/// A duration for people: "41m", "3h", "2d" (the largest unit that fits, rounded down).
+pub fn human_duration(seconds: f64) -> String {
+    let s = seconds.abs() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!(
+            "{}h{}",
+            s / 3600,
+            if s % 3600 >= 60 {
+                format!("{}m", s % 3600 / 60)
+            } else {
+                String::new()
+            }
+        ),
+        _ => format!(
+            "{}d{}",
+            s / 86400,
+            if s % 86400 >= 3600 {
+                format!("{}h", s % 86400 / 3600)
+            } else {
+                String::new()
+            }
+        ),
+    }
+}
+
+/// "expires in 41m" / "EXPIRED 3h ago".
+pub fn expiry_phrase(expiry: f64, now: f64) -> String {
+    if expiry > now {
+        format!("expires in {}", human_duration(expiry - now))
+    } else {
+        format!("EXPIRED {} ago", human_duration(now - expiry))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn human_times() {
+        assert_eq!(human_duration(5.0), "5s");
+        assert_eq!(human_duration(41.0 * 60.0 + 7.0), "41m");
+        assert_eq!(human_duration(3.0 * 3600.0), "3h");
+        assert_eq!(human_duration(3.0 * 3600.0 + 120.0), "3h2m");
+        assert_eq!(human_duration(365.0 * 86400.0 + 7200.0), "365d2h");
+        assert_eq!(expiry_phrase(1000.0 + 2460.0, 1000.0), "expires in 41m");
+        assert_eq!(
+            expiry_phrase(1000.0, 1000.0 + 3.0 * 3600.0),
+            "EXPIRED 3h ago"
+        );
+    }
 
     #[test]
     fn dev_encoding_matches_the_kernel() {

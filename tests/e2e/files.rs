@@ -165,7 +165,7 @@ fn canary_values_never_leave_the_agent() {
     .unwrap();
     std::fs::write(
         dir.join("token"),
-        format!("eyJhbGciOiJub25lIn0.{CANARY}.c2ln"),
+        format!("eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.{CANARY}"),
     )
     .unwrap();
     let agent = Agent::start(&[dir.path()], &["--config", "/dev/null"]);

@@ -3,3 +3,4 @@
 //! `CREDWATCH_E2E=required`).
 mod files;
 mod inputs;
+mod kubelet;

@@ -1,6 +1,8 @@
 //! Harness for credwatch's end-to-end tests: the real agent binary, real cgroups, real processes.
 //!
 //! Everything a test creates is removed by a guard's `Drop` (agent processes, cgroups, files).
+pub mod kubelet;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
@@ -341,6 +343,45 @@ pub fn cgroup2_mount() -> PathBuf {
         .or(v2.first())
         .expect("cgroup v2 is mounted");
     PathBuf::from(m)
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n.div_ceil(2)];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()[..n].to_owned()
+}
+
+/// A random pod uid (UUID form).
+pub fn random_pod_uid() -> String {
+    let u = random_hex(32);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &u[..8],
+        &u[8..12],
+        &u[12..16],
+        &u[16..20],
+        &u[20..32]
+    )
+}
+
+/// A random 64-hex container id.
+pub fn random_container_id() -> String {
+    random_hex(64)
+}
+
+/// The systemd-driver cgroup of a container.
+pub fn systemd_container_cgroup(uid: &str, id: &str) -> String {
+    format!(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
+        uid.replace('-', "_")
+    )
+}
+
+/// The cgroupfs-driver cgroup of a container.
+pub fn cgroupfs_container_cgroup(uid: &str, id: &str) -> String {
+    format!("kubepods/besteffort/pod{uid}/{id}")
 }
 
 /// A random 64-hex container id and a pod uid, and the systemd-driver cgroup path of that

@@ -1,10 +1,12 @@
 //! The process the end-to-end tests place in cgroups and mount namespaces to open files in
 //! controlled ways.
 //!
-//! usage: credwatch-probe-reader [--chdir DIR] [--bind SRC:DST]... open PATH N [r|w|rw]
+//! usage: credwatch-probe-reader [--chdir DIR] [--tmpfs DIR] [--mkdir DIR] [--bind SRC:DST]...
+//!                                open PATH N [r|w|rw]
 //!
-//! `--bind` first moves the process into a private mount namespace, so the bind mount is seen by
-//! nobody else. Prints the number of successful opens.
+//! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
+//! mount is seen by nobody else (`--tmpfs /run --mkdir /run/secrets/... --bind VOL:/run/secrets/...`
+//! builds a container-style service-account path). Prints the number of successful opens.
 use std::ffi::CString;
 
 fn die(msg: String) -> ! {
@@ -22,36 +24,36 @@ fn check(rc: i32, what: &str) {
     }
 }
 
-fn bind(src: &str, dst: &str) {
+fn private_mount_namespace() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
     // SAFETY: plain syscalls with valid NUL-terminated strings.
-    unsafe {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)");
-            let root = cstr("/");
-            check(
-                libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ),
-                "make / private",
-            );
-        });
-        let (s, d) = (cstr(src), cstr(dst));
+    ONCE.call_once(|| unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)");
+        let root = cstr("/");
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        let null = std::ptr::null();
         check(
-            libc::mount(
-                s.as_ptr(),
-                d.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            ),
-            &format!("bind {src} on {dst}"),
+            libc::mount(null, root.as_ptr(), null, flags, null.cast()),
+            "make / private",
         );
-    }
+    });
+}
+
+fn tmpfs(dir: &str) {
+    private_mount_namespace();
+    let (src, d) = (cstr("tmpfs"), cstr(dir));
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(src.as_ptr(), d.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    check(rc, &format!("tmpfs on {dir}"));
+}
+
+fn bind(src: &str, dst: &str) {
+    private_mount_namespace();
+    let (s, d) = (cstr(src), cstr(dst));
+    let null = std::ptr::null();
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe { libc::mount(s.as_ptr(), d.as_ptr(), null, libc::MS_BIND, null.cast()) };
+    check(rc, &format!("bind {src} on {dst}"));
 }
 
 fn main() {
@@ -64,6 +66,20 @@ fn main() {
                     .get(i + 1)
                     .unwrap_or_else(|| die("--chdir needs DIR".into()));
                 std::env::set_current_dir(dir).unwrap_or_else(|e| die(format!("chdir {dir}: {e}")));
+                i += 2;
+            }
+            "--tmpfs" => {
+                tmpfs(
+                    args.get(i + 1)
+                        .unwrap_or_else(|| die("--tmpfs needs DIR".into())),
+                );
+                i += 2;
+            }
+            "--mkdir" => {
+                let dir = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("--mkdir needs DIR".into()));
+                std::fs::create_dir_all(dir).unwrap_or_else(|e| die(format!("mkdir {dir}: {e}")));
                 i += 2;
             }
             "--bind" => {

@@ -1,11 +1,999 @@
 //! `cargo xtask bench`: see the README's Benchmarks section.
-use std::path::Path;
+//!
+//! Measures, side by side in one run, four setups: `none` (nothing attached), `floor` (empty
+//! programs on credwatch's tracepoints), `credwatch` (the real agent) and `peer` (a bpftrace
+//! script comparing path prefixes on openat entry). Each round starts every setup in turn, in an
+//! order rotated by one per round so that no setup always runs first or last, runs the measured
+//! loops under it and stops it. Medians over rounds go to stdout and to target/bench/report.md.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{bail, ensure, Context as _, Result};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Iterations of each measured loop (open/close of each file, getppid) [default: 1000000]
+    #[arg(long)]
+    iterations: Option<u64>,
+    /// Rounds; each runs every setup once [default: 5]
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// A fast smoke run: 100000 iterations, 3 rounds (explicit flags still win).
+    #[arg(long)]
+    quick: bool,
+    /// The CPU the measured loops are pinned to; the setups' own processes run on the others.
+    #[arg(long, default_value_t = 1)]
+    cpu: usize,
+    /// The realistic workload's source tree (a few thousand files) [default: ~/.cargo/registry/src]
+    #[arg(long, value_name = "DIR")]
+    tree: Option<PathBuf>,
+}
 
-pub fn run(_root: &Path, _args: &Args) -> Result<()> {
-    anyhow::bail!("the benchmark is being written")
+/// Archives of the tree per setup and round; their median damps one-off page-cache hiccups.
+const TAR_RUNS: usize = 3;
+/// bpftrace's `str()` reads at most 64 bytes: the credential prefix must fit.
+const BPFTRACE_STRLEN: usize = 64;
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Setup {
+    None,
+    Floor,
+    Credwatch,
+    Peer,
+}
+
+const SETUPS: [Setup; 4] = [Setup::None, Setup::Floor, Setup::Credwatch, Setup::Peer];
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::None => "none",
+            Setup::Floor => "floor",
+            Setup::Credwatch => "credwatch",
+            Setup::Peer => "peer",
+        }
+    }
+}
+
+/// What is measured; each (metric, setup) cell collects one value per round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Metric {
+    /// Wall clock, ns per open+close of a file no one watches.
+    OpenPlain,
+    /// Wall clock, ns per open+close of the watched credential.
+    OpenCred,
+    /// Wall clock, ns per getppid: the cost every syscall pays once any syscall tracepoint is on.
+    Getppid,
+    /// Wall clock, ms to archive the source tree.
+    Tar,
+    /// Kernel-measured ns per run of the openat program during the non-credential loop.
+    BpfPlain,
+    /// The same during the credential loop.
+    BpfCred,
+}
+
+impl Metric {
+    fn label(self) -> &'static str {
+        match self {
+            Metric::OpenPlain => "open+close, non-credential (ns/op)",
+            Metric::OpenCred => "open+close, credential (ns/op)",
+            Metric::Getppid => "getppid (ns/op)",
+            Metric::Tar => "tar of the tree (ms)",
+            Metric::BpfPlain => "BPF ns/run, non-credential opens",
+            Metric::BpfCred => "BPF ns/run, credential opens",
+        }
+    }
+}
+
+/// Everything the rounds share.
+struct Bench {
+    loop_bin: PathBuf,
+    credwatch_bin: PathBuf,
+    peer_script: PathBuf,
+    /// The watched directory (no trailing slash) and the credential file in it.
+    cred_dir: PathBuf,
+    cred_file: PathBuf,
+    /// A file outside the watched directory, whose path shares no prefix with it beyond "/":
+    /// a typical open, which a prefix compare rejects early.
+    plain_file: PathBuf,
+    tree: PathBuf,
+    iterations: u64,
+    /// `taskset` CPU lists: the measured loops' CPU and the others (None: no pinning).
+    loop_cpus: Option<String>,
+    setup_cpus: Option<String>,
+    log_dir: PathBuf,
+}
+
+pub fn run(root: &Path, args: &Args) -> Result<()> {
+    let iterations = args
+        .iterations
+        .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 5 });
+    ensure!(
+        iterations > 0 && rounds > 0,
+        "--iterations and --rounds must be positive"
+    );
+
+    let out_dir = root.join("target/bench");
+    let log_dir = out_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
+
+    // The credential lives in its own temporary directory; removed when the bench ends.
+    let tmp = TempDir::new()?;
+    let cred_dir = tmp.0.join("creds");
+    std::fs::create_dir_all(&cred_dir)?;
+    let cred_file = cred_dir.join("token");
+    std::fs::write(&cred_file, "bench-not-a-real-secret\n")?;
+    let plain_file = out_dir.join("plain.txt");
+    std::fs::write(&plain_file, "not a credential\n")?;
+    ensure!(
+        cred_dir.as_os_str().len() + 1 < BPFTRACE_STRLEN,
+        "credential directory {} too long for bpftrace's str()",
+        cred_dir.display()
+    );
+
+    let source_tree =
+        match &args.tree {
+            Some(t) => t.clone(),
+            None => PathBuf::from(std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
+            }))
+            .join("registry/src"),
+        };
+    // A private copy: cargo may be extracting crates into the registry while we measure.
+    let tree = tmp.0.join("tree");
+    eprintln!(
+        "bench: copying {} to {}",
+        source_tree.display(),
+        tree.display()
+    );
+    crate::run(Command::new("cp").arg("-a").arg(&source_tree).arg(&tree))?;
+    let tree_files =
+        count_files(&tree).with_context(|| format!("counting files under {}", tree.display()))?;
+    ensure!(
+        tree_files >= 1000,
+        "{} holds only {tree_files} files; pass --tree with a tree of a few thousand",
+        source_tree.display()
+    );
+
+    let ncpu = thread::available_parallelism().map_or(1, |n| n.get());
+    let (loop_cpus, setup_cpus) = if ncpu >= 2 && args.cpu < ncpu {
+        let others: Vec<String> = (0..ncpu)
+            .filter(|&c| c != args.cpu)
+            .map(|c| c.to_string())
+            .collect();
+        (Some(args.cpu.to_string()), Some(others.join(",")))
+    } else {
+        eprintln!("bench: {ncpu} CPU(s): not pinning");
+        (None, None)
+    };
+
+    let bench = Bench {
+        loop_bin: root.join("target/release/credwatch-bench-loop"),
+        credwatch_bin: root.join("target/release/credwatch"),
+        peer_script: root.join("xtask/bench/peer.bt"),
+        cred_dir,
+        cred_file,
+        plain_file,
+        tree,
+        iterations,
+        loop_cpus,
+        setup_cpus,
+        log_dir,
+    };
+    for bin in [&bench.loop_bin, &bench.credwatch_bin, &bench.peer_script] {
+        ensure!(
+            bin.exists(),
+            "{} is missing (cargo build --release -p credwatch -p credwatch-e2e --bins)",
+            bin.display()
+        );
+    }
+
+    // The kernel's per-program run time and count; the old value comes back on any exit.
+    let _stats = BpfStats::enable()?;
+
+    // Warm the page cache with the tree once, so the first archive is not the odd one out.
+    bench.tar()?;
+
+    let header = format!(
+        "{} rounds x 4 setups; {iterations} iterations per loop; tar of a copy of {} \
+         ({tree_files} files) x{TAR_RUNS}; loops on CPU {}; kernel {}; load average at start {}",
+        rounds,
+        source_tree.display(),
+        bench.loop_cpus.as_deref().unwrap_or("any"),
+        read_trimmed("/proc/sys/kernel/osrelease"),
+        read_trimmed("/proc/loadavg"),
+    );
+    eprintln!("bench: {header}");
+
+    let mut results: BTreeMap<(Metric, Setup), Vec<f64>> = BTreeMap::new();
+    let mut exact_failures = Vec::new();
+    let mut exact_checks = 0;
+    let mut notes = Vec::new();
+    for round in 0..rounds {
+        for i in 0..SETUPS.len() {
+            let setup = SETUPS[(i + round) % SETUPS.len()];
+            eprintln!("bench: round {}/{rounds}: {}", round + 1, setup.name());
+            let started = Instant::now();
+            let mut running = bench.start(setup, round)?;
+            let r = bench.measure(setup, running.as_ref())?;
+            if let Some(run) = running.as_mut() {
+                let out = run.stop()?;
+                // The peer's own count is a sanity check that its compare really matches.
+                if setup == Setup::Peer {
+                    let want = r.cred_opens;
+                    match parse_bpftrace_count(&out, "@matches") {
+                        Some(got) if got >= want => {}
+                        got => notes.push(format!(
+                            "round {}: peer counted {got:?} credential opens, expected at least {want}",
+                            round + 1
+                        )),
+                    }
+                }
+            }
+            if let Some((delta, want)) = r.exact {
+                exact_checks += 1;
+                if delta != want {
+                    exact_failures.push(format!(
+                        "round {}: reads_total rose by {delta}, expected {want}",
+                        round + 1
+                    ));
+                }
+            }
+            for (m, v) in r.values {
+                results.entry((m, setup)).or_default().push(v);
+            }
+            eprintln!("bench:   done in {:.1}s", started.elapsed().as_secs_f64());
+        }
+    }
+
+    // Other work on the machine is the main source of noise: show how busy it was.
+    notes.push(format!(
+        "load average at end {}",
+        read_trimmed("/proc/loadavg")
+    ));
+    let warmup = loop_warmup(iterations);
+    let exact = if exact_failures.is_empty() {
+        format!(
+            "exact: yes (credwatch_credential_reads_total rose by exactly {} = {iterations} timed + {warmup} warm-up opens, in all {exact_checks} rounds)",
+            iterations + warmup
+        )
+    } else {
+        format!("exact: no ({})", exact_failures.join("; "))
+    };
+    let report = render(&header, &results, &exact, &notes);
+    print!("{report}");
+    let path = out_dir.join("report.md");
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: report written to {}", path.display());
+    ensure!(
+        exact_failures.is_empty(),
+        "credwatch's count was not exact: {}",
+        exact_failures.join("; ")
+    );
+    Ok(())
+}
+
+/// One setup's measurements in one round.
+struct RoundResult {
+    values: Vec<(Metric, f64)>,
+    /// credwatch only: (observed rise of reads_total, opens the loop made).
+    exact: Option<(u64, u64)>,
+    /// Opens of the credential the loop made (timed + warm-up).
+    cred_opens: u64,
+}
+
+impl Bench {
+    /// Starts a setup and waits until its programs are attached (None for `none`).
+    fn start(&self, setup: Setup, round: usize) -> Result<Option<Running>> {
+        let log = self
+            .log_dir
+            .join(format!("{}-round{}.log", setup.name(), round + 1));
+        let mut cmd = self.pinned_setup();
+        match setup {
+            Setup::None => return Ok(None),
+            Setup::Floor => {
+                cmd.arg(&self.credwatch_bin).arg("bench-floor");
+            }
+            Setup::Credwatch => {
+                cmd.arg(&self.credwatch_bin)
+                    .args([
+                        "agent",
+                        "--no-default-watch",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--watch",
+                    ])
+                    .arg(&self.cred_dir);
+            }
+            Setup::Peer => {
+                // The prefix with its trailing slash, so that "creds2/" does not match "creds/".
+                let prefix = format!("{}/", self.cred_dir.display());
+                cmd.arg("bpftrace")
+                    .arg(&self.peer_script)
+                    .arg(&prefix)
+                    .arg(prefix.len().to_string());
+            }
+        }
+        let mut run = Running::spawn(setup, cmd, log)?;
+        match setup {
+            Setup::None => unreachable!(),
+            Setup::Floor => {
+                run.wait_line(|l| l.contains("floor programs attached"))?;
+                run.prog = Some(aya_program(run.pid(), "floor_sys_exit_openat")?);
+            }
+            Setup::Credwatch => {
+                let line = run.wait_line(|l| l.starts_with("credwatch: serving http://"))?;
+                let port = line
+                    .rsplit(':')
+                    .next()
+                    .and_then(|s| s.trim_end_matches("/metrics").parse::<u16>().ok())
+                    .with_context(|| format!("no port in {line:?}"))?;
+                run.port = Some(port);
+                let deadline = Instant::now() + START_TIMEOUT;
+                while http_status(port, "/readyz")? != 200 {
+                    run.check_alive()?;
+                    ensure!(
+                        Instant::now() < deadline,
+                        "credwatch not ready after {START_TIMEOUT:?}; see {}",
+                        run.log.display()
+                    );
+                    thread::sleep(Duration::from_millis(50));
+                }
+                run.prog = Some(aya_program(run.pid(), "sys_exit_openat")?);
+            }
+            Setup::Peer => {
+                // bpftrace prints "Attaching" before it attaches: wait until the kernel lists the
+                // attachment, then a little more for its other set-up work to settle.
+                run.wait_line(|l| l.starts_with("Attaching"))?;
+                let deadline = Instant::now() + START_TIMEOUT;
+                loop {
+                    if let Some(id) = perf_tracepoint_program(run.pid(), "sys_enter_openat")? {
+                        run.prog = Some(id);
+                        break;
+                    }
+                    run.check_alive()?;
+                    ensure!(
+                        Instant::now() < deadline,
+                        "bpftrace not attached after {START_TIMEOUT:?}; see {}",
+                        run.log.display()
+                    );
+                    thread::sleep(Duration::from_millis(50));
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+        }
+        Ok(Some(run))
+    }
+
+    /// The measured loops and the workload under one running setup.
+    fn measure(&self, setup: Setup, run: Option<&Running>) -> Result<RoundResult> {
+        let prog = run.and_then(|r| r.prog);
+        let mut values = Vec::new();
+
+        let before = prog.map(prog_stats).transpose()?;
+        let plain = self.bench_loop(&["open".as_ref(), self.plain_file.as_os_str()])?;
+        values.push((Metric::OpenPlain, plain.ns_per_op));
+        if let (Some(id), Some(before)) = (prog, before) {
+            values.push((Metric::BpfPlain, prog_stats(id)?.ns_per_run_since(before)?));
+        }
+
+        let port = run.and_then(|r| r.port);
+        let reads_before = port.map(|p| self.cred_reads(p)).transpose()?;
+        let before = prog.map(prog_stats).transpose()?;
+        let cred = self.bench_loop(&["open".as_ref(), self.cred_file.as_os_str()])?;
+        values.push((Metric::OpenCred, cred.ns_per_op));
+        if let (Some(id), Some(before)) = (prog, before) {
+            values.push((Metric::BpfCred, prog_stats(id)?.ns_per_run_since(before)?));
+        }
+        let cred_opens = cred.timed + cred.warmup;
+        let exact = match (port, reads_before) {
+            (Some(p), Some(b)) => Some((self.cred_reads(p)?.saturating_sub(b), cred_opens)),
+            _ => None,
+        };
+        if setup == Setup::Credwatch {
+            ensure!(exact.is_some(), "credwatch has no /metrics port");
+        }
+
+        let getppid = self.bench_loop(&["getppid".as_ref()])?;
+        values.push((Metric::Getppid, getppid.ns_per_op));
+
+        let mut tars: Vec<f64> = (0..TAR_RUNS).map(|_| self.tar()).collect::<Result<_>>()?;
+        values.push((Metric::Tar, median(&mut tars)));
+        Ok(RoundResult {
+            values,
+            exact,
+            cred_opens,
+        })
+    }
+
+    /// `taskset` onto the setups' CPUs, or no pinning.
+    fn pinned_setup(&self) -> Command {
+        pinned(self.setup_cpus.as_deref())
+    }
+
+    fn pinned_loop(&self) -> Command {
+        pinned(self.loop_cpus.as_deref())
+    }
+
+    /// Runs credwatch-bench-loop with `args` then the iteration count; parses its JSON line.
+    fn bench_loop(&self, args: &[&std::ffi::OsStr]) -> Result<LoopResult> {
+        let mut cmd = self.pinned_loop();
+        cmd.arg(&self.loop_bin)
+            .args(args)
+            .arg(self.iterations.to_string());
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "bad output from {cmd:?}: {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        let field = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+        Ok(LoopResult {
+            ns_per_op: field("ns_per_op")?,
+            timed: field("timed")? as u64,
+            warmup: field("warmup")? as u64,
+        })
+    }
+
+    /// Archives the tree to a pipe (tar skips reading files when writing to /dev/null) and
+    /// returns the wall-clock ms.
+    fn tar(&self) -> Result<f64> {
+        let mut cmd = self.pinned_loop();
+        cmd.arg("tar")
+            .arg("-cf")
+            .arg("-")
+            .arg("-C")
+            .arg(&self.tree)
+            .arg(".");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let t = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        let mut stdout = child.stdout.take().expect("piped");
+        let bytes = std::io::copy(&mut stdout, &mut std::io::sink())?;
+        let out = child.wait_with_output()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        ensure!(
+            out.status.success() && bytes > 0,
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(ms)
+    }
+
+    /// credwatch_credential_reads_total of the bench credential, summed over readers.
+    fn cred_reads(&self, port: u16) -> Result<u64> {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .context("cannot run curl")?;
+        ensure!(out.status.success(), "GET /metrics failed: {}", out.status);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let volume = format!("volume=\"{}\"", self.cred_dir.display());
+        let mut total = None;
+        for line in text.lines() {
+            if line.starts_with("credwatch_credential_reads_total{")
+                && line.contains(&volume)
+                && line.contains("file=\"token\"")
+            {
+                let v: u64 = line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("bad sample {line:?}"))?;
+                *total.get_or_insert(0) += v;
+            }
+        }
+        total.with_context(|| {
+            format!(
+                "/metrics has no credwatch_credential_reads_total for {}",
+                self.cred_file.display()
+            )
+        })
+    }
+}
+
+struct LoopResult {
+    ns_per_op: f64,
+    timed: u64,
+    warmup: u64,
+}
+
+/// The untimed iterations credwatch-bench-loop makes before timing (mirrors its `warmup`).
+fn loop_warmup(n: u64) -> u64 {
+    (n / 20).clamp(1, 10_000)
+}
+
+fn pinned(cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]);
+            c
+        }
+        None => Command::new("env"),
+    }
+}
+
+/// A started setup. Dropping it stops the process, so that no error path leaves programs attached.
+struct Running {
+    setup: Setup,
+    child: Option<Child>,
+    lines: Receiver<String>,
+    log: PathBuf,
+    /// The openat program whose kernel run time is accounted.
+    prog: Option<u32>,
+    /// credwatch's /metrics port.
+    port: Option<u16>,
+}
+
+impl Running {
+    fn spawn(setup: Setup, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {cmd:?}"))?;
+        // stdout is read on a thread to the end: a setup never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Running {
+            setup,
+            child: Some(child),
+            lines,
+            log,
+            prog: None,
+            port: None,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn wait_line(&self, want: impl Fn(&str) -> bool) -> Result<String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return Ok(l),
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    bail!(
+                        "{} did not start within {START_TIMEOUT:?}; see {}",
+                        self.setup.name(),
+                        self.log.display()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => bail!(
+                    "{} exited before it was ready: {}",
+                    self.setup.name(),
+                    tail(&self.log)
+                ),
+            }
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!(
+                "{} exited ({status}): {}",
+                self.setup.name(),
+                tail(&self.log)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers; returns what it printed on stdout after starting.
+    fn stop(&mut self) -> Result<Vec<String>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Vec::new());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let s = child.wait()?;
+                eprintln!(
+                    "bench: {} ignored SIGTERM for {STOP_TIMEOUT:?}; killed",
+                    self.setup.name()
+                );
+                break s;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF; give it a moment to pass the last lines on.
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            out.push(l);
+        }
+        // Killed by our SIGTERM is a normal end too.
+        ensure!(
+            status.success() || status.code().is_none(),
+            "{} failed on stop ({status}): {}",
+            self.setup.name(),
+            tail(&self.log)
+        );
+        Ok(out)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Turns on kernel.bpf_stats_enabled; puts the previous value back when dropped.
+struct BpfStats(String);
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = read_trimmed(BPF_STATS);
+        std::fs::write(BPF_STATS, "1")
+            .with_context(|| format!("writing {BPF_STATS} (root needed)"))?;
+        Ok(BpfStats(old))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = std::fs::write(BPF_STATS, &self.0);
+        }
+    }
+}
+
+/// A temporary directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("credwatch-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ProgStats {
+    run_time_ns: u64,
+    run_cnt: u64,
+}
+
+impl ProgStats {
+    fn ns_per_run_since(self, before: ProgStats) -> Result<f64> {
+        let runs = self.run_cnt.saturating_sub(before.run_cnt);
+        ensure!(
+            runs > 0,
+            "the program did not run during the loop (is kernel.bpf_stats_enabled on?)"
+        );
+        Ok(self.run_time_ns.saturating_sub(before.run_time_ns) as f64 / runs as f64)
+    }
+}
+
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg("--json")
+        .output()
+        .context("cannot run bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("bad JSON from bpftool {}", args.join(" ")))
+}
+
+fn prog_stats(id: u32) -> Result<ProgStats> {
+    let v = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+    // Without kernel.bpf_stats_enabled the fields are absent: that counts as zero runs.
+    let field = |k: &str| v[k].as_u64().unwrap_or(0);
+    Ok(ProgStats {
+        run_time_ns: field("run_time_ns"),
+        run_cnt: field("run_cnt"),
+    })
+}
+
+/// The id of the program `name` that process `pid` has attached (aya attaches through BPF links,
+/// which /proc/PID/fdinfo lists with their prog_id; `bpftool perf` does not show them).
+fn aya_program(pid: u32, name: &str) -> Result<u32> {
+    let mut ids = Vec::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue; // closed meanwhile
+        };
+        if !info.lines().any(|l| l.starts_with("link_type:")) {
+            continue;
+        }
+        let id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        ids.extend(id);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    // The kernel keeps 15 characters of a name; bpftool shows the full one when BTF has it.
+    // With only truncated names, the lowest id is the first attached: the openat program.
+    let mut truncated = None;
+    let mut seen = Vec::new();
+    for &id in &ids {
+        let v = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+        let got = v["name"].as_str().unwrap_or_default().to_owned();
+        if got == name {
+            return Ok(id);
+        }
+        if got.len() == 15 && name.starts_with(&got) && truncated.is_none() {
+            truncated = Some(id);
+        }
+        seen.push(format!("{id}:{got}"));
+    }
+    truncated.with_context(|| {
+        format!(
+            "process {pid} has no attached program {name} (found: {})",
+            seen.join(", ")
+        )
+    })
+}
+
+/// The program process `pid` attached to tracepoint `tp` with perf_event_open (as bpftrace does).
+fn perf_tracepoint_program(pid: u32, tp: &str) -> Result<Option<u32>> {
+    let v = bpftool_json(&["perf", "show"])?;
+    Ok(v.as_array().into_iter().flatten().find_map(|e| {
+        (e["pid"].as_u64() == Some(pid.into()) && e["tracepoint"].as_str() == Some(tp))
+            .then(|| e["prog_id"].as_u64().map(|id| id as u32))
+            .flatten()
+    }))
+}
+
+/// The HTTP status of GET `path` on the agent (0 while nothing listens).
+fn http_status(port: u16, path: &str) -> Result<u16> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .context("cannot run curl")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+/// `@name: N` from bpftrace's map dump at exit.
+fn parse_bpftrace_count(lines: &[String], name: &str) -> Option<u64> {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+}
+
+fn count_files(dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The last lines of a setup's log, for error messages.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(8);
+    format!("{} (log {})", lines[start..].join(" | "), log.display())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn render(
+    header: &str,
+    results: &BTreeMap<(Metric, Setup), Vec<f64>>,
+    exact: &str,
+    notes: &[String],
+) -> String {
+    let med = |m: Metric, s: Setup| results.get(&(m, s)).map(|v| median(&mut v.clone()));
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let fmt_ratio = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}x"));
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# credwatch benchmark\n\n{header}\n");
+
+    let _ = writeln!(out, "## Wall clock (median over rounds; ratio vs none)\n");
+    let _ = writeln!(
+        out,
+        "| loop | none | floor | credwatch | peer | credwatch/floor |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for m in [
+        Metric::OpenPlain,
+        Metric::OpenCred,
+        Metric::Getppid,
+        Metric::Tar,
+    ] {
+        let none = med(m, Setup::None);
+        let mut row = format!("| {} |", m.label());
+        for s in SETUPS {
+            let v = med(m, s);
+            let cell = match (v, s) {
+                (None, _) => "-".to_owned(),
+                (Some(v), Setup::None) => format!("{v:.1}"),
+                (Some(v), _) => format!("{v:.1} ({})", fmt_ratio(ratio(Some(v), none))),
+            };
+            let _ = write!(row, " {cell} |");
+        }
+        let _ = writeln!(
+            out,
+            "{row} {} |",
+            fmt_ratio(ratio(med(m, Setup::Credwatch), med(m, Setup::Floor)))
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Kernel BPF run time of the openat program (bpf_stats; median ns per run)\n"
+    );
+    let _ = writeln!(
+        out,
+        "kernel.bpf_stats_enabled is on for the whole run: every program run also pays the \
+         kernel's two clock reads, in the wall-clock numbers above too.\n"
+    );
+    let _ = writeln!(out, "| loop | floor | credwatch | peer | credwatch/peer |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for m in [Metric::BpfPlain, Metric::BpfCred] {
+        let cell = |s| med(m, s).map_or("-".to_owned(), |v| format!("{v:.1}"));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            m.label(),
+            cell(Setup::Floor),
+            cell(Setup::Credwatch),
+            cell(Setup::Peer),
+            fmt_ratio(ratio(med(m, Setup::Credwatch), med(m, Setup::Peer)))
+        );
+    }
+
+    let _ = writeln!(out, "\n## Targets\n");
+    let targets = [
+        (
+            "credwatch BPF ns per non-credential open <= 0.7x peer's",
+            ratio(
+                med(Metric::BpfPlain, Setup::Credwatch),
+                med(Metric::BpfPlain, Setup::Peer),
+            ),
+            0.7,
+        ),
+        (
+            "credwatch wall clock, non-credential open <= 1.05x floor's",
+            ratio(
+                med(Metric::OpenPlain, Setup::Credwatch),
+                med(Metric::OpenPlain, Setup::Floor),
+            ),
+            1.05,
+        ),
+        (
+            "realistic workload (tar) with credwatch <= 1.02x none",
+            ratio(
+                med(Metric::Tar, Setup::Credwatch),
+                med(Metric::Tar, Setup::None),
+            ),
+            1.02,
+        ),
+    ];
+    for (what, got, limit) in targets {
+        let mark = match got {
+            Some(r) if r <= limit => "PASS",
+            Some(_) => "MISS",
+            None => "n/a",
+        };
+        let _ = writeln!(out, "- [{mark}] {what}: {}", fmt_ratio(got));
+    }
+    let _ = writeln!(out, "\n{exact}");
+    for n in notes {
+        let _ = writeln!(out, "\nnote: {n}");
+    }
+
+    // Every round's value, to judge the noise behind each median.
+    let _ = writeln!(out, "\n## Per-round values\n");
+    let _ = writeln!(out, "| metric | setup | values (round order) |");
+    let _ = writeln!(out, "|---|---|---|");
+    for ((m, s), v) in results {
+        let vals: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            m.label(),
+            s.name(),
+            vals.join(", ")
+        );
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! Harness for credwatch's end-to-end tests: the real agent binary, real cgroups, real processes.
 //!
 //! Everything a test creates is removed by a guard's `Drop` (agent processes, cgroups, files).
+pub mod kubeapi;
 pub mod kubelet;
 
 use std::{

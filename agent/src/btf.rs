@@ -85,7 +85,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, Error> {
         inode_i_ino: field("inode", "i_ino")?,
         inode_i_sb: field("inode", "i_sb")?,
         sb_s_dev: field("super_block", "s_dev")?,
-        _pad: 0,
+        files_fd_array: field("files_struct", "fd_array")?,
     })
 }
 

@@ -17,10 +17,12 @@ use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TracePointContext,
+    EbpfContext as _,
 };
 use credwatch_common::{
     Credential, EventKind, FirstReadEvent, InodeKey, KernelOffsets, LostStage, ReadKey, ReadStats,
-    EVENTS_BYTE_SIZE, FMODE_READ, LOST_STAGES, READS_MAX_ENTRIES, WATCHED_MAX_ENTRIES,
+    EVENTS_BYTE_SIZE, FMODE_READ, LOST_STAGES, NR_OPEN_DEFAULT, READS_MAX_ENTRIES,
+    WATCHED_MAX_ENTRIES,
 };
 
 #[unsafe(no_mangle)]
@@ -39,7 +41,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_ino: 0,
     inode_i_sb: 0,
     sb_s_dev: 0,
-    _pad: 0,
+    files_fd_array: 0,
 };
 
 /// The agent's tgid: the agent opens credential files to parse them, which are not reads.
@@ -115,19 +117,15 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
 
 #[inline(always)]
 fn try_on_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let fd: i64 = unsafe { ctx.read_at(SYS_EXIT_RET_OFFSET) }.map_err(i64::from)?;
+    // A direct load from the context: tracepoint records are readable without a helper call.
+    let fd: i64 = unsafe { *(ctx.as_ptr().add(SYS_EXIT_RET_OFFSET) as *const i64) };
     if fd < 0 || fd as u64 >= MAX_FD {
         return Ok(());
     }
     let off = offsets();
-    let Some((file, key)) = (unsafe { file_inode(&off, fd as u64) }) else {
+    let Some((cred, f_mode)) = (unsafe { watched_open(&off, fd as u64) }) else {
         return Ok(());
     };
-    // The one lookup every open pays.
-    let Some(cred) = (unsafe { WATCHED.get(&key) }).copied() else {
-        return Ok(());
-    };
-    let f_mode: u32 = unsafe { read(file, off.file_f_mode) }?;
     if f_mode & FMODE_READ == 0 {
         return Ok(());
     }
@@ -152,29 +150,65 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.map_err(i64::from)
 }
 
-/// `current->files->fdt->fd[fd]` and its inode's (device, number).
+/// Looks `current->files->fdt->fd[fd]`'s inode (device, number) up in `WATCHED`; on a hit,
+/// returns the credential and the file's `f_mode`.
 ///
-/// The first three steps are direct loads from the BTF-typed task pointer (the verifier turns them
-/// into fault-tolerant loads, cheaper than helper calls); past the descriptor array the pointers are
-/// untyped and need `bpf_probe_read_kernel`.
+/// Fast path, for descriptors in the table embedded in `files_struct` (below 64, table never
+/// expanded: nearly every open): only direct loads from BTF-typed pointers, which the verifier
+/// turns into fault-tolerant loads, no helper calls. The verifier allows only constant offsets
+/// into a typed struct, hence one arm per slot. Otherwise the walk falls back to
+/// `bpf_probe_read_kernel` past the descriptor array.
 #[inline(always)]
-unsafe fn file_inode(off: &KernelOffsets, fd: u64) -> Option<(*const u8, InodeKey)> {
+unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(Credential, u32)> {
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
         let files = *(task.add(off.task_files as usize) as *const *const u8);
         let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
+        let table = *(fdt.add(off.fdt_fd as usize) as *const u64);
+        let embedded = files as u64 + off.files_fd_array as u64;
+        if fd < NR_OPEN_DEFAULT && table == embedded {
+            let file = embedded_slot(files, off.files_fd_array as usize, fd);
+            if file.is_null() {
+                return None;
+            }
+            let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
+            let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
+            let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
+            let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
+            // The one lookup every open pays.
+            let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
+            let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
+            return Some((cred, f_mode));
+        }
         let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
         if fd >= max_fds as u64 {
             return None;
         }
-        let fd_array = *(fdt.add(off.fdt_fd as usize) as *const u64);
-        let file: *const u8 =
-            bpf_probe_read_kernel((fd_array + fd * 8) as *const *const u8).ok()?;
+        let file: *const u8 = bpf_probe_read_kernel((table + fd * 8) as *const *const u8).ok()?;
         let inode: *const u8 = read(file, off.file_f_inode).ok()?;
         let ino: u64 = read(inode, off.inode_i_ino).ok()?;
         let sb: *const u8 = read(inode, off.inode_i_sb).ok()?;
         let dev: u32 = read(sb, off.sb_s_dev).ok()?;
-        Some((file, InodeKey::new(dev, ino)))
+        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
+        let f_mode: u32 = read(file, off.file_f_mode).ok()?;
+        Some((cred, f_mode))
+    }
+}
+
+/// `files->fd_array[fd]` with a constant offset per arm (see `file_inode`).
+#[inline(always)]
+unsafe fn embedded_slot(files: *const u8, fd_array: usize, fd: u64) -> *const u8 {
+    macro_rules! slots {
+        ($($n:literal)*) => {
+            match fd {
+                $($n => core::ptr::read_volatile(files.add(fd_array + $n * 8) as *const *const u8),)*
+                _ => core::ptr::null(),
+            }
+        };
+    }
+    unsafe {
+        slots!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+               32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63)
     }
 }
 

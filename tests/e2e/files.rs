@@ -87,6 +87,24 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
 }
 
 #[test]
+fn both_descriptor_table_shapes_are_counted() {
+    if !e2e_enabled() {
+        return;
+    }
+    let dir = TempDir::new("fdtable");
+    let cred = dir.join("key");
+    std::fs::write(&cred, "x").unwrap();
+    let agent = Agent::start(&[dir.path()], &[]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    // fd numbers above 63 in the expanded table exercise the helper-call path's bounds too.
+    let n = cg.read(&["--fdtable", "fresh", "open", s(&cred), "1000"])
+        + cg.read(&["--fdtable", "expanded", "open", s(&cred), "1000"]);
+    assert_eq!(n, 2000);
+    assert_eq!(reads(&agent.metrics(), "key", &id[..12]), 2000.0);
+}
+
+#[test]
 fn two_hundred_thousand_reads_from_two_processes_are_all_counted() {
     if !e2e_enabled() {
         return;

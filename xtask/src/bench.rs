@@ -68,8 +68,10 @@ impl Setup {
 /// What is measured; each (metric, setup) cell collects one value per round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Metric {
-    /// Wall clock, ns per open+close of a file no one watches.
+    /// Wall clock, ns per open+close of a file no one watches (fresh descriptor table).
     OpenPlain,
+    /// The same from a process whose descriptor table was expanded (credwatch's slow path).
+    OpenPlainExpanded,
     /// Wall clock, ns per open+close of the watched credential.
     OpenCred,
     /// Wall clock, ns per getppid: the cost every syscall pays once any syscall tracepoint is on.
@@ -78,6 +80,8 @@ enum Metric {
     Tar,
     /// Kernel-measured ns per run of the openat program during the non-credential loop.
     BpfPlain,
+    /// The same with an expanded descriptor table.
+    BpfPlainExpanded,
     /// The same during the credential loop.
     BpfCred,
 }
@@ -86,10 +90,12 @@ impl Metric {
     fn label(self) -> &'static str {
         match self {
             Metric::OpenPlain => "open+close, non-credential (ns/op)",
+            Metric::OpenPlainExpanded => "open+close, non-credential, expanded fd table (ns/op)",
             Metric::OpenCred => "open+close, credential (ns/op)",
             Metric::Getppid => "getppid (ns/op)",
             Metric::Tar => "tar of the tree (ms)",
             Metric::BpfPlain => "BPF ns/run, non-credential opens",
+            Metric::BpfPlainExpanded => "BPF ns/run, non-credential opens, expanded fd table",
             Metric::BpfCred => "BPF ns/run, credential opens",
         }
     }
@@ -386,6 +392,15 @@ impl Bench {
         values.push((Metric::OpenPlain, plain.ns_per_op));
         if let (Some(id), Some(before)) = (prog, before) {
             values.push((Metric::BpfPlain, prog_stats(id)?.ns_per_run_since(before)?));
+        }
+        let before = prog.map(prog_stats).transpose()?;
+        let expanded = self.bench_loop(&["open-expanded".as_ref(), self.plain_file.as_os_str()])?;
+        values.push((Metric::OpenPlainExpanded, expanded.ns_per_op));
+        if let (Some(id), Some(before)) = (prog, before) {
+            values.push((
+                Metric::BpfPlainExpanded,
+                prog_stats(id)?.ns_per_run_since(before)?,
+            ));
         }
 
         let port = run.and_then(|r| r.port);
@@ -895,6 +910,7 @@ fn render(
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
     for m in [
         Metric::OpenPlain,
+        Metric::OpenPlainExpanded,
         Metric::OpenCred,
         Metric::Getppid,
         Metric::Tar,
@@ -928,7 +944,7 @@ fn render(
     );
     let _ = writeln!(out, "| loop | floor | credwatch | peer | credwatch/peer |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|");
-    for m in [Metric::BpfPlain, Metric::BpfCred] {
+    for m in [Metric::BpfPlain, Metric::BpfPlainExpanded, Metric::BpfCred] {
         let cell = |s| med(m, s).map_or("-".to_owned(), |v| format!("{v:.1}"));
         let _ = writeln!(
             out,
@@ -948,6 +964,14 @@ fn render(
             ratio(
                 med(Metric::BpfPlain, Setup::Credwatch),
                 med(Metric::BpfPlain, Setup::Peer),
+            ),
+            0.7,
+        ),
+        (
+            "credwatch BPF ns per non-credential open, expanded fd table <= 0.7x peer's",
+            ratio(
+                med(Metric::BpfPlainExpanded, Setup::Credwatch),
+                med(Metric::BpfPlainExpanded, Setup::Peer),
             ),
             0.7,
         ),

@@ -52,9 +52,14 @@ pub struct KernelOffsets {
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
     pub sb_s_dev: u32,
-    pub _pad: u32,
+    /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
+    pub files_fd_array: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 40);
+
+/// `NR_OPEN_DEFAULT` (`BITS_PER_LONG`): descriptors below it live in `files_struct.fd_array`
+/// until the table is first expanded.
+pub const NR_OPEN_DEFAULT: u64 = 64;
 
 /// Identity of a file: the kernel-internal device number of its superblock and its inode number.
 /// `dev` is the kernel's `MKDEV(major, minor) = major << 20 | minor`, not userspace's encoding.

@@ -1,7 +1,14 @@
 //! The benchmark's measured loops, run by `cargo xtask bench`:
 //!
-//!   credwatch-bench-loop open PATH N    openat(O_RDONLY) + close, N times
-//!   credwatch-bench-loop getppid N      getppid, N times (a syscall no probe sees)
+//!   credwatch-bench-loop open PATH N           openat(O_RDONLY) + close, N times
+//!   credwatch-bench-loop open-expanded PATH N  the same with an expanded descriptor table
+//!   credwatch-bench-loop getppid N             getppid, N times (a syscall no probe sees)
+//!
+//! A process's descriptor table lives inside `files_struct` until a descriptor above 63 is used
+//! (or inherited: a child's table is sized at fork from its parent's highest open descriptor).
+//! credwatch's probe reads the first kind with direct loads and the second through helper calls,
+//! so the loops control it: `open` runs in a child forked after closing every descriptor above 2
+//! (a fresh table, as most processes have), `open-expanded` first dups a descriptor to 100.
 //!
 //! Prints one JSON line on stdout: `{"ns_per_op":F,"timed":N,"warmup":W}`, the mean over the N timed
 //! iterations after W untimed ones (the caller needs W too: an exact reader count sees N + W opens).
@@ -61,6 +68,17 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
             open_close(&path, n)?;
             Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
         }
+        Some("open-expanded") => {
+            // SAFETY: dup2 of stderr to an unused descriptor number, closed again right away;
+            // the table stays expanded.
+            unsafe {
+                libc::dup2(2, 100);
+                libc::close(100);
+            }
+            let mut rest = args.to_vec();
+            rest[0] = "open".into();
+            run(&rest)
+        }
         Some("getppid") => {
             let n = count(args.get(1))?;
             getppid(warmup(n));
@@ -68,12 +86,41 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
             getppid(n);
             Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
         }
-        _ => Err("usage: credwatch-bench-loop open PATH N | getppid N".into()),
+        _ => {
+            Err("usage: credwatch-bench-loop open PATH N | open-expanded PATH N | getppid N".into())
+        }
+    }
+}
+
+/// Runs the rest of `main` in a child with a fresh descriptor table; returns its exit code.
+fn in_fresh_fd_table() -> Option<ExitCode> {
+    // SAFETY: close_range, fork and waitpid with valid arguments; the child only returns into
+    // the loop code, which makes plain syscalls.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        match libc::fork() {
+            0 => None,
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                Some(ExitCode::from(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status) as u8
+                } else {
+                    1
+                }))
+            }
+            _ => Some(ExitCode::FAILURE),
+        }
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("open") {
+        if let Some(code) = in_fresh_fd_table() {
+            return code;
+        }
+    }
     match run(&args) {
         Ok((ns, warmup)) => {
             let n = &args[args.len() - 1];

@@ -6,7 +6,10 @@
 //!
 //! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
 //! mount is seen by nobody else (`--tmpfs /run --mkdir /run/secrets/... --bind VOL:/run/secrets/...`
-//! builds a container-style service-account path). Prints the number of successful opens.
+//! builds a container-style service-account path). `--fdtable fresh` opens from a child forked
+//! after closing every descriptor above 2 (its table lives inside `files_struct`: the probe's
+//! fast path); `--fdtable expanded` first dups a descriptor to 100 (the probe's helper-call path).
+//! Prints the number of successful opens.
 use std::ffi::CString;
 
 fn die(msg: String) -> ! {
@@ -56,6 +59,28 @@ fn bind(src: &str, dst: &str) {
     check(rc, &format!("bind {src} on {dst}"));
 }
 
+/// Continues in a child whose descriptor table was never expanded; the parent waits for it and
+/// exits with its status.
+fn fresh_fd_table() {
+    // SAFETY: close_range, fork and waitpid with valid arguments.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        match libc::fork() {
+            0 => {}
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                std::process::exit(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    1
+                });
+            }
+            _ => die(format!("fork: {}", std::io::Error::last_os_error())),
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -66,6 +91,18 @@ fn main() {
                     .get(i + 1)
                     .unwrap_or_else(|| die("--chdir needs DIR".into()));
                 std::env::set_current_dir(dir).unwrap_or_else(|e| die(format!("chdir {dir}: {e}")));
+                i += 2;
+            }
+            "--fdtable" => {
+                match args.get(i + 1).map(String::as_str) {
+                    Some("expanded") => unsafe {
+                        // SAFETY: dup2/close of an unused descriptor; the table stays expanded.
+                        libc::dup2(2, 100);
+                        libc::close(100);
+                    },
+                    Some("fresh") => fresh_fd_table(),
+                    other => die(format!("bad --fdtable {other:?}")),
+                }
                 i += 2;
             }
             "--tmpfs" => {

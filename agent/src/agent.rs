@@ -11,8 +11,15 @@ use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
 
 use crate::{
-    btf, config::Config, events, http, identity::CgroupResolver, inventory, metrics, probes,
-    state::State, sys,
+    btf,
+    config::Config,
+    events, http,
+    identity::CgroupResolver,
+    inventory, lifecycle, metrics,
+    podmeta::{self, PodIndex},
+    probes,
+    state::{MapOp, State},
+    sys,
 };
 
 /// Binds the listener, loads and attaches the probes, scans the inventory, and serves until
@@ -61,6 +68,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
     ));
     note_unimplemented(&cfg);
+    let pods = Arc::new(PodIndex::default());
+    tokio::spawn(podmeta::run(
+        podmeta::ApiConfig {
+            kubeconfig: cfg.kubeconfig.clone(),
+            node_name: cfg.node_name.clone(),
+        },
+        pods.clone(),
+    ));
 
     // Inventory first, so that reads are counted from the moment we report ready.
     let sink_maps = maps.clone();
@@ -75,6 +90,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.clone(),
         Box::new(move |ops| {
             let failed = sink_maps.apply(ops);
+            for op in ops {
+                if let MapOp::Purge(id) = op {
+                    sink_state
+                        .retired
+                        .lock()
+                        .expect("retired lock")
+                        .retain(|(c, _), _| c != id);
+                }
+            }
             sink_state
                 .lost
                 .watched_map
@@ -107,12 +131,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     });
 
-    let registry = Arc::new(metrics::registry(metrics::Collector {
-        state: state.clone(),
-        maps: Some(maps.clone()),
-        cgroups,
-        kernel: sys::kernel_release(),
-    }));
+    tokio::spawn(
+        lifecycle::ReaderGc::new(
+            state.clone(),
+            maps.clone(),
+            cgroups.clone(),
+            pods.clone(),
+            cfg.series_grace,
+        )
+        .run(),
+    );
+    let mut collector = metrics::Collector::new(state.clone(), Some(maps.clone()), cgroups, pods);
+    collector.max_series = cfg.max_series;
+    let registry = Arc::new(metrics::registry(collector));
     let app = http::router(http::App {
         registry,
         state: state.clone(),
@@ -141,9 +172,6 @@ async fn shutdown() {
 
 /// Says plainly which configured features this build does not act on yet.
 fn note_unimplemented(cfg: &Config) {
-    if cfg.kubeconfig.is_some() || cfg.node_name.is_some() {
-        tracing::warn!("Kubernetes pod metadata is not supported by this build yet: --kubeconfig and --node-name are ignored");
-    }
     if !cfg.endpoints.is_empty() {
         tracing::warn!(endpoints = cfg.endpoints.len(), "outbound auth-call tracing is not supported by this build yet: `endpoints` are validated but not used");
     }

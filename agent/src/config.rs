@@ -81,6 +81,11 @@ pub struct AgentFlags {
     /// How long the series of a credential whose file (or pod) is gone are kept [default: 300]
     #[arg(long, env = "CREDWATCH_SERIES_GRACE", value_name = "SECONDS")]
     pub series_grace: Option<u64>,
+
+    /// Series per metric family at most; more are dropped and counted in
+    /// events_lost_total{stage="cardinality"} [default: 50000]
+    #[arg(long, env = "CREDWATCH_MAX_SERIES", value_name = "N")]
+    pub max_series: Option<usize>,
 }
 
 /// The YAML file. Unknown keys and wrong types are errors that name the line.
@@ -94,6 +99,7 @@ pub struct FileConfig {
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: Option<u64>,
+    pub max_series: Option<usize>,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
 }
@@ -144,6 +150,7 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: std::time::Duration,
+    pub max_series: usize,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
 }
@@ -216,6 +223,10 @@ impl Config {
                 .or(file.series_grace)
                 .map(std::time::Duration::from_secs)
                 .unwrap_or(crate::state::REMOVED_GRACE),
+            max_series: flags
+                .max_series
+                .or(file.max_series)
+                .unwrap_or(crate::metrics::DEFAULT_MAX_SERIES),
             endpoints: file.endpoints,
             credential_sink_volumes: sinks,
         }

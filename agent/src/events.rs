@@ -94,11 +94,15 @@ pub async fn handle_events(
 
 pub fn on_first_read(state: &State, cgroups: &CgroupResolver, ev: &FirstReadEvent) {
     let at = MonotonicClock::now().to_unix_seconds(ev.ts_ns);
-    let (volume, file) = {
+    let (volume, file, owner) = {
         let creds = state.credentials.lock().expect("credentials lock");
         match creds.get(ev.cred_id) {
-            Some(c) => (c.volume.clone(), c.file.clone()),
-            None => (String::new(), format!("credential #{}", ev.cred_id)),
+            Some(c) => (c.volume.clone(), c.file.clone(), c.pod_uid.clone()),
+            None => (
+                String::new(),
+                format!("credential #{}", ev.cred_id),
+                String::new(),
+            ),
         }
     };
     let first = FirstRead {
@@ -143,6 +147,24 @@ pub fn on_first_read(state: &State, cgroups: &CgroupResolver, ev: &FirstReadEven
         cgroup = %rec.cgroup_path.as_deref().unwrap_or("?"),
         "first read"
     );
+    if let identity::Reader::Container {
+        container_id,
+        pod_uid,
+        ..
+    } = &rec.reader
+    {
+        if !owner.is_empty() && pod_uid.as_deref() != Some(owner.as_str()) {
+            tracing::warn!(
+                credential = %format_args!("{}/{}", first.volume, first.file),
+                owner_pod_uid = %owner,
+                reader_pod_uid = %pod_uid.as_deref().unwrap_or("-"),
+                reader_container_id = %container_id,
+                pid = first.tgid,
+                comm = %first.comm,
+                "credential read from outside its pod (_other_pod)"
+            );
+        }
+    }
     if rec.first_reads.len() >= MAX_FIRST_READS_PER_READER {
         rec.first_reads.remove(0);
     }

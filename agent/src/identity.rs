@@ -280,6 +280,18 @@ impl CgroupResolver {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Whether the cgroup still exists (its directory is there, with that inode).
+    pub fn exists(&self, cgroup_id: u64) -> bool {
+        self.path_of(cgroup_id, None)
+            .is_some_and(|p| self.ino(&p) == Some(cgroup_id))
+    }
+
+    /// Drops what is remembered about a removed cgroup.
+    pub fn forget(&self, cgroup_id: u64) {
+        self.cache.remove(&cgroup_id);
+        self.misses.remove(&cgroup_id);
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,8 @@ use prometheus_client::{
 };
 
 use crate::{
-    identity::{self, CgroupResolver, NODE},
+    identity::{self, CgroupResolver, Reader, NODE},
+    podmeta::PodIndex,
     probes::{KernelMaps, ReadTotal},
     state::{CredentialRecord, State},
     sys::MonotonicClock,
@@ -20,15 +21,31 @@ pub const PREFIX: &str = "credwatch";
 /// The `container` label of a reader whose cgroup is gone and was never described (its event
 /// was dropped): counted, but not attributable.
 pub const UNKNOWN_READER: &str = "_unknown";
+/// The `container` label of a process of another pod than the credential's.
+pub const OTHER_POD: &str = "_other_pod";
+/// Series per metric family; beyond it series are dropped and counted as
+/// `events_lost_total{stage="cardinality"}` (once per distinct series). `--max-series`.
+pub const DEFAULT_MAX_SERIES: usize = 50_000;
 
 type Labels = Vec<(&'static str, String)>;
 
 /// One reader's reads of one credential, over all its cgroups and the credential's generations.
-#[derive(Default)]
-struct ReaderReads {
-    count: u64,
-    last_read_ns: u64,
-    newest_generation: Option<u32>,
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReaderReads {
+    pub count: u64,
+    pub last_read_ns: u64,
+    pub newest_generation: Option<u32>,
+}
+
+impl ReaderReads {
+    pub fn add(&mut self, o: &ReaderReads) {
+        self.count += o.count;
+        self.last_read_ns = self.last_read_ns.max(o.last_read_ns);
+        self.newest_generation = match (self.newest_generation, o.newest_generation) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 #[derive(Debug)]
@@ -36,7 +53,53 @@ pub struct Collector {
     pub state: Arc<State>,
     pub maps: Option<Arc<KernelMaps>>,
     pub cgroups: Arc<CgroupResolver>,
+    pub pods: Arc<PodIndex>,
     pub kernel: String,
+    pub max_series: usize,
+    /// Hashes of series dropped by the cap, so each is counted once.
+    pub dropped: std::sync::Mutex<std::collections::HashSet<u64>>,
+}
+
+impl Collector {
+    pub fn new(
+        state: Arc<State>,
+        maps: Option<Arc<KernelMaps>>,
+        cgroups: Arc<CgroupResolver>,
+        pods: Arc<PodIndex>,
+    ) -> Self {
+        Self {
+            state,
+            maps,
+            cgroups,
+            pods,
+            kernel: crate::sys::kernel_release(),
+            max_series: DEFAULT_MAX_SERIES,
+            dropped: Default::default(),
+        }
+    }
+
+    /// Keeps at most `max_series` rows; counts each newly dropped series once.
+    fn cap<V>(&self, name: &str, mut rows: Vec<(Labels, V)>) -> Vec<(Labels, V)> {
+        if rows.len() <= self.max_series {
+            return rows;
+        }
+        let mut dropped = self.dropped.lock().expect("dropped lock");
+        let mut new = 0;
+        for (labels, _) in rows.drain(self.max_series..) {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (name, &labels).hash(&mut h);
+            // Bounded memory: past a million distinct drops, count without remembering.
+            if dropped.len() > 1_000_000 || dropped.insert(h.finish()) {
+                new += 1;
+            }
+        }
+        self.state
+            .lost
+            .cardinality
+            .fetch_add(new, std::sync::atomic::Ordering::Relaxed);
+        rows
+    }
 }
 
 pub fn registry(collector: Collector) -> Registry {
@@ -65,42 +128,108 @@ fn with(mut l: Labels, k: &'static str, v: impl Into<String>) -> Labels {
     l
 }
 
-fn counters(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, u64)],
-) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
-fn gauges(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: &[(Labels, f64)],
-) -> fmt::Result {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
-}
-
 impl Collector {
-    fn reader_label(&self, cgroup_id: u64) -> String {
-        if let Some(r) = self.state.readers.get(&cgroup_id) {
-            return r.container.clone();
+    fn counters(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, u64)],
+    ) -> fmt::Result {
+        let rows = self.cap(name, rows.to_vec());
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in &rows {
+            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
         }
-        match self.cgroups.path_of(cgroup_id, None) {
-            Some(p) => identity::parse_cgroup_path(&p).container_label(),
-            None => UNKNOWN_READER.to_owned(),
+        Ok(())
+    }
+
+    fn gauges(
+        &self,
+        enc: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        rows: &[(Labels, f64)],
+    ) -> fmt::Result {
+        let rows = self.cap(name, rows.to_vec());
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        if let [(labels, v)] = rows.as_slice() {
+            if labels.is_empty() {
+                return ConstGauge::new(*v).encode(m);
+            }
+        }
+        for (labels, v) in &rows {
+            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    /// Who a reader cgroup is: from its first-read event, else from its cgroup path.
+    fn reader(&self, cgroup_id: u64) -> Option<Reader> {
+        if let Some(r) = self.state.readers.get(&cgroup_id) {
+            return Some(r.reader.clone());
+        }
+        self.cgroups
+            .path_of(cgroup_id, None)
+            .map(|p| identity::parse_cgroup_path(&p))
+    }
+}
+
+/// The `container` label of a read of a credential owned by the pod `cred_pod_uid` (empty for
+/// host credentials): `_node` for host processes, `_other_pod` for a process of another pod,
+/// the container's name when pod metadata knows it, else the first 12 characters of its id,
+/// `_unknown` when the reader's cgroup is gone and was never described.
+pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIndex) -> String {
+    match reader {
+        None => UNKNOWN_READER.to_owned(),
+        Some(Reader::Node { .. }) => NODE.to_owned(),
+        Some(Reader::Container {
+            container_id,
+            pod_uid,
+            ..
+        }) => {
+            let own = !cred_pod_uid.is_empty() && pod_uid.as_deref() == Some(cred_pod_uid);
+            if !cred_pod_uid.is_empty() && !own {
+                return OTHER_POD.to_owned();
+            }
+            pod_uid
+                .as_deref()
+                .and_then(|uid| pods.get(uid))
+                .and_then(|m| m.containers.get(container_id).cloned())
+                .unwrap_or_else(|| {
+                    Reader::Container {
+                        container_id: container_id.clone(),
+                        runtime: String::new(),
+                        pod_uid: None,
+                    }
+                    .container_label()
+                })
         }
     }
+}
+
+/// Fills a pod credential's labels from pod metadata, when there is some.
+pub fn with_pod_metadata(mut c: CredentialRecord, pods: &PodIndex) -> CredentialRecord {
+    if let Some(m) = (!c.pod_uid.is_empty())
+        .then(|| pods.get(&c.pod_uid))
+        .flatten()
+    {
+        c.namespace = m.namespace.clone();
+        c.pod = m.name.clone();
+        c.service_account = m.service_account.clone();
+        if let Some(src) = m.volume_sources.get(&c.volume) {
+            if !(src == "projected" && c.source.starts_with("serviceaccount/")) {
+                c.source = src.clone();
+            }
+        }
+    }
+    c
+}
+
+/// Labels that aggregate many readers and outlive any one of them: their counts are kept when a
+/// reader's cgroup is purged, so these counters never go down.
+pub fn is_aggregate_label(label: &str) -> bool {
+    [NODE, OTHER_POD, UNKNOWN_READER].contains(&label)
 }
 
 impl prometheus_client::collector::Collector for Collector {
@@ -117,23 +246,40 @@ impl prometheus_client::collector::Collector for Collector {
             .lock()
             .expect("credentials lock")
             .iter()
-            .cloned()
+            .map(|c| with_pod_metadata(c.clone(), &self.pods))
             .collect();
 
         let by_id: BTreeMap<u32, &CredentialRecord> = creds.iter().map(|c| (c.id, c)).collect();
         // Reads by (credential, container label): summed over generations and cgroups.
         let mut reads: BTreeMap<(u32, String), ReaderReads> = BTreeMap::new();
         for c in &creds {
-            // Present with 0 before anyone reads it: "mounted, never read" is one expression.
+            // Present with 0 before anyone reads it: "mounted, never read" is one expression;
+            // for host processes and, with pod metadata, every container of the owning pod.
             reads.entry((c.id, NODE.to_owned())).or_default();
-        }
-        for t in &totals {
-            if !by_id.contains_key(&t.key.cred_id) {
-                continue; // purged
+            if let Some(m) = (!c.pod_uid.is_empty())
+                .then(|| self.pods.get(&c.pod_uid))
+                .flatten()
+            {
+                for name in m.containers.values() {
+                    reads.entry((c.id, name.clone())).or_default();
+                }
             }
-            let e = reads
-                .entry((t.key.cred_id, self.reader_label(t.key.cgroup_id)))
-                .or_default();
+        }
+        for ((cred_id, label), r) in self.state.retired.lock().expect("retired lock").iter() {
+            if by_id.contains_key(cred_id) {
+                reads.entry((*cred_id, label.clone())).or_default().add(r);
+            }
+        }
+        let mut readers: std::collections::HashMap<u64, Option<Reader>> = Default::default();
+        for t in &totals {
+            let Some(c) = by_id.get(&t.key.cred_id) else {
+                continue; // purged
+            };
+            let reader = readers
+                .entry(t.key.cgroup_id)
+                .or_insert_with(|| self.reader(t.key.cgroup_id));
+            let label = container_label(&c.pod_uid, reader.as_ref(), &self.pods);
+            let e = reads.entry((t.key.cred_id, label)).or_default();
             e.count += t.count;
             e.last_read_ns = e.last_read_ns.max(t.last_read_ns);
             if t.count > 0 {
@@ -155,7 +301,7 @@ impl prometheus_client::collector::Collector for Collector {
                 (l, 1.0)
             })
             .collect();
-        gauges(
+        self.gauges(
             &mut enc,
             "credential_info",
             "One per known credential file.",
@@ -168,35 +314,32 @@ impl prometheus_client::collector::Collector for Collector {
                 .filter_map(|c| Some((identity(c), f(c)?)))
                 .collect()
         };
-        gauges(
+        self.gauges(
             &mut enc,
             "credential_expiry_timestamp_seconds",
             "JWT exp or certificate NotAfter of the current generation.",
             &dated(|c| c.parsed.expiry),
         )?;
         let issued: Vec<(Labels, f64)> = creds.iter().map(|c| (identity(c), c.issued())).collect();
-        gauges(
-            &mut enc,
+        self.gauges(&mut enc,
             "credential_issued_timestamp_seconds",
             "When the current generation was issued: JWT iat, certificate NotBefore, else when the agent first saw it.",
             &issued,
         )?;
 
-        gauges(
-            &mut enc,
+        self.gauges(&mut enc,
             "credential_stale_after_timestamp_seconds",
             "JWT kubernetes.io warnafter: when an extended service-account token should be considered stale.",
             &dated(|c| c.parsed.stale_after),
         )?;
-        gauges(
-            &mut enc,
+        self.gauges(&mut enc,
             "credential_refresh_due_timestamp_seconds",
             "Projected service-account tokens: when the kubelet should have rotated it (iat + 80% of its lifetime, at most 24 h).",
             &dated(CredentialRecord::refresh_due),
         )?;
         let rotations: Vec<(Labels, u64)> =
             creds.iter().map(|c| (identity(c), c.rotations)).collect();
-        counters(
+        self.counters(
             &mut enc,
             "credential_rotations",
             "Generations observed after the first.",
@@ -221,26 +364,24 @@ impl prometheus_client::collector::Collector for Collector {
             }
             read_rows.push((l, r.count));
         }
-        counters(
+        self.counters(
             &mut enc,
             "credential_reads",
             "Opens of the credential for reading, by reader.",
             &read_rows,
         )?;
-        gauges(
+        self.gauges(
             &mut enc,
             "credential_last_read_timestamp_seconds",
             "Unix time of the reader's last read.",
             &last_rows,
         )?;
-        gauges(
-            &mut enc,
+        self.gauges(&mut enc,
             "credential_reader_generation_lag",
             "Rotations since this reader last read the credential (0 = it has read the current generation).",
             &lag_rows,
         )?;
-        gauges(
-            &mut enc,
+        self.gauges(&mut enc,
             "credential_reader_held_expiry_timestamp_seconds",
             "Expiry of the newest generation this reader has read: below time() it can only hold an expired credential.",
             &held_rows,
@@ -261,7 +402,7 @@ impl prometheus_client::collector::Collector for Collector {
             .iter()
             .map(|(s, v)| (vec![("stage", s.to_string())], *v))
             .collect();
-        counters(
+        self.counters(
             &mut enc,
             "events_lost",
             "Everything dropped anywhere, by stage.",
@@ -281,14 +422,20 @@ impl prometheus_client::collector::Collector for Collector {
                 )
             })
             .collect();
-        gauges(
+        self.gauges(
             &mut enc,
             "probe_attached",
             "1 when the probe is attached.",
             &probes,
         )?;
 
-        gauges(
+        self.gauges(
+            &mut enc,
+            "pod_metadata_up",
+            "1 while the Kubernetes pod watch works; 0 without an API or while it fails (pods are then labelled by uid).",
+            &[(vec![], if self.pods.up() { 1.0 } else { 0.0 })],
+        )?;
+        self.gauges(
             &mut enc,
             "build_info",
             "The agent's version and the kernel it runs on.",
@@ -329,12 +476,14 @@ mod tests {
             1000.0,
             crate::state::REMOVED_GRACE,
         );
-        let reg = registry(Collector {
+        let mut c = Collector::new(
             state,
-            maps: None,
-            cgroups: Arc::new(CgroupResolver::new("/nonexistent")),
-            kernel: "6.18.0".into(),
-        });
+            None,
+            Arc::new(CgroupResolver::new("/nonexistent")),
+            Arc::new(PodIndex::default()),
+        );
+        c.kernel = "6.18.0".into();
+        let reg = registry(c);
         let text = render(&reg);
         let id = r#"namespace="",pod="",volume="/run/secrets",file="db/password""#;
         for want in [
@@ -345,6 +494,7 @@ mod tests {
             "credwatch_events_lost_total{stage=\"kernel_ringbuf\"} 0".to_owned(),
             "credwatch_events_lost_total{stage=\"cardinality\"} 0".to_owned(),
             "credwatch_build_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1".to_owned(),
+            "credwatch_pod_metadata_up 0".to_owned(),
             "# TYPE credwatch_credential_reads counter".to_owned(),
             "# EOF".to_owned(),
         ] {

@@ -229,6 +229,25 @@ impl KernelMaps {
             .collect()
     }
 
+    /// Removes every counter of a reader cgroup and returns their last totals.
+    pub fn purge_cgroup(&self, cgroup_id: u64) -> Vec<ReadTotal> {
+        let mut reads = self.reads.lock().expect("reads lock");
+        let gone: Vec<ReadTotal> = reads
+            .iter()
+            .flatten()
+            .filter(|(k, _)| k.cgroup_id == cgroup_id)
+            .map(|(key, per_cpu)| ReadTotal {
+                key,
+                count: per_cpu.iter().map(|s| s.count).sum(),
+                last_read_ns: per_cpu.iter().map(|s| s.last_read_ns).max().unwrap_or(0),
+            })
+            .collect();
+        for t in &gone {
+            let _ = reads.remove(&t.key);
+        }
+        gone
+    }
+
     /// Kernel-side drops by stage, summed over CPUs.
     pub fn lost(&self, stage: LostStage) -> u64 {
         self.lost

@@ -377,6 +377,9 @@ pub struct State {
     pub readers: DashMap<u64, ReaderRecord>,
     pub lost: UserLost,
     pub probes: Mutex<Vec<ProbeStatus>>,
+    /// Reads of purged reader cgroups under aggregate labels (`_node`, `_other_pod`), kept so
+    /// those counters never go down: (credential id, label) -> reads.
+    pub retired: Mutex<HashMap<(u32, String), crate::metrics::ReaderReads>>,
     pub inventory_done: AtomicBool,
     pub probes_attached: AtomicBool,
 }

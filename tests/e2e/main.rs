@@ -4,3 +4,4 @@
 mod files;
 mod inputs;
 mod kubelet;
+mod pods;

@@ -35,8 +35,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the unit tests and the end-to-end tier on the real kernel (needs root;
-    /// with CREDWATCH_E2E=required a skipped end-to-end tier is a failure).
+    /// Set up, then run the unit tests, the end-to-end tier on the real kernel (needs root;
+    /// with CREDWATCH_E2E=required a skipped end-to-end tier is a failure) and a bounded fuzz run
+    /// of the credential parsers (CREDWATCH_FUZZ_SECONDS, default 30; 0 skips it).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -135,5 +136,37 @@ fn test(args: &[String]) -> Result<()> {
     run(Command::new("cargo")
         .args(["test", "--workspace", "--exclude", "credwatch-ebpf"])
         .args(args)
-        .env("CREDWATCH_BIN", bin))
+        .env("CREDWATCH_BIN", bin))?;
+    if args.is_empty() {
+        fuzz()?;
+    }
+    Ok(())
+}
+
+/// A bounded libFuzzer run of the JWT/PEM parsing (agent/fuzz), from the committed seeds.
+fn fuzz() -> Result<()> {
+    let secs: u64 = std::env::var("CREDWATCH_FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    if secs == 0 {
+        eprintln!("xtask: fuzzing skipped (CREDWATCH_FUZZ_SECONDS=0)");
+        return Ok(());
+    }
+    setup::fuzz_tools()?;
+    let agent = project_root().join("agent");
+    let corpus = agent.join("fuzz/corpus/parse_credential");
+    std::fs::create_dir_all(&corpus)?;
+    eprintln!("xtask: fuzzing the credential parsers for {secs} s");
+    run(Command::new("cargo")
+        .current_dir(&agent)
+        .args([
+            &format!("+{}", setup::EBPF_TOOLCHAIN),
+            "fuzz",
+            "run",
+            "parse_credential",
+        ])
+        .arg(&corpus)
+        .arg(agent.join("fuzz/seeds/parse_credential"))
+        .args(["--", &format!("-max_total_time={secs}")]))
 }

@@ -9,6 +9,7 @@ use crate::run as sh;
 /// Keep in sync with `agent/build.rs`.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// To build bpf-linker against LLVM 22.
 const BUILD_PACKAGES: &[&str] = &[
@@ -110,6 +111,22 @@ pub fn run() -> Result<()> {
     if is_root() {
         mount_if_missing("/sys/kernel/tracing", "tracefs")?;
         mount_if_missing("/sys/fs/bpf", "bpf")?;
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, for the bounded fuzz run in `cargo xtask test`.
+pub fn fuzz_tools() -> Result<()> {
+    let ok = output(Command::new("cargo").args(["fuzz", "--version"]))
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION));
+    if !ok {
+        eprintln!("setup: cargo install cargo-fuzz@{CARGO_FUZZ_VERSION}");
+        sh(Command::new("cargo").args([
+            "install",
+            "--locked",
+            &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+        ]))
+        .context("installing cargo-fuzz")?;
     }
     Ok(())
 }

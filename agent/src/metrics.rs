@@ -78,9 +78,10 @@ impl Collector {
         }
     }
 
-    /// Keeps at most `max_series` rows; counts each newly dropped series once.
+    /// Keeps at most `max_series` rows of a `credential_*` family (the others have a fixed
+    /// size, and the loss counters must never be hidden); counts each dropped series once.
     fn cap<V>(&self, name: &str, mut rows: Vec<(Labels, V)>) -> Vec<(Labels, V)> {
-        if rows.len() <= self.max_series {
+        if rows.len() <= self.max_series || !name.starts_with("credential_") {
             return rows;
         }
         let mut dropped = self.dropped.lock().expect("dropped lock");
@@ -504,5 +505,63 @@ mod tests {
             !text.contains("credential_last_read_timestamp_seconds{"),
             "no last-read before a read"
         );
+    }
+
+    #[test]
+    fn series_beyond_the_cap_are_dropped_and_counted_once() {
+        let state = Arc::new(State::default());
+        let found: Vec<Found> = (0..10)
+            .map(|i| Found {
+                pod_uid: String::new(),
+                volume: "/v".into(),
+                file: format!("f{i}"),
+                source: "host".into(),
+                path: format!("/v/f{i}").into(),
+                inode: InodeKey::new(1, i + 1),
+                modified: 0.0,
+                generations: None,
+            })
+            .collect();
+        state.credentials.lock().unwrap().apply(
+            &found,
+            |_| crate::credential::Parsed::default(),
+            std::time::Instant::now(),
+            0.0,
+            crate::state::REMOVED_GRACE,
+        );
+        let mut c = Collector::new(
+            state.clone(),
+            None,
+            Arc::new(CgroupResolver::new("/nonexistent")),
+            Arc::new(PodIndex::default()),
+        );
+        c.max_series = 4;
+        let reg = registry(c);
+        let text = render(&reg);
+        assert_eq!(text.matches("credwatch_credential_info{").count(), 4, "{text}");
+        // 6 dropped in each of info, issued, rotations, reads: 24, counted once per series.
+        let lost = || state.lost.cardinality.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(lost(), 24);
+        render(&reg);
+        assert_eq!(lost(), 24, "a series dropped again is not counted again");
+    }
+
+    #[test]
+    fn container_labels() {
+        let pods = PodIndex::default();
+        let id = "c".repeat(64);
+        let in_pod = |uid: &str| Reader::Container {
+            container_id: id.clone(),
+            runtime: "containerd".into(),
+            pod_uid: Some(uid.into()),
+        };
+        assert_eq!(container_label("p1", Some(&Reader::Node { unit: None }), &pods), "_node");
+        assert_eq!(container_label("p1", None, &pods), "_unknown");
+        assert_eq!(container_label("p1", Some(&in_pod("p1")), &pods), "cccccccccccc");
+        assert_eq!(container_label("p1", Some(&in_pod("p2")), &pods), "_other_pod");
+        assert_eq!(container_label("", Some(&in_pod("p2")), &pods), "cccccccccccc", "host credential");
+        let docker = Reader::Container { container_id: id.clone(), runtime: "docker".into(), pod_uid: None };
+        assert_eq!(container_label("p1", Some(&docker), &pods), "_other_pod");
+        assert!(is_aggregate_label("_node") && is_aggregate_label("_other_pod") && !is_aggregate_label("app"));
     }
 }

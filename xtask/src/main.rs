@@ -138,9 +138,29 @@ fn test(args: &[String]) -> Result<()> {
         .args(args)
         .env("CREDWATCH_BIN", bin))?;
     if args.is_empty() {
+        validate_deploy()?;
         fuzz()?;
     }
     Ok(())
+}
+
+/// Every manifest in deploy/manifests against the Kubernetes schema, unknown fields rejected.
+fn validate_deploy() -> Result<()> {
+    setup::deploy_tools()?;
+    let dir = project_root().join("deploy/manifests");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    eprintln!(
+        "xtask: validating {} manifests (Kubernetes 1.32, strict)",
+        files.len()
+    );
+    run(Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.32.0"])
+        .args(&files))
 }
 
 /// A bounded libFuzzer run of the JWT/PEM parsing (agent/fuzz), from the committed seeds.

@@ -131,6 +131,22 @@ pub fn fuzz_tools() -> Result<()> {
     Ok(())
 }
 
+/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
+pub fn deploy_tools() -> Result<()> {
+    if output(Command::new("kubernetes-validate").arg("--version")).is_none() {
+        eprintln!("setup: pip install kubernetes-validate");
+        sh(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "kubernetes-validate==1.37.0",
+        ]))
+        .context("installing kubernetes-validate")?;
+    }
+    Ok(())
+}
+
 pub fn bench_tools() -> Result<()> {
     apt_install(BENCH_PACKAGES)
 }

@@ -195,10 +195,17 @@ fn pods_are_named_other_pods_and_the_node_are_told_apart_and_the_api_may_go() {
     api.set_status_override(Some(401));
     api.expire_watches();
     wait_up(&agent, 0.0);
-    assert!(agent.log_text().contains("pod metadata is down"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("pod metadata is down"),
+        "{}",
+        agent.log_text()
+    );
     api.set_status_override(None);
     wait_up(&agent, 1.0);
-    assert!(api.requests().iter().any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-e2e")));
+    assert!(api
+        .requests()
+        .iter()
+        .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-e2e")));
 
     // The API goes away: counting goes on; known pods keep their names; a new pod is labelled by uid.
     let port = api.port();

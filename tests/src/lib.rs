@@ -398,23 +398,30 @@ pub fn cgroupfs_container_cgroup(uid: &str, id: &str) -> String {
 /// A random 64-hex container id and a pod uid, and the systemd-driver cgroup path of that
 /// container: `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid_>.slice/cri-containerd-<id>.scope`.
 pub fn pod_container_cgroup() -> (String, String, String) {
-    let mut bytes = [0u8; 48];
-    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    f.expect("urandom");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let id = hex[..64].to_owned();
-    let u = &hex[64..96];
-    let uid = format!(
-        "{}-{}-{}-{}-{}",
-        &u[..8],
-        &u[8..12],
-        &u[12..16],
-        &u[16..20],
-        &u[20..32]
-    );
-    let rel = format!(
-        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
-        uid.replace('-', "_")
-    );
-    (rel, uid, id)
+    let (uid, id) = (random_pod_uid(), random_container_id());
+    (systemd_container_cgroup(&uid, &id), uid, id)
+}
+
+/// Continues in a child forked after closing every descriptor above 2, so that its descriptor
+/// table lives inside `files_struct` (the file probe's helper-free path) even when this process
+/// inherited an expanded one. Returns `None` in the child; in the parent, waits and returns the
+/// child's exit status.
+pub fn continue_in_fresh_fd_table() -> Option<i32> {
+    // SAFETY: close_range, fork and waitpid with valid arguments.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        match libc::fork() {
+            0 => None,
+            pid if pid > 0 => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                Some(if libc::WIFEXITED(status) {
+                    libc::WEXITSTATUS(status)
+                } else {
+                    1
+                })
+            }
+            _ => Some(1),
+        }
+    }
 }

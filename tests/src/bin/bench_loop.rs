@@ -92,33 +92,11 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
     }
 }
 
-/// Runs the rest of `main` in a child with a fresh descriptor table; returns its exit code.
-fn in_fresh_fd_table() -> Option<ExitCode> {
-    // SAFETY: close_range, fork and waitpid with valid arguments; the child only returns into
-    // the loop code, which makes plain syscalls.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        match libc::fork() {
-            0 => None,
-            pid if pid > 0 => {
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-                Some(ExitCode::from(if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status) as u8
-                } else {
-                    1
-                }))
-            }
-            _ => Some(ExitCode::FAILURE),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("open") {
-        if let Some(code) = in_fresh_fd_table() {
-            return code;
+        if let Some(code) = credwatch_e2e::continue_in_fresh_fd_table() {
+            return ExitCode::from(code as u8);
         }
     }
     match run(&args) {

@@ -59,28 +59,6 @@ fn bind(src: &str, dst: &str) {
     check(rc, &format!("bind {src} on {dst}"));
 }
 
-/// Continues in a child whose descriptor table was never expanded; the parent waits for it and
-/// exits with its status.
-fn fresh_fd_table() {
-    // SAFETY: close_range, fork and waitpid with valid arguments.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        match libc::fork() {
-            0 => {}
-            pid if pid > 0 => {
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-                std::process::exit(if libc::WIFEXITED(status) {
-                    libc::WEXITSTATUS(status)
-                } else {
-                    1
-                });
-            }
-            _ => die(format!("fork: {}", std::io::Error::last_os_error())),
-        }
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -100,7 +78,11 @@ fn main() {
                         libc::dup2(2, 100);
                         libc::close(100);
                     },
-                    Some("fresh") => fresh_fd_table(),
+                    Some("fresh") => {
+                        if let Some(code) = credwatch_e2e::continue_in_fresh_fd_table() {
+                            std::process::exit(code);
+                        }
+                    }
                     other => die(format!("bad --fdtable {other:?}")),
                 }
                 i += 2;

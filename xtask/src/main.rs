@@ -133,15 +133,58 @@ fn test(args: &[String]) -> Result<()> {
     // The end-to-end tier runs the real agent binary; build it (with its eBPF object) first.
     build(false)?;
     let bin = project_root().join("target/debug/credwatch");
-    run(Command::new("cargo")
-        .args(["test", "--workspace", "--exclude", "credwatch-ebpf"])
-        .args(args)
-        .env("CREDWATCH_BIN", bin))?;
+    let (passed, failed) = cargo_test(
+        Command::new("cargo")
+            .args(["test", "--workspace", "--exclude", "credwatch-ebpf"])
+            .args(args)
+            .env("CREDWATCH_BIN", bin),
+    )?;
+    if failed > 0 {
+        bail!("{failed} tests failed");
+    }
     if args.is_empty() {
         validate_deploy()?;
         fuzz()?;
     }
+    // One closing line for the whole run (each test binary prints its own, some with 0 tests).
+    println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// Runs `cargo test`, passing its output through, and adds up its "test result:" lines.
+fn cargo_test(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += num(" passed");
+            failed += num(" failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok((passed, failed))
 }
 
 /// Every manifest in deploy/manifests against the Kubernetes schema, unknown fields rejected.

@@ -319,7 +319,12 @@ impl Watcher {
         self.warned_problems.retain(|p| scan.problems.contains(p));
         for m in &scan.missing {
             if self.warned_missing.insert(m.clone()) {
-                tracing::warn!(path = %m, "watch path does not exist (yet); it will be watched when it appears");
+                // Most hosts lack most of the built-in locations: only configured paths warn.
+                if crate::config::DEFAULT_WATCH.contains(&m.as_str()) {
+                    tracing::debug!(path = %m, "built-in watch path does not exist (yet)");
+                } else {
+                    tracing::warn!(path = %m, "watch path does not exist (yet); it will be watched when it appears");
+                }
             }
         }
         self.warned_missing.retain(|m| scan.missing.contains(m));

@@ -538,9 +538,18 @@ mod tests {
         c.max_series = 4;
         let reg = registry(c);
         let text = render(&reg);
-        assert_eq!(text.matches("credwatch_credential_info{").count(), 4, "{text}");
+        assert_eq!(
+            text.matches("credwatch_credential_info{").count(),
+            4,
+            "{text}"
+        );
         // 6 dropped in each of info, issued, rotations, reads: 24, counted once per series.
-        let lost = || state.lost.cardinality.load(std::sync::atomic::Ordering::Relaxed);
+        let lost = || {
+            state
+                .lost
+                .cardinality
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
         assert_eq!(lost(), 24);
         render(&reg);
         assert_eq!(lost(), 24, "a series dropped again is not counted again");
@@ -555,13 +564,34 @@ mod tests {
             runtime: "containerd".into(),
             pod_uid: Some(uid.into()),
         };
-        assert_eq!(container_label("p1", Some(&Reader::Node { unit: None }), &pods), "_node");
+        assert_eq!(
+            container_label("p1", Some(&Reader::Node { unit: None }), &pods),
+            "_node"
+        );
         assert_eq!(container_label("p1", None, &pods), "_unknown");
-        assert_eq!(container_label("p1", Some(&in_pod("p1")), &pods), "cccccccccccc");
-        assert_eq!(container_label("p1", Some(&in_pod("p2")), &pods), "_other_pod");
-        assert_eq!(container_label("", Some(&in_pod("p2")), &pods), "cccccccccccc", "host credential");
-        let docker = Reader::Container { container_id: id.clone(), runtime: "docker".into(), pod_uid: None };
+        assert_eq!(
+            container_label("p1", Some(&in_pod("p1")), &pods),
+            "cccccccccccc"
+        );
+        assert_eq!(
+            container_label("p1", Some(&in_pod("p2")), &pods),
+            "_other_pod"
+        );
+        assert_eq!(
+            container_label("", Some(&in_pod("p2")), &pods),
+            "cccccccccccc",
+            "host credential"
+        );
+        let docker = Reader::Container {
+            container_id: id.clone(),
+            runtime: "docker".into(),
+            pod_uid: None,
+        };
         assert_eq!(container_label("p1", Some(&docker), &pods), "_other_pod");
-        assert!(is_aggregate_label("_node") && is_aggregate_label("_other_pod") && !is_aggregate_label("app"));
+        assert!(
+            is_aggregate_label("_node")
+                && is_aggregate_label("_other_pod")
+                && !is_aggregate_label("app")
+        );
     }
 }

@@ -18,6 +18,8 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
+/// The end-to-end tier signs tokens and makes certificates with the openssl CLI.
+const TEST_PACKAGES: &[&str] = &["openssl"];
 /// For the benchmark's peer and the kernel's own BPF run-time accounting.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
 
@@ -60,6 +62,7 @@ fn output(cmd: &mut Command) -> Option<String> {
 
 pub fn run() -> Result<()> {
     apt_install(BUILD_PACKAGES)?;
+    apt_install(TEST_PACKAGES)?;
 
     let has_toolchain = output(Command::new("rustup").args(["toolchain", "list"]))
         .is_some_and(|s| s.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)));

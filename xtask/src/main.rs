@@ -201,8 +201,14 @@ fn validate_deploy() -> Result<()> {
         "xtask: validating {} manifests (Kubernetes 1.32, strict)",
         files.len()
     );
-    run(Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.32.0"])
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            "1.32.0",
+        ])
         .args(&files))
 }
 

@@ -134,9 +134,10 @@ pub fn fuzz_tools() -> Result<()> {
     Ok(())
 }
 
-/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
+/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline. Run as
+/// `python3 -m kubernetes_validate`: a pyenv Python may not have a shim for the script yet.
 pub fn deploy_tools() -> Result<()> {
-    if output(Command::new("kubernetes-validate").arg("--version")).is_none() {
+    if output(Command::new("python3").args(["-m", "kubernetes_validate", "--version"])).is_none() {
         eprintln!("setup: pip install kubernetes-validate");
         sh(Command::new("python3").args([
             "-m",

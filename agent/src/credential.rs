@@ -124,21 +124,6 @@ pub fn parse_file(path: &Path) -> Parsed {
     }
 }
 
-/// Classifies a file's content: `parse(content).kind`.
-pub fn classify(content: &[u8]) -> Kind {
-    parse(content).kind
-}
-
-/// Classifies a file on disk without keeping its content: `parse_file(path).kind`, logging the
-/// problem (never the content) when there is one.
-pub fn classify_file(path: &Path) -> Kind {
-    let parsed = parse_file(path);
-    if let Some(problem) = &parsed.problem {
-        tracing::info!(path = %path.display(), problem = %problem, kind = parsed.kind.as_str(), "credential file not fully understood");
-    }
-    parsed.kind
-}
-
 // ---- JWT ----
 
 /// base64url, padding optional, lenient about non-zero trailing bits.
@@ -887,7 +872,7 @@ mod tests {
         for case in cases(&f) {
             let got = parse(&case.content);
             assert_eq!(got, case.expect, "case {:?}", case.name);
-            assert_eq!(classify(&case.content), case.expect.kind, "{}", case.name);
+            assert_eq!(parse(&case.content).kind, case.expect.kind, "{}", case.name);
         }
     }
 
@@ -941,7 +926,7 @@ mod tests {
 
         let cert = write(d, "tls.crt", f.leaf_pem.as_bytes());
         assert_eq!(parse_file(&cert), parse(f.leaf_pem.as_bytes()));
-        assert_eq!(classify_file(&cert), Kind::Certificate);
+        assert_eq!(parse_file(&cert).kind, Kind::Certificate);
 
         // 5 MiB that would be a certificate if it were read: not parsed.
         let mut big = f.leaf_pem.clone().into_bytes();
@@ -949,7 +934,7 @@ mod tests {
         let big = write(d, "big", &big);
         let parsed = parse_file(&big);
         assert_eq!(parsed, Parsed::opaque("larger than 1 MiB: not parsed"));
-        assert_eq!(classify_file(&big), Kind::Opaque);
+        assert_eq!(parse_file(&big).kind, Kind::Opaque);
 
         // Exactly 1 MiB is still parsed.
         let mut edge = f.leaf_pem.clone().into_bytes();

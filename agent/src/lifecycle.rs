@@ -9,8 +9,8 @@ use std::{
 };
 
 use crate::{
-    identity::{self, CgroupResolver},
-    metrics::{container_label, is_aggregate_label, ReaderReads},
+    identity::CgroupResolver,
+    metrics::{container_label, is_aggregate_label, reader_of, ReaderReads},
     podmeta::PodIndex,
     probes::KernelMaps,
     state::State,
@@ -62,16 +62,7 @@ impl ReaderGc {
             if now.duration_since(since) < self.grace {
                 continue;
             }
-            let reader = self
-                .state
-                .readers
-                .get(&id)
-                .map(|r| r.reader.clone())
-                .or_else(|| {
-                    self.cgroups
-                        .path_of(id, None)
-                        .map(|p| identity::parse_cgroup_path(&p))
-                });
+            let reader = reader_of(&self.state, &self.cgroups, id);
             let removed = self.maps.purge_cgroup(id);
             let creds = self.state.credentials.lock().expect("credentials lock");
             let mut retired = self.state.retired.lock().expect("retired lock");

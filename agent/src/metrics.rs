@@ -164,16 +164,17 @@ impl Collector {
         }
         Ok(())
     }
+}
 
-    /// Who a reader cgroup is: from its first-read event, else from its cgroup path.
-    fn reader(&self, cgroup_id: u64) -> Option<Reader> {
-        if let Some(r) = self.state.readers.get(&cgroup_id) {
-            return Some(r.reader.clone());
-        }
-        self.cgroups
-            .path_of(cgroup_id, None)
-            .map(|p| identity::parse_cgroup_path(&p))
+/// Who a reader cgroup is: from its first-read event, else from its cgroup path; `None` when the
+/// cgroup is gone and was never described.
+pub fn reader_of(state: &State, cgroups: &CgroupResolver, cgroup_id: u64) -> Option<Reader> {
+    if let Some(r) = state.readers.get(&cgroup_id) {
+        return Some(r.reader.clone());
     }
+    cgroups
+        .path_of(cgroup_id, None)
+        .map(|p| identity::parse_cgroup_path(&p))
 }
 
 /// The `container` label of a read of a credential owned by the pod `cred_pod_uid` (empty for
@@ -278,7 +279,7 @@ impl prometheus_client::collector::Collector for Collector {
             };
             let reader = readers
                 .entry(t.key.cgroup_id)
-                .or_insert_with(|| self.reader(t.key.cgroup_id));
+                .or_insert_with(|| reader_of(&self.state, &self.cgroups, t.key.cgroup_id));
             let label = container_label(&c.pod_uid, reader.as_ref(), &self.pods);
             let e = reads.entry((t.key.cred_id, label)).or_default();
             e.count += t.count;

@@ -109,33 +109,29 @@ pub fn floor_sys_exit_open_by_handle_at(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Every step is an early return: nothing on this path can fail in a way worth reporting (a
+/// descriptor that vanished or an unwatched inode is simply not a credential read).
 #[inline(always)]
 fn on_open_exit(ctx: &TracePointContext) -> u32 {
-    let _ = try_on_open_exit(ctx);
-    0
-}
-
-#[inline(always)]
-fn try_on_open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     // A direct load from the context: tracepoint records are readable without a helper call.
     let fd: i64 = unsafe { *(ctx.as_ptr().add(SYS_EXIT_RET_OFFSET) as *const i64) };
     if fd < 0 || fd as u64 >= MAX_FD {
-        return Ok(());
+        return 0;
     }
     let off = offsets();
     let Some((cred, f_mode)) = (unsafe { watched_open(&off, fd as u64) }) else {
-        return Ok(());
+        return 0;
     };
     if f_mode & FMODE_READ == 0 {
-        return Ok(());
+        return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == unsafe { core::ptr::read_volatile(&AGENT_TGID) } {
-        return Ok(());
+        return 0;
     }
     count_read(cred, pid_tgid);
-    Ok(())
+    0
 }
 
 /// Reads the offsets through a volatile load so the compiler cannot fold the zero placeholder;

@@ -46,9 +46,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(path, error = %e, "cannot mount {fstype}"),
         }
     }
-    let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF))?;
-    tracing::debug!(?offsets, "kernel struct offsets");
-    let mut ebpf = probes::load(&offsets, std::process::id())?;
+    let kernel = btf::probe_btf(Path::new(btf::VMLINUX_BTF))?;
+    tracing::debug!(offsets = ?kernel.offsets, "kernel struct offsets");
+    tracing::info!(
+        walk = kernel.file_walk(),
+        "file probe: descriptor to inode by"
+    );
+    let mut ebpf = probes::load(&kernel, std::process::id())?;
     let statuses = probes::attach(&mut ebpf, &probes::FILE_PROBES);
     for s in &statuses {
         match &s.error {

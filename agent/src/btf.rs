@@ -1,10 +1,11 @@
 //! Kernel struct offsets from the running kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
 //! Rust eBPF has no CO-RE relocations, so the file probe's pointer walk gets its field offsets
-//! from here, passed to the programs as a read-only global.
+//! from here, passed to the programs as a read-only global, along with the ids of the kfunc and
+//! type it casts descriptor-table slots with.
 use std::path::Path;
 
-use btfparse::{Offset, Readable, TypeInformation};
+use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
 use credwatch_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -56,13 +57,82 @@ impl Readable for Bytes {
     }
 }
 
-/// Reads the offsets the file probe needs from a BTF file.
-pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, Error> {
+/// What the file probe needs from the kernel's BTF.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeBtf {
+    /// Field offsets, and the slot type for `bpf_rdonly_cast` (0 when it is not used).
+    pub offsets: KernelOffsets,
+    /// The BTF id of the `bpf_rdonly_cast` kfunc, when the probe uses it.
+    pub rdonly_cast: Option<u32>,
+}
+
+impl ProbeBtf {
+    /// How the probe walks from a descriptor to its file, for `check` and the start-up log.
+    pub fn file_walk(&self) -> &'static str {
+        if self.rdonly_cast.is_some() {
+            "direct loads (bpf_rdonly_cast)"
+        } else {
+            "direct loads for descriptors 0-63 of an unexpanded table, bpf_probe_read_kernel otherwise"
+        }
+    }
+}
+
+/// Set to `helpers` to make the probe walk without `bpf_rdonly_cast` even where the kernel has it:
+/// an escape hatch, and how the tests cover the walk older kernels use.
+pub const FILE_WALK_ENV: &str = "CREDWATCH_FILE_WALK";
+
+/// Reads what the file probe needs from a BTF file; `bpf_rdonly_cast` is used when the kernel has
+/// it, unless `CREDWATCH_FILE_WALK=helpers`.
+pub fn probe_btf(path: &Path) -> Result<ProbeBtf, Error> {
+    let allow_kfunc = std::env::var(FILE_WALK_ENV).map_or(true, |v| v != "helpers");
+    let types = parse(path)?;
+    let mut offsets = kernel_offsets(&types)?;
+    let rdonly_cast = if allow_kfunc {
+        rdonly_cast(&types)
+    } else {
+        None
+    };
+    match rdonly_cast {
+        Some((func, slot)) => {
+            offsets.file_slot_btf_id = slot;
+            Ok(ProbeBtf {
+                offsets,
+                rdonly_cast: Some(func),
+            })
+        }
+        None => Ok(ProbeBtf {
+            offsets,
+            rdonly_cast: None,
+        }),
+    }
+}
+
+fn parse(path: &Path) -> Result<TypeInformation, Error> {
     let data = std::fs::read(path).map_err(|source| Error::Read {
         path: path.display().to_string(),
         source,
     })?;
-    let types = TypeInformation::new(&Bytes(data)).map_err(|e| Error::Parse(format!("{e:?}")))?;
+    TypeInformation::new(&Bytes(data)).map_err(|e| Error::Parse(format!("{e:?}")))
+}
+
+/// The `bpf_rdonly_cast` kfunc's id and the id of `struct kiocb`, whose first member is the
+/// `struct file *` the probe reads out of a descriptor-table slot; None when either is missing.
+fn rdonly_cast(types: &TypeInformation) -> Option<(u32, u32)> {
+    let func = types.id_of("bpf_rdonly_cast")?;
+    if !matches!(types.from_id(func)?, TypeVariant::Func(_)) {
+        return None;
+    }
+    let kiocb = types.id_of("kiocb")?;
+    if !matches!(types.from_id(kiocb)?, TypeVariant::Struct(_)) {
+        return None;
+    }
+    let (member, offset) = types.offset_of(kiocb, "ki_filp").ok()?;
+    let pointee = types.pointee_tid(member).ok()?;
+    (offset == Offset::ByteOffset(0) && types.name_of(pointee).as_deref() == Some("file"))
+        .then_some((func, kiocb))
+}
+
+fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
     let field = |ty: &'static str, field: &'static str| -> Result<u32, Error> {
         let id = types.id_of(ty).ok_or(Error::NoType(ty))?;
         match types.offset_of(id, field) {
@@ -86,6 +156,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, Error> {
         inode_i_sb: field("inode", "i_sb")?,
         sb_s_dev: field("super_block", "s_dev")?,
         files_fd_array: field("files_struct", "fd_array")?,
+        file_slot_btf_id: 0,
     })
 }
 
@@ -100,11 +171,18 @@ mod tests {
             eprintln!("no {VMLINUX_BTF} on this machine; nothing to check");
             return;
         }
-        let off = kernel_offsets(path).expect("offsets");
+        let btf = probe_btf(path).expect("offsets");
+        let off = btf.offsets;
         // The walk's first field cannot be at offset 0 of task_struct (thread_info/state is).
         assert!(off.task_files > 0, "{off:?}");
         assert!(off.file_f_inode > 0 && off.inode_i_ino > 0, "{off:?}");
         assert_ne!(off.inode_i_ino, off.inode_i_sb);
+        // Both or neither: the probe casts only when the loader can emit the kfunc call.
+        assert_eq!(
+            btf.rdonly_cast.is_some(),
+            off.file_slot_btf_id != 0,
+            "{btf:?}"
+        );
     }
 
     #[test]
@@ -112,9 +190,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vmlinux");
         std::fs::write(&p, b"not btf at all").unwrap();
-        let err = kernel_offsets(&p).unwrap_err().to_string();
+        let err = probe_btf(&p).unwrap_err().to_string();
         assert!(err.contains("cannot parse kernel BTF"), "{err}");
-        let err = kernel_offsets(&dir.path().join("missing"))
+        let err = probe_btf(&dir.path().join("missing"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("CONFIG_DEBUG_INFO_BTF"), "{err}");

@@ -29,18 +29,19 @@ pub fn run() -> Vec<Item> {
         None => item("privileges", true, true, "can load eBPF programs"),
         Some(why) => item("privileges", false, true, why.clone()),
     });
-    let offsets = btf::kernel_offsets(Path::new(btf::VMLINUX_BTF));
-    items.push(match &offsets {
-        Ok(o) => item(
+    let kernel = btf::probe_btf(Path::new(btf::VMLINUX_BTF));
+    items.push(match &kernel {
+        Ok(k) => item(
             "kernel BTF",
             true,
             true,
             format!(
-                "{} (task_struct.files@{}, file.f_inode@{}, inode.i_ino@{})",
+                "{} (task_struct.files@{}, file.f_inode@{}, inode.i_ino@{}); descriptor to inode by {}",
                 btf::VMLINUX_BTF,
-                o.task_files,
-                o.file_f_inode,
-                o.inode_i_ino
+                k.offsets.task_files,
+                k.offsets.file_f_inode,
+                k.offsets.inode_i_ino,
+                k.file_walk()
             ),
         ),
         Err(e) => item("kernel BTF", false, true, e.to_string()),
@@ -92,8 +93,8 @@ pub fn run() -> Vec<Item> {
             "not mounted: reads are counted but readers cannot be told apart",
         ),
     });
-    match (&privileged, &offsets) {
-        (None, Ok(off)) => match probes::load(off, std::process::id()) {
+    match (&privileged, &kernel) {
+        (None, Ok(k)) => match probes::load(k, std::process::id()) {
             Ok(mut ebpf) => {
                 let statuses = probes::attach(&mut ebpf, &probes::FILE_PROBES);
                 let any = statuses.iter().any(|s| s.attached);

@@ -163,9 +163,8 @@ fn bench_floor() -> anyhow::Result<()> {
         anyhow::bail!("{why}");
     }
     sys::ensure_mounted(sys::TRACEFS, "tracefs")?;
-    let offsets =
-        credwatch::btf::kernel_offsets(std::path::Path::new(credwatch::btf::VMLINUX_BTF))?;
-    let mut ebpf = probes::load(&offsets, std::process::id())?;
+    let kernel = credwatch::btf::probe_btf(std::path::Path::new(credwatch::btf::VMLINUX_BTF))?;
+    let mut ebpf = probes::load(&kernel, std::process::id())?;
     for s in probes::attach(&mut ebpf, &probes::FLOOR_PROBES) {
         if let Some(e) = s.error {
             anyhow::bail!("{}: {e}", s.probe);

@@ -8,10 +8,13 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use credwatch_common::{
-    globals, maps, Credential, InodeKey, KernelOffsets, LostStage, ReadKey, ReadStats,
+    globals, maps, Credential, InodeKey, LostStage, ReadKey, ReadStats, RDONLY_CAST_PLACEHOLDER,
 };
 
-use crate::state::{MapOp, ProbeStatus};
+use crate::{
+    btf::ProbeBtf,
+    state::{MapOp, ProbeStatus},
+};
 
 /// The eBPF object built by `build.rs`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch"));
@@ -56,6 +59,8 @@ pub const FLOOR_PROBES: [TracepointProbe; 4] = [
 pub enum Error {
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("reading the eBPF object: {0}")]
+    Object(String),
     #[error("the eBPF object has no map {0}")]
     NoMap(&'static str),
     #[error("map {name}: {source}")]
@@ -67,9 +72,9 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Loads the object with the kernel offsets and the agent's tgid filled in. Programs are verified
-/// when attached.
-pub fn load(offsets: &KernelOffsets, agent_tgid: u32) -> Result<Ebpf> {
+/// Loads the object with the kernel offsets and the agent's tgid filled in and its `bpf_rdonly_cast`
+/// calls emitted (see `patch_kfunc_calls`). Programs are verified when attached.
+pub fn load(btf: &ProbeBtf, agent_tgid: u32) -> Result<Ebpf> {
     // On kernels that charge BPF memory to the memory cgroup (5.11+) the limit does not matter;
     // on older ones raising it is required. Failure is only worth a note.
     let rlim = libc::rlimit {
@@ -82,10 +87,94 @@ pub fn load(offsets: &KernelOffsets, agent_tgid: u32) -> Result<Ebpf> {
             "setrlimit(RLIMIT_MEMLOCK) failed (fine on kernels that account BPF memory to memcg)"
         );
     }
+    let object = patch_kfunc_calls(EBPF_OBJECT, btf.rdonly_cast)?;
     Ok(EbpfLoader::new()
-        .override_global(globals::KERNEL_OFFSETS, offsets, true)
+        .override_global(globals::KERNEL_OFFSETS, &btf.offsets, true)
         .override_global(globals::AGENT_TGID, &agent_tgid, true)
-        .load(EBPF_OBJECT)?)
+        .load(object.bytes())?)
+}
+
+/// Size of one eBPF instruction.
+const INSN: usize = 8;
+
+/// `call RDONLY_CAST_PLACEHOLDER`: opcode BPF_JMP|BPF_CALL, no registers, offset 0, the number.
+const PLACEHOLDER_CALL: [u8; INSN] = {
+    let n = RDONLY_CAST_PLACEHOLDER.to_le_bytes();
+    [0x85, 0x00, 0, 0, n[0], n[1], n[2], n[3]]
+};
+
+/// An eBPF object copied into 8-byte aligned memory, as the ELF parser wants it.
+pub struct AlignedObject {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedObject {
+    fn new(bytes: &[u8]) -> Self {
+        let mut this = Self {
+            words: vec![0u64; bytes.len().div_ceil(8)],
+            len: bytes.len(),
+        };
+        this.bytes_mut().copy_from_slice(bytes);
+        this
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the u64 buffer holds at least `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `new`.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// Rewrites each placeholder call in the object's code into a call of the kfunc with BTF id
+/// `kfunc` (src_reg BPF_PSEUDO_KFUNC_CALL, the id in vmlinux's BTF), or, without one, into
+/// `r0 = 0`: the probe only reaches the cast when the kfunc exists, and the verifier must never see
+/// a call of a helper that does not exist. aya (0.14) cannot emit kfunc calls itself.
+pub fn patch_kfunc_calls(object: &[u8], kfunc: Option<u32>) -> Result<AlignedObject> {
+    use object::{Object as _, ObjectSection as _, SectionFlags};
+    let mut out = AlignedObject::new(object);
+    let replacement: [u8; INSN] = match kfunc {
+        Some(id) => {
+            let n = id.to_le_bytes();
+            [0x85, 0x20, 0, 0, n[0], n[1], n[2], n[3]]
+        }
+        // BPF_ALU64|BPF_MOV|BPF_K, dst r0, imm 0.
+        None => [0xb7, 0, 0, 0, 0, 0, 0, 0],
+    };
+    let elf = object::File::parse(out.bytes()).map_err(|e| Error::Object(e.to_string()))?;
+    let code_ranges: Vec<(usize, usize)> = elf
+        .sections()
+        .filter(|s| {
+            matches!(s.flags(), SectionFlags::Elf { sh_flags }
+                if sh_flags & u64::from(object::elf::SHF_EXECINSTR) != 0)
+        })
+        .filter_map(|s| s.file_range())
+        .map(|(start, len)| (start as usize, len as usize))
+        .collect();
+    let mut patched = 0;
+    let bytes = out.bytes_mut();
+    for (start, len) in code_ranges {
+        let code = bytes
+            .get_mut(start..start + len)
+            .ok_or_else(|| Error::Object("section past the end of the file".into()))?;
+        for insn in code.chunks_exact_mut(INSN) {
+            if insn == PLACEHOLDER_CALL {
+                insn.copy_from_slice(&replacement);
+                patched += 1;
+            }
+        }
+    }
+    if patched == 0 {
+        return Err(Error::Object(
+            "no bpf_rdonly_cast placeholder call in the eBPF object (built from other sources?)"
+                .into(),
+        ));
+    }
+    Ok(out)
 }
 
 fn describe(e: &ProgramError) -> String {

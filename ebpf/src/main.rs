@@ -4,7 +4,7 @@
 //! (`current->files->fdt->fd[ret]->f_inode`), look the inode up in `WATCHED`, and for a watched file
 //! opened with read access bump an exact per-CPU counter keyed by (reader cgroup, credential,
 //! generation). Only the first read of such a triple becomes a ring-buffer event. A non-credential
-//! open costs the pointer walk and one hash lookup.
+//! open costs the pointer walk (no helper calls) and one hash lookup.
 #![no_std]
 #![no_main]
 
@@ -21,8 +21,8 @@ use aya_ebpf::{
 };
 use credwatch_common::{
     Credential, EventKind, FirstReadEvent, InodeKey, KernelOffsets, LostStage, ReadKey, ReadStats,
-    EVENTS_BYTE_SIZE, FMODE_READ, LOST_STAGES, NR_OPEN_DEFAULT, READS_MAX_ENTRIES,
-    WATCHED_MAX_ENTRIES,
+    EVENTS_BYTE_SIZE, FMODE_READ, LOST_STAGES, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER,
+    READS_MAX_ENTRIES, WATCHED_MAX_ENTRIES,
 };
 
 #[unsafe(no_mangle)]
@@ -42,6 +42,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_sb: 0,
     sb_s_dev: 0,
     files_fd_array: 0,
+    file_slot_btf_id: 0,
 };
 
 /// The agent's tgid: the agent opens credential files to parse them, which are not reads.
@@ -149,37 +150,55 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
 /// Looks `current->files->fdt->fd[fd]`'s inode (device, number) up in `WATCHED`; on a hit,
 /// returns the credential and the file's `f_mode`.
 ///
-/// Fast path, for descriptors in the table embedded in `files_struct` (below 64, table never
-/// expanded: nearly every open): only direct loads from BTF-typed pointers, which the verifier
-/// turns into fault-tolerant loads, no helper calls. The verifier allows only constant offsets
-/// into a typed struct, hence one arm per slot. Otherwise the walk falls back to
-/// `bpf_probe_read_kernel` past the descriptor array.
+/// The walk uses only direct loads from BTF-typed pointers, which the verifier turns into
+/// fault-tolerant loads: no helper calls. The one step the verifier cannot type is the table slot
+/// (`fdt->fd` is a `struct file **`, indexed by a variable): with `bpf_rdonly_cast` (Linux 6.2+)
+/// the slot's address becomes a typed pointer. Without it, a slot of the table embedded in
+/// `files_struct` (descriptor below 64, table never expanded) is read with one constant-offset
+/// arm per slot, and anything else falls back to `bpf_probe_read_kernel`.
 #[inline(always)]
 unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(Credential, u32)> {
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
         let files = *(task.add(off.task_files as usize) as *const *const u8);
         let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
-        let table = *(fdt.add(off.fdt_fd as usize) as *const u64);
-        let embedded = files as u64 + off.files_fd_array as u64;
-        if fd < NR_OPEN_DEFAULT && table == embedded {
-            let file = embedded_slot(files, off.files_fd_array as usize, fd);
-            if file.is_null() {
-                return None;
-            }
-            let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
-            let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
-            let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
-            let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
-            // The one lookup every open pays.
-            let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
-            let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
-            return Some((cred, f_mode));
-        }
         let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
         if fd >= max_fds as u64 {
             return None;
         }
+        let table = *(fdt.add(off.fdt_fd as usize) as *const u64);
+        let file = if off.file_slot_btf_id != 0 {
+            // The slot as a `struct kiocb`, whose first member is `struct file *ki_filp`.
+            let slot = rdonly_cast(table + fd * 8, off.file_slot_btf_id);
+            *(slot as *const *const u8)
+        } else if fd < NR_OPEN_DEFAULT && table == files as u64 + off.files_fd_array as u64 {
+            embedded_slot(files, off.files_fd_array as usize, fd)
+        } else {
+            return watched_open_by_helpers(off, table, fd);
+        };
+        if file.is_null() {
+            return None;
+        }
+        let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
+        let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
+        let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
+        let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
+        // The one lookup every open pays.
+        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
+        let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
+        Some((cred, f_mode))
+    }
+}
+
+/// The walk from the table slot on, for kernels without `bpf_rdonly_cast`: the slot's value is an
+/// untyped number to the verifier, so every further step is a helper read.
+#[inline(always)]
+unsafe fn watched_open_by_helpers(
+    off: &KernelOffsets,
+    table: u64,
+    fd: u64,
+) -> Option<(Credential, u32)> {
+    unsafe {
         let file: *const u8 = bpf_probe_read_kernel((table + fd * 8) as *const *const u8).ok()?;
         let inode: *const u8 = read(file, off.file_f_inode).ok()?;
         let ino: u64 = read(inode, off.inode_i_ino).ok()?;
@@ -191,7 +210,21 @@ unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(Credential, u32)
     }
 }
 
-/// `files->fd_array[fd]` with a constant offset per arm (see `file_inode`).
+/// `bpf_rdonly_cast(addr, btf_id)`: the kfunc that makes an address a read-only pointer to the
+/// struct `btf_id` (fault-tolerant loads, like any BTF pointer walk). The verifier replaces the
+/// call with a register move, so it costs nothing at run time. aya cannot emit kfunc calls: this
+/// calls a placeholder helper number that the loader rewrites into the kfunc call.
+#[inline(always)]
+unsafe fn rdonly_cast(addr: u64, btf_id: u32) -> *const u8 {
+    unsafe {
+        let kfunc: unsafe extern "C" fn(u64, u32) -> *const u8 =
+            core::mem::transmute(RDONLY_CAST_PLACEHOLDER as usize);
+        kfunc(addr, btf_id)
+    }
+}
+
+/// `files->fd_array[fd]` with a constant offset per arm: the verifier allows only constant
+/// offsets into a typed struct.
 #[inline(always)]
 unsafe fn embedded_slot(files: *const u8, fd_array: usize, fd: u64) -> *const u8 {
     macro_rules! slots {

@@ -87,21 +87,48 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
 }
 
 #[test]
-fn both_descriptor_table_shapes_are_counted() {
+fn every_descriptor_table_shape_is_counted() {
     if !e2e_enabled() {
         return;
     }
+    // This kernel (6.18) has bpf_rdonly_cast: one helper-free walk for every descriptor.
+    let agent = count_every_table_shape(&[]);
+    assert!(
+        agent.log_text().contains("bpf_rdonly_cast"),
+        "the agent should walk with bpf_rdonly_cast here; log:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn every_descriptor_table_shape_is_counted_without_kfuncs() {
+    if !e2e_enabled() {
+        return;
+    }
+    // The walk of kernels before 6.2: direct loads into the embedded table, helpers past it.
+    let agent = count_every_table_shape(&[("CREDWATCH_FILE_WALK", "helpers")]);
+    assert!(
+        agent.log_text().contains("bpf_probe_read_kernel otherwise"),
+        "the agent should walk with helpers; log:\n{}",
+        agent.log_text()
+    );
+}
+
+/// Reads through every shape of descriptor table, exactly counted.
+fn count_every_table_shape(env: &[(&str, &str)]) -> Agent {
     let dir = TempDir::new("fdtable");
     let cred = dir.join("key");
     std::fs::write(&cred, "x").unwrap();
-    let agent = Agent::start(&[dir.path()], &[]);
+    let agent = Agent::start_with_env(&[dir.path()], &[], env);
     let (rel, _uid, id) = pod_container_cgroup();
     let cg = Cgroup::new(&rel);
-    // fd numbers above 63 in the expanded table exercise the helper-call path's bounds too.
+    // The array inside files_struct; an expanded table with low descriptors; descriptors >= 200.
     let n = cg.read(&["--fdtable", "fresh", "open", s(&cred), "1000"])
-        + cg.read(&["--fdtable", "expanded", "open", s(&cred), "1000"]);
-    assert_eq!(n, 2000);
-    assert_eq!(reads(&agent.metrics(), "key", &id[..12]), 2000.0);
+        + cg.read(&["--fdtable", "expanded", "open", s(&cred), "1000"])
+        + cg.read(&["--fdtable", "high", "open", s(&cred), "1000"]);
+    assert_eq!(n, 3000);
+    assert_eq!(reads(&agent.metrics(), "key", &id[..12]), 3000.0);
+    agent
 }
 
 #[test]

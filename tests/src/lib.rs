@@ -90,6 +90,11 @@ impl Agent {
     /// Starts the agent on a free port with only the given watch paths and extra arguments, and
     /// waits until /readyz says ready.
     pub fn start(watch: &[&Path], extra: &[&str]) -> Agent {
+        Self::start_with_env(watch, extra, &[])
+    }
+
+    /// `start` with extra environment variables.
+    pub fn start_with_env(watch: &[&Path], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let log = dir.join("agent.log");
         let mut cmd = Command::new(agent_bin());
@@ -98,6 +103,7 @@ impl Agent {
             cmd.arg("--watch").arg(w);
         }
         cmd.args(extra)
+            .envs(env.iter().copied())
             .env("CREDWATCH_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("log file"));

@@ -54,8 +54,17 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
     pub files_fd_array: u32,
+    /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),
+    /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
+    /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
+    pub file_slot_btf_id: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 40);
+const _: () = assert!(size_of::<KernelOffsets>() == 44);
+
+/// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
+/// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into
+/// `r0 = 0` on a path the probe never takes): no real helper has a number anywhere near it.
+pub const RDONLY_CAST_PLACEHOLDER: u32 = 0x7ff0_ca57;
 
 /// `NR_OPEN_DEFAULT` (`BITS_PER_LONG`): descriptors below it live in `files_struct.fd_array`
 /// until the table is first expanded.

@@ -7,8 +7,9 @@
 //! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
 //! mount is seen by nobody else (`--tmpfs /run --mkdir /run/secrets/... --bind VOL:/run/secrets/...`
 //! builds a container-style service-account path). `--fdtable fresh` opens from a child forked
-//! after closing every descriptor above 2 (its table lives inside `files_struct`: the probe's
-//! fast path); `--fdtable expanded` first dups a descriptor to 100 (the probe's helper-call path).
+//! after closing every descriptor above 2 (its table is the array inside `files_struct`);
+//! `--fdtable expanded` first dups a descriptor to 100 and closes it (an expanded table, low
+//! descriptors); `--fdtable high` fills descriptors 3..200 (opens return 200 and up).
 //! Prints the number of successful opens.
 use std::ffi::CString;
 
@@ -78,6 +79,18 @@ fn main() {
                         libc::dup2(2, 100);
                         libc::close(100);
                     },
+                    Some("high") => {
+                        // Fill descriptors 3..200 so that every open returns 200 or more.
+                        for fd in 3..200 {
+                            // SAFETY: dup2 onto a descriptor number this process does not use
+                            // (F_GETFD fails on it); kept open for the life of the process.
+                            unsafe {
+                                if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                                    libc::dup2(2, fd);
+                                }
+                            }
+                        }
+                    }
                     Some("fresh") => {
                         if let Some(code) = credwatch_e2e::continue_in_fresh_fd_table() {
                             std::process::exit(code);

@@ -345,3 +345,43 @@ impl KernelMaps {
             .unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(object: &[u8], insn: [u8; INSN]) -> usize {
+        // Instructions are 8-byte aligned within their sections, and sections within the file.
+        object.chunks_exact(INSN).filter(|c| *c == insn).count()
+    }
+
+    #[test]
+    fn placeholder_calls_become_kfunc_calls_or_zero_moves() {
+        let placeholders = count(EBPF_OBJECT, PLACEHOLDER_CALL);
+        assert!(placeholders > 0, "the probe calls bpf_rdonly_cast");
+
+        let with = patch_kfunc_calls(EBPF_OBJECT, Some(0x0001_2345)).unwrap();
+        assert_eq!(count(with.bytes(), PLACEHOLDER_CALL), 0);
+        let kfunc_call = [0x85, 0x20, 0, 0, 0x45, 0x23, 0x01, 0x00];
+        assert_eq!(count(with.bytes(), kfunc_call), placeholders);
+        assert_eq!(with.bytes().len(), EBPF_OBJECT.len());
+
+        let without = patch_kfunc_calls(EBPF_OBJECT, None).unwrap();
+        assert_eq!(count(without.bytes(), PLACEHOLDER_CALL), 0);
+        // Everything else is untouched.
+        let changed = EBPF_OBJECT
+            .chunks_exact(INSN)
+            .zip(without.bytes().chunks_exact(INSN))
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(changed, placeholders);
+    }
+
+    #[test]
+    fn an_object_without_placeholders_or_not_elf_is_an_error() {
+        let Err(err) = patch_kfunc_calls(b"not an ELF file", None) else {
+            panic!("garbage parsed as an eBPF object");
+        };
+        assert!(err.to_string().contains("reading the eBPF object"), "{err}");
+    }
+}

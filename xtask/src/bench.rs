@@ -2,9 +2,9 @@
 //!
 //! Measures, side by side in one run, four setups: `none` (nothing attached), `floor` (empty
 //! programs on credwatch's tracepoints), `credwatch` (the real agent) and `peer` (a bpftrace
-//! script comparing path prefixes on openat entry). Each round starts every setup in turn, in an
-//! order rotated by one per round so that no setup always runs first or last, runs the measured
-//! loops under it and stops it. Medians over rounds go to stdout and to target/bench/report.md.
+//! script comparing path prefixes on openat entry). Each round starts every setup in turn (see
+//! `ORDERS`), runs the measured loops under it and stops it. Medians over rounds, and medians of
+//! per-round ratios, go to stdout and to target/bench/report.md.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -23,10 +23,10 @@ pub struct Args {
     /// Iterations of each measured loop (open/close of each file, getppid) [default: 1000000]
     #[arg(long)]
     iterations: Option<u64>,
-    /// Rounds; each runs every setup once [default: 7]
+    /// Rounds; each runs every setup once [default: 10]
     #[arg(long)]
     rounds: Option<usize>,
-    /// A fast smoke run: 100000 iterations, 3 rounds (explicit flags still win).
+    /// A fast smoke run: 100000 iterations, 4 rounds (explicit flags still win).
     #[arg(long)]
     quick: bool,
     /// The CPU the measured loops are pinned to; the setups' own processes run on the others.
@@ -53,6 +53,18 @@ enum Setup {
 }
 
 const SETUPS: [Setup; 4] = [Setup::None, Setup::Floor, Setup::Credwatch, Setup::Peer];
+
+/// The setups' order, by round (cycled): each setup goes first and last in turn, and floor and
+/// credwatch always run back to back, so the ratio between them sees the least drift.
+const ORDERS: [[Setup; 4]; 4] = {
+    use Setup::*;
+    [
+        [None, Floor, Credwatch, Peer],
+        [Peer, Credwatch, Floor, None],
+        [Floor, Credwatch, Peer, None],
+        [None, Peer, Credwatch, Floor],
+    ]
+};
 
 impl Setup {
     fn name(self) -> &'static str {
@@ -124,7 +136,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let iterations = args
         .iterations
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
-    let rounds = args.rounds.unwrap_or(if args.quick { 3 } else { 7 });
+    let rounds = args.rounds.unwrap_or(if args.quick { 4 } else { 10 });
     ensure!(
         iterations > 0 && rounds > 0,
         "--iterations and --rounds must be positive"
@@ -229,8 +241,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let mut exact_checks = 0;
     let mut notes = Vec::new();
     for round in 0..rounds {
-        for i in 0..SETUPS.len() {
-            let setup = SETUPS[(i + round) % SETUPS.len()];
+        for setup in ORDERS[round % ORDERS.len()] {
             eprintln!("bench: round {}/{rounds}: {}", round + 1, setup.name());
             let started = Instant::now();
             let mut running = bench.start(setup, round)?;

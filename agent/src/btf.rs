@@ -67,6 +67,17 @@ pub struct ProbeBtf {
 }
 
 impl ProbeBtf {
+    /// The same without `bpf_rdonly_cast`: the walk of kernels before 6.2.
+    pub fn without_kfuncs(&self) -> Self {
+        Self {
+            offsets: KernelOffsets {
+                file_slot_btf_id: 0,
+                ..self.offsets
+            },
+            rdonly_cast: None,
+        }
+    }
+
     /// How the probe walks from a descriptor to its file, for `check` and the start-up log.
     pub fn file_walk(&self) -> &'static str {
         if self.rdonly_cast.is_some() {
@@ -86,25 +97,33 @@ pub const FILE_WALK_ENV: &str = "CREDWATCH_FILE_WALK";
 pub fn probe_btf(path: &Path) -> Result<ProbeBtf, Error> {
     let allow_kfunc = std::env::var(FILE_WALK_ENV).map_or(true, |v| v != "helpers");
     let types = parse(path)?;
-    let mut offsets = kernel_offsets(&types)?;
+    let offsets = kernel_offsets(&types)?;
     let rdonly_cast = if allow_kfunc {
         rdonly_cast(&types)
     } else {
         None
     };
-    match rdonly_cast {
-        Some((func, slot)) => {
-            offsets.file_slot_btf_id = slot;
-            Ok(ProbeBtf {
-                offsets,
-                rdonly_cast: Some(func),
-            })
-        }
-        None => Ok(ProbeBtf {
+    Ok(match rdonly_cast {
+        Some((func, slot)) => ProbeBtf {
+            offsets: KernelOffsets {
+                file_slot_btf_id: slot,
+                ..offsets
+            },
+            rdonly_cast: Some(func),
+        },
+        None => ProbeBtf {
             offsets,
             rdonly_cast: None,
-        }),
-    }
+        },
+    })
+}
+
+/// The BTF id of a kernel function, for tests that need a real id the verifier will refuse.
+#[cfg(test)]
+pub fn func_id(path: &Path, name: &str) -> Option<u32> {
+    let types = parse(path).ok()?;
+    let id = types.id_of(name)?;
+    matches!(types.from_id(id)?, TypeVariant::Func(_)).then_some(id)
 }
 
 fn parse(path: &Path) -> Result<TypeInformation, Error> {

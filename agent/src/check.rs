@@ -36,12 +36,16 @@ pub fn run() -> Vec<Item> {
             true,
             true,
             format!(
-                "{} (task_struct.files@{}, file.f_inode@{}, inode.i_ino@{}); descriptor to inode by {}",
+                "{} (task_struct.files@{}, file.f_inode@{}, inode.i_ino@{}; bpf_rdonly_cast {})",
                 btf::VMLINUX_BTF,
                 k.offsets.task_files,
                 k.offsets.file_f_inode,
                 k.offsets.inode_i_ino,
-                k.file_walk()
+                if k.rdonly_cast.is_some() {
+                    "present"
+                } else {
+                    "absent or disabled"
+                }
             ),
         ),
         Err(e) => item("kernel BTF", false, true, e.to_string()),
@@ -94,10 +98,12 @@ pub fn run() -> Vec<Item> {
         ),
     });
     match (&privileged, &kernel) {
-        (None, Ok(k)) => match probes::load(k, std::process::id()) {
-            Ok(mut ebpf) => {
-                let statuses = probes::attach(&mut ebpf, &probes::FILE_PROBES);
+        (None, Ok(k)) => match probes::load_file_probes(k, std::process::id()) {
+            Ok((_ebpf, statuses, used)) => {
                 let any = statuses.iter().any(|s| s.attached);
+                if any {
+                    items.push(item("descriptor to inode", true, false, used.file_walk()));
+                }
                 for s in statuses {
                     // openat is what every libc uses; without it the agent is blind.
                     let required = s.probe.ends_with("/sys_exit_openat") || !any;

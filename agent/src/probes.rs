@@ -94,6 +94,29 @@ pub fn load(btf: &ProbeBtf, agent_tgid: u32) -> Result<Ebpf> {
         .load(object.bytes())?)
 }
 
+/// Loads the object and attaches the file probes. If the kernel refuses them with the
+/// `bpf_rdonly_cast` walk (a kernel whose verifier does not allow the kfunc for tracepoints), loads
+/// it again with the helper walk rather than run blind. Returns the walk that was used.
+pub fn load_file_probes(
+    btf: &ProbeBtf,
+    agent_tgid: u32,
+) -> Result<(Ebpf, Vec<ProbeStatus>, ProbeBtf)> {
+    let mut ebpf = load(btf, agent_tgid)?;
+    let statuses = attach(&mut ebpf, &FILE_PROBES);
+    if btf.rdonly_cast.is_none() || statuses.iter().any(|s| s.attached) {
+        return Ok((ebpf, statuses, *btf));
+    }
+    let fallback = btf.without_kfuncs();
+    tracing::warn!(
+        error = statuses[0].error.as_deref().unwrap_or(""),
+        "the kernel refused the file probes with bpf_rdonly_cast; retrying with helper reads"
+    );
+    drop(ebpf);
+    let mut ebpf = load(&fallback, agent_tgid)?;
+    let statuses = attach(&mut ebpf, &FILE_PROBES);
+    Ok((ebpf, statuses, fallback))
+}
+
 /// Size of one eBPF instruction.
 const INSN: usize = 8;
 
@@ -349,6 +372,7 @@ impl KernelMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use credwatch_common::KernelOffsets;
 
     fn count(object: &[u8], insn: [u8; INSN]) -> usize {
         // Instructions are 8-byte aligned within their sections, and sections within the file.
@@ -375,6 +399,32 @@ mod tests {
             .filter(|(a, b)| a != b)
             .count();
         assert_eq!(changed, placeholders);
+    }
+
+    /// A kernel that refuses the kfunc call gets the helper walk, not a blind agent. Simulated with
+    /// the id of a kernel function that is not a kfunc (`vfs_open`), which the verifier refuses.
+    #[test]
+    fn a_refused_kfunc_falls_back_to_the_helper_walk() {
+        let vmlinux = std::path::Path::new(crate::btf::VMLINUX_BTF);
+        if let Some(why) = crate::sys::missing_privileges() {
+            eprintln!("skipped: loading programs needs root ({why})");
+            return;
+        }
+        let Ok(real) = crate::btf::probe_btf(vmlinux) else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        let not_a_kfunc = crate::btf::func_id(vmlinux, "vfs_open").expect("vfs_open in BTF");
+        let refused = ProbeBtf {
+            offsets: KernelOffsets {
+                file_slot_btf_id: real.offsets.file_slot_btf_id.max(1),
+                ..real.offsets
+            },
+            rdonly_cast: Some(not_a_kfunc),
+        };
+        let (_ebpf, statuses, used) = load_file_probes(&refused, std::process::id()).unwrap();
+        assert!(statuses.iter().all(|s| s.attached), "{statuses:?}");
+        assert_eq!(used, real.without_kfuncs());
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Args {
 }
 
 /// Archives of the tree per setup and round; their median damps one-off page-cache hiccups.
-const TAR_RUNS: usize = 3;
+const TAR_RUNS: usize = 5;
 /// bpftrace's `str()` reads at most 64 bytes: the credential prefix must fit.
 const BPFTRACE_STRLEN: usize = 64;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -126,6 +126,8 @@ struct Bench {
     /// a typical open, which a prefix compare rejects early.
     plain_file: PathBuf,
     tree: PathBuf,
+    /// Where tar writes its archive: a file on a tmpfs of its own (no pipe, no reader process).
+    archive: PathBuf,
     iterations: u64,
     /// `taskset` CPU lists: the measured loops' CPU and the others (None: no pinning).
     loop_cpus: Option<String>,
@@ -154,7 +156,10 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
     let tmp = TempDir::new()?;
     let cred_dir = tmp.0.join("creds");
     std::fs::create_dir_all(&cred_dir)?;
-    let _cred_mount = Tmpfs::mount(&cred_dir)?;
+    let _cred_mount = Tmpfs::mount(&cred_dir, "1m")?;
+    let archive_dir = tmp.0.join("archive");
+    std::fs::create_dir_all(&archive_dir)?;
+    let _archive_mount = Tmpfs::mount(&archive_dir, "4g")?;
     let cred_file = cred_dir.join("token");
     std::fs::write(&cred_file, "bench-not-a-real-secret\n")?;
     let plain_file = out_dir.join("plain.txt");
@@ -209,6 +214,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         cred_file,
         plain_file,
         tree,
+        archive: archive_dir.join("tree.tar"),
         iterations,
         loop_cpus,
         setup_cpus,
@@ -502,21 +508,17 @@ impl Bench {
         let mut cmd = self.pinned_loop();
         cmd.arg("tar")
             .arg("-cf")
-            .arg("-")
+            .arg(&self.archive)
             .arg("-C")
             .arg(&self.tree)
             .arg(".");
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let t = Instant::now();
-        let mut child = cmd
-            .spawn()
+        let out = cmd
+            .output()
             .with_context(|| format!("cannot start {cmd:?}"))?;
-        let mut stdout = child.stdout.take().expect("piped");
-        let bytes = std::io::copy(&mut stdout, &mut std::io::sink())?;
-        let out = child.wait_with_output()?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         ensure!(
-            out.status.success() && bytes > 0,
+            out.status.success(),
             "{cmd:?} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
@@ -736,10 +738,12 @@ impl Drop for BpfStats {
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(dir: &Path) -> Result<Self> {
+    fn mount(dir: &Path, size: &str) -> Result<Self> {
         crate::run(
             Command::new("mount")
-                .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "credwatch-bench"])
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={size},mode=0700"))
+                .arg("credwatch-bench")
                 .arg(dir),
         )?;
         Ok(Tmpfs(dir.to_owned()))

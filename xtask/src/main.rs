@@ -142,13 +142,51 @@ fn test(args: &[String]) -> Result<()> {
     if failed > 0 {
         bail!("{failed} tests failed");
     }
+    let mut passed = passed;
     if args.is_empty() {
+        passed += kernel_tier()?;
         validate_deploy()?;
         fuzz()?;
     }
     // One closing line for the whole run (each test binary prints its own, some with 0 tests).
     println!("xtask: {passed} passed, {failed} failed");
     Ok(())
+}
+
+/// The kernel-compatibility tier (tests/kernels/run.sh): the agent just built, booted with Debian's
+/// 6.1 and 6.12 kernels under QEMU, must attach, take each kernel's walk and count exactly. Needs
+/// root (it installs QEMU and fetches the kernels with apt). Returns the runs that passed.
+fn kernel_tier() -> Result<u64> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("CREDWATCH_E2E").as_deref() == Ok("required") {
+            bail!("the kernel tier needs root and CREDWATCH_E2E=required");
+        }
+        eprintln!("xtask: kernel tier skipped: needs root");
+        return Ok(0);
+    }
+    eprintln!("xtask: kernel tier: booting Debian's 6.1 and 6.12 kernels under QEMU");
+    let root = project_root();
+    let out = Command::new("bash")
+        .arg(root.join("tests/kernels/run.sh"))
+        .arg(root.join("target/debug"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run tests/kernels/run.sh")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    let passed = text
+        .lines()
+        .filter(|l| l.ends_with(']') && l.contains(" PASS ["))
+        .count();
+    let failed = text.lines().filter(|l| l.contains(" FAIL")).count();
+    if !out.status.success() || failed > 0 || passed == 0 {
+        bail!(
+            "kernel tier failed ({passed} passed, {failed} failed): {}",
+            out.status
+        );
+    }
+    Ok(passed as u64)
 }
 
 /// Runs `cargo test`, passing its output through, and adds up its "test result:" lines.

@@ -1,0 +1,157 @@
+#!/bin/bash
+# The kernel-compatibility tier: boots Debian's current 6.1 and 6.12 cloud kernels under QEMU (TCG)
+# and checks, inside each, that credwatch's file probes load, attach, take the expected walk from
+# descriptor to inode (6.1 has no bpf_rdonly_cast: the helper walk; 6.12: the kfunc walk, and the
+# helper walk again when forced) and count reads exactly through every descriptor-table shape.
+# Run by `cargo xtask test` (as root); idempotent, kernels and the initramfs are cached.
+#
+#   tests/kernels/run.sh BIN_DIR     BIN_DIR holds credwatch and credwatch-probe-reader
+#   OPENS=1000 TIMEOUT=600           opens per reader run; seconds per boot
+#   EXTRA_APPEND=cw.expect=1         (checks the FAIL path: every run must fail)
+# Output: one "KERNEL ... PASS|FAIL" line per run; console logs in target/kernels/logs/.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=$(cd "${1:?usage: run.sh BIN_DIR}" && pwd)
+CACHE=${CREDWATCH_KERNEL_CACHE:-$ROOT/target/kernels}
+OPENS=${OPENS:-1000}
+EXTRA_APPEND=${EXTRA_APPEND:-}
+TIMEOUT=${TIMEOUT:-600}
+LOGS=$CACHE/logs
+mkdir -p "$CACHE" "$LOGS"
+
+# --- packages -------------------------------------------------------------------------------
+need=()
+for p in qemu-system-x86 busybox-static cpio zstd xz-utils lz4; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "kernels: installing ${need[*]}" >&2
+    apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+        { apt-get update >/dev/null && apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+
+for b in credwatch credwatch-probe-reader; do
+    [ -x "$BIN/$b" ] || { echo "$BIN/$b is missing (cargo build first)" >&2; exit 2; }
+done
+
+# --- kernels --------------------------------------------------------------------------------
+# Extracts the uncompressed ELF vmlinux from a bzImage, for QEMU's PVH entry. The compressed payload's
+# offset is in the x86 boot setup header (setup_sects at 0x1f1, payload_offset at 0x248); Debian's 6.1
+# cloud kernel is LZ4 (legacy frame), 6.12 is zstd, others may be xz. Falls back to scanning for magics.
+le32() { od -An -j "$2" -N4 -tu4 "$1" | tr -d ' '; }
+decompress_at() { # decompress_at IMG OFFSET OUT
+    local magic
+    magic=$(od -An -j "$2" -N6 -tx1 "$1" | tr -d ' \n')
+    case $magic in
+        28b52ffd*) tail -c +$(($2 + 1)) "$1" | zstd -dc --long=31 >"$3" 2>/dev/null || true ;;
+        fd377a585a00) tail -c +$(($2 + 1)) "$1" | xz -dc >"$3" 2>/dev/null || true ;;
+        02214c18*) tail -c +$(($2 + 1)) "$1" | lz4 -dc >"$3" 2>/dev/null || true ;;
+        1f8b*) tail -c +$(($2 + 1)) "$1" | gzip -dc >"$3" 2>/dev/null || true ;;
+        *) : >"$3" ;;
+    esac
+    [ "$(head -c4 "$3" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]
+}
+extract_vmlinux() {
+    local img=$1 out=$2 ss po off
+    ss=$(od -An -j $((0x1f1)) -N1 -tu1 "$img" | tr -d ' ')
+    [ "$ss" = 0 ] && ss=4
+    po=$(le32 "$img" $((0x248)))
+    if decompress_at "$img" $(((ss + 1) * 512 + po)) "$out.tmp"; then
+        mv "$out.tmp" "$out"; return 0
+    fi
+    for magic in '\x28\xb5\x2f\xfd' '\xfd\x37\x7a\x58\x5a\x00' '\x02\x21\x4c\x18'; do
+        for off in $(LC_ALL=C grep -obUaP "$magic" "$img" | cut -d: -f1); do
+            if decompress_at "$img" "$off" "$out.tmp"; then
+                mv "$out.tmp" "$out"; return 0
+            fi
+        done
+    done
+    rm -f "$out.tmp"
+    return 1
+}
+
+KERNELS=()
+for meta in linux-image-cloud-amd64 linux-image-6.12-cloud-amd64; do
+    resolve() { apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+    pkg=$(resolve)
+    [ -n "$pkg" ] || { apt-get update >/dev/null && pkg=$(resolve); }
+    [ -n "$pkg" ] || { echo "cannot resolve $meta to a kernel package" >&2; exit 2; }
+    dir=$CACHE/$pkg
+    if [ ! -s "$dir/vmlinux" ]; then
+        mkdir -p "$dir"
+        deb=$(ls "$CACHE"/"${pkg}"_*.deb 2>/dev/null | head -n1 || true)
+        if [ -z "$deb" ]; then
+            (cd "$CACHE" && apt-get download "$pkg" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+            deb=$(ls "$CACHE"/"${pkg}"_*.deb | head -n1)
+        fi
+        rm -rf "$dir/root"
+        dpkg-deb -x "$deb" "$dir/root"
+        img=$(ls "$dir"/root/boot/vmlinuz-* | head -n1)
+        cp "$img" "$dir/vmlinuz"
+        extract_vmlinux "$dir/vmlinuz" "$dir/vmlinux" || echo "warning: no vmlinux from $img; booting the bzImage" >&2
+        rm -rf "$dir/root"
+    fi
+    KERNELS+=("$pkg")
+done
+
+# --- initramfs ------------------------------------------------------------------------------
+INITRD=$CACHE/initramfs.cpio
+stamp=$(cat "$HERE/init" "$BIN/credwatch" "$BIN/credwatch-probe-reader" /bin/busybox | md5sum | cut -d' ' -f1)
+if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; then
+    rm -rf "$CACHE/rootfs"
+    R=$CACHE/rootfs
+    mkdir -p "$R"/{bin,sbin,dev,proc,sys,tmp,run,root,etc,creds}
+    cp /bin/busybox "$R/bin/busybox"
+    install -m755 "$HERE/init" "$R/init"
+    # Strip debug info: the agent is >100 MB with it, which slows unpacking under TCG.
+    strip --strip-debug -o "$R/bin/credwatch" "$BIN/credwatch"
+    strip --strip-debug -o "$R/bin/credwatch-probe-reader" "$BIN/credwatch-probe-reader"
+    for lib in $( (ldd "$BIN/credwatch"; ldd "$BIN/credwatch-probe-reader") | grep -o '/[^ ]*' | sort -u); do
+        mkdir -p "$R$(dirname "$lib")"
+        cp -L "$lib" "$R$lib"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
+    echo 'root:x:0:' >"$R/etc/group"
+    printf '127.0.0.1 localhost\n' >"$R/etc/hosts"
+    (cd "$R" && find . | cpio -o -H newc --quiet) >"$INITRD.tmp"
+    mv "$INITRD.tmp" "$INITRD"
+    echo "$stamp" >"$INITRD.stamp"
+    rm -rf "$R"
+fi
+
+# --- boots ----------------------------------------------------------------------------------
+boot() { # boot PKG EXTRA_APPEND LOGNAME
+    local pkg=$1 extra=$2 log=$LOGS/$3.log kernel start end rc line
+    kernel=$CACHE/$pkg/vmlinux
+    [ -s "$kernel" ] || kernel=$CACHE/$pkg/vmlinuz
+    start=$(date +%s)
+    timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 1G \
+        -display none -monitor none -serial stdio -no-reboot -net none \
+        -kernel "$kernel" -initrd "$INITRD" \
+        -append "console=ttyS0 panic=-1 quiet cw.opens=$OPENS $EXTRA_APPEND $extra" </dev/null >"$log" 2>&1 && rc=0 || rc=$?
+    end=$(date +%s)
+    line=$(tr -d '\r' <"$log" | grep -a '^CWRESULT ' | tail -n1 | sed 's/^CWRESULT //')
+    if [ -z "$line" ]; then
+        line="KERNEL $pkg $extra FAIL: no result line (qemu rc=$rc; see $log)"
+    fi
+    echo "$line [$((end - start))s, log: $log]"
+    case $line in *" PASS") return 0 ;; *) tr -d '\r' <"$log" | grep -a -A200 '^=== credwatch check' | head -n 200 >&2; return 1 ;; esac
+}
+
+# The walk each kernel must take: bpf_rdonly_cast exists from 6.2 on.
+want_walk() {
+    local v=${1#linux-image-} major minor
+    major=${v%%.*}; minor=${v#*.}; minor=${minor%%[.-]*}
+    if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 2 ]; }; then echo rdonly_cast; else echo helpers; fi
+}
+
+status=0
+for pkg in "${KERNELS[@]}"; do
+    want=$(want_walk "$pkg")
+    boot "$pkg" "cw.want=$want" "$pkg" || status=1
+    if [ "$want" = rdonly_cast ]; then
+        boot "$pkg" "cw.walk=helpers cw.want=helpers" "$pkg-helpers" || status=1
+    fi
+done
+exit $status

@@ -60,21 +60,35 @@ impl Readable for Bytes {
 /// What the file probe needs from the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeBtf {
-    /// Field offsets, and the slot type for `bpf_rdonly_cast` (0 when it is not used).
+    /// Field offsets (`file_slot_btf_id` is left 0 here: see `globals`).
     pub offsets: KernelOffsets,
-    /// The BTF id of the `bpf_rdonly_cast` kfunc, when the probe uses it.
-    pub rdonly_cast: Option<u32>,
+    /// Set when the probe casts descriptor-table slots with `bpf_rdonly_cast`.
+    pub rdonly_cast: Option<RdonlyCast>,
+}
+
+/// The BTF ids the `bpf_rdonly_cast` walk needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RdonlyCast {
+    /// The kfunc itself, for the call instruction the loader emits.
+    pub func: u32,
+    /// `struct kiocb`, whose first member is the `struct file *` read out of a slot.
+    pub slot_type: u32,
 }
 
 impl ProbeBtf {
+    /// The probe's read-only global: the offsets, and the slot type when the kfunc is used.
+    pub fn globals(&self) -> KernelOffsets {
+        KernelOffsets {
+            file_slot_btf_id: self.rdonly_cast.map_or(0, |c| c.slot_type),
+            ..self.offsets
+        }
+    }
+
     /// The same without `bpf_rdonly_cast`: the walk of kernels before 6.2.
     pub fn without_kfuncs(&self) -> Self {
         Self {
-            offsets: KernelOffsets {
-                file_slot_btf_id: 0,
-                ..self.offsets
-            },
             rdonly_cast: None,
+            ..*self
         }
     }
 
@@ -98,23 +112,9 @@ pub fn probe_btf(path: &Path) -> Result<ProbeBtf, Error> {
     let allow_kfunc = std::env::var(FILE_WALK_ENV).map_or(true, |v| v != "helpers");
     let types = parse(path)?;
     let offsets = kernel_offsets(&types)?;
-    let rdonly_cast = if allow_kfunc {
-        rdonly_cast(&types)
-    } else {
-        None
-    };
-    Ok(match rdonly_cast {
-        Some((func, slot)) => ProbeBtf {
-            offsets: KernelOffsets {
-                file_slot_btf_id: slot,
-                ..offsets
-            },
-            rdonly_cast: Some(func),
-        },
-        None => ProbeBtf {
-            offsets,
-            rdonly_cast: None,
-        },
+    Ok(ProbeBtf {
+        offsets,
+        rdonly_cast: allow_kfunc.then(|| rdonly_cast(&types)).flatten(),
     })
 }
 
@@ -136,7 +136,7 @@ fn parse(path: &Path) -> Result<TypeInformation, Error> {
 
 /// The `bpf_rdonly_cast` kfunc's id and the id of `struct kiocb`, whose first member is the
 /// `struct file *` the probe reads out of a descriptor-table slot; None when either is missing.
-fn rdonly_cast(types: &TypeInformation) -> Option<(u32, u32)> {
+fn rdonly_cast(types: &TypeInformation) -> Option<RdonlyCast> {
     let func = types.id_of("bpf_rdonly_cast")?;
     if !matches!(types.from_id(func)?, TypeVariant::Func(_)) {
         return None;
@@ -148,7 +148,10 @@ fn rdonly_cast(types: &TypeInformation) -> Option<(u32, u32)> {
     let (member, offset) = types.offset_of(kiocb, "ki_filp").ok()?;
     let pointee = types.pointee_tid(member).ok()?;
     (offset == Offset::ByteOffset(0) && types.name_of(pointee).as_deref() == Some("file"))
-        .then_some((func, kiocb))
+        .then_some(RdonlyCast {
+            func,
+            slot_type: kiocb,
+        })
 }
 
 fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
@@ -196,12 +199,11 @@ mod tests {
         assert!(off.task_files > 0, "{off:?}");
         assert!(off.file_f_inode > 0 && off.inode_i_ino > 0, "{off:?}");
         assert_ne!(off.inode_i_ino, off.inode_i_sb);
-        // Both or neither: the probe casts only when the loader can emit the kfunc call.
-        assert_eq!(
-            btf.rdonly_cast.is_some(),
-            off.file_slot_btf_id != 0,
-            "{btf:?}"
-        );
+        assert_eq!(off.file_slot_btf_id, 0, "set only by globals(): {btf:?}");
+        if let Some(cast) = btf.rdonly_cast {
+            assert_ne!(cast.func, cast.slot_type);
+            assert_eq!(btf.globals().file_slot_btf_id, cast.slot_type);
+        }
     }
 
     #[test]

@@ -87,9 +87,9 @@ pub fn load(btf: &ProbeBtf, agent_tgid: u32) -> Result<Ebpf> {
             "setrlimit(RLIMIT_MEMLOCK) failed (fine on kernels that account BPF memory to memcg)"
         );
     }
-    let object = patch_kfunc_calls(EBPF_OBJECT, btf.rdonly_cast)?;
+    let object = patch_kfunc_calls(EBPF_OBJECT, btf.rdonly_cast.map(|c| c.func))?;
     Ok(EbpfLoader::new()
-        .override_global(globals::KERNEL_OFFSETS, &btf.offsets, true)
+        .override_global(globals::KERNEL_OFFSETS, &btf.globals(), true)
         .override_global(globals::AGENT_TGID, &agent_tgid, true)
         .load(object.bytes())?)
 }
@@ -372,7 +372,6 @@ impl KernelMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use credwatch_common::KernelOffsets;
 
     fn count(object: &[u8], insn: [u8; INSN]) -> usize {
         // Instructions are 8-byte aligned within their sections, and sections within the file.
@@ -416,11 +415,11 @@ mod tests {
         };
         let not_a_kfunc = crate::btf::func_id(vmlinux, "vfs_open").expect("vfs_open in BTF");
         let refused = ProbeBtf {
-            offsets: KernelOffsets {
-                file_slot_btf_id: real.offsets.file_slot_btf_id.max(1),
-                ..real.offsets
-            },
-            rdonly_cast: Some(not_a_kfunc),
+            rdonly_cast: Some(crate::btf::RdonlyCast {
+                func: not_a_kfunc,
+                slot_type: real.rdonly_cast.map_or(1, |c| c.slot_type),
+            }),
+            ..real
         };
         let (_ebpf, statuses, used) = load_file_probes(&refused, std::process::id()).unwrap();
         assert!(statuses.iter().all(|s| s.attached), "{statuses:?}");

@@ -133,7 +133,7 @@ fn test(args: &[String]) -> Result<()> {
     // The end-to-end tier runs the real agent binary; build it (with its eBPF object) first.
     build(false)?;
     let bin = project_root().join("target/debug/credwatch");
-    let (passed, failed) = cargo_test(
+    let (mut passed, failed) = cargo_test(
         Command::new("cargo")
             .args(["test", "--workspace", "--exclude", "credwatch-ebpf"])
             .args(args)
@@ -142,7 +142,6 @@ fn test(args: &[String]) -> Result<()> {
     if failed > 0 {
         bail!("{failed} tests failed");
     }
-    let mut passed = passed;
     if args.is_empty() {
         passed += kernel_tier()?;
         validate_deploy()?;

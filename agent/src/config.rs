@@ -10,6 +10,12 @@ use serde::Deserialize;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
 pub const DEFAULT_KUBELET_ROOT: &str = "/var/lib/kubelet";
+/// How long a credential whose file disappeared (or whose pod went away) keeps its series, so the
+/// last counts get scraped and a file that comes back continues its counters. `--series-grace`.
+pub const DEFAULT_SERIES_GRACE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Series per metric family; beyond it series are dropped and counted as
+/// `events_lost_total{stage="cardinality"}` (once per distinct series). `--max-series`.
+pub const DEFAULT_MAX_SERIES: usize = 50_000;
 
 /// Host credential locations watched unless `no_default_watch` is set (see README).
 pub const DEFAULT_WATCH: &[&str] = &[
@@ -222,11 +228,11 @@ impl Config {
                 .series_grace
                 .or(file.series_grace)
                 .map(std::time::Duration::from_secs)
-                .unwrap_or(crate::state::REMOVED_GRACE),
+                .unwrap_or(DEFAULT_SERIES_GRACE),
             max_series: flags
                 .max_series
                 .or(file.max_series)
-                .unwrap_or(crate::metrics::DEFAULT_MAX_SERIES),
+                .unwrap_or(DEFAULT_MAX_SERIES),
             endpoints: file.endpoints,
             credential_sink_volumes: sinks,
         }

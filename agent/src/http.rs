@@ -11,7 +11,7 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-use crate::state::{CredentialRecord, ReaderRecord, State};
+use crate::state::{Credential, ReaderRecord, State};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -33,7 +33,7 @@ pub fn router(app: App) -> Router {
 
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
     // Rendering reads kernel maps (syscalls) and may walk the cgroup tree: off the async threads.
-    match tokio::task::spawn_blocking(move || crate::metrics::render(&app.registry)).await {
+    match tokio::task::spawn_blocking(move || crate::export::render(&app.registry)).await {
         Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -44,16 +44,9 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
 }
 
 async fn readyz(AxumState(app): AxumState<App>) -> Response {
-    use std::sync::atomic::Ordering::Acquire;
-    if app.state.ready() {
+    let waiting = app.state.waiting_for();
+    if waiting.is_empty() {
         return (StatusCode::OK, "ready\n").into_response();
-    }
-    let mut waiting = Vec::new();
-    if !app.state.probes_attached.load(Acquire) {
-        waiting.push("probes not attached");
-    }
-    if !app.state.inventory_done.load(Acquire) {
-        waiting.push("first inventory scan not done");
     }
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -62,18 +55,10 @@ async fn readyz(AxumState(app): AxumState<App>) -> Response {
         .into_response()
 }
 
-async fn credentials(AxumState(app): AxumState<App>) -> Json<Vec<CredentialRecord>> {
-    let creds = app.state.credentials.lock().expect("credentials lock");
-    Json(creds.iter().cloned().collect())
+async fn credentials(AxumState(app): AxumState<App>) -> Json<Vec<Credential>> {
+    Json(app.state.credentials())
 }
 
 async fn readers(AxumState(app): AxumState<App>) -> Json<Vec<ReaderRecord>> {
-    let mut v: Vec<ReaderRecord> = app
-        .state
-        .readers
-        .iter()
-        .map(|r| r.value().clone())
-        .collect();
-    v.sort_by_key(|r| r.cgroup_id);
-    Json(v)
+    Json(app.state.readers())
 }

@@ -1,297 +1,36 @@
-//! credwatch's kernel programs.
-//!
-//! File probe: on the exit of every open syscall, resolve the new descriptor to its inode
-//! (`current->files->fdt->fd[ret]->f_inode`), look the inode up in `WATCHED`, and for a watched file
-//! opened with read access bump an exact per-CPU counter keyed by (reader cgroup, credential,
-//! generation). Only the first read of such a triple becomes a ring-buffer event. A non-credential
-//! open costs the pointer walk (no helper calls) and one hash lookup.
+//! credwatch's kernel programs, one module per sensor (`file`; `auth` comes with the auth-call
+//! sensor), and what they share: the event ring, the drop counters, the agent's own tgid.
 #![no_std]
 #![no_main]
 
+mod file;
+
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
-    },
-    macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
-    EbpfContext as _,
+    macros::map,
+    maps::{PerCpuArray, RingBuf},
 };
-use credwatch_common::{
-    Credential, EventKind, FirstReadEvent, InodeKey, KernelOffsets, LostStage, ReadKey, ReadStats,
-    EVENTS_BYTE_SIZE, FMODE_READ, LOST_STAGES, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER,
-    READS_MAX_ENTRIES, WATCHED_MAX_ENTRIES,
-};
+use credwatch_common::{LostStage, EVENTS_BYTE_SIZE, LOST_STAGES};
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 4] = *b"GPL\0";
 
-/// Filled in by the loader from the kernel's BTF (see `credwatch_common::KernelOffsets`).
-#[unsafe(no_mangle)]
-static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_max_fds: 0,
-    fdt_fd: 0,
-    file_f_inode: 0,
-    file_f_mode: 0,
-    inode_i_ino: 0,
-    inode_i_sb: 0,
-    sb_s_dev: 0,
-    files_fd_array: 0,
-    file_slot_btf_id: 0,
-};
-
 /// The agent's tgid: the agent opens credential files to parse them, which are not reads.
 #[unsafe(no_mangle)]
 static AGENT_TGID: u32 = 0;
 
-#[map(name = "WATCHED")]
-static WATCHED: HashMap<InodeKey, Credential> = HashMap::with_max_entries(WATCHED_MAX_ENTRIES, 0);
-
-#[map(name = "READS")]
-static READS: PerCpuHashMap<ReadKey, ReadStats> =
-    PerCpuHashMap::with_max_entries(READS_MAX_ENTRIES, 0);
-
-#[map(name = "EVENTS")]
+/// Every sensor's events (`credwatch_common::maps::EVENTS`).
+#[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTE_SIZE, 0);
 
-#[map(name = "LOST")]
+/// Drop counters by `LostStage` (`credwatch_common::maps::LOST`).
+#[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_STAGES, 0);
 
-/// Offset of `ret` in the `syscalls/sys_exit_*` tracepoint record (after the common header and
-/// `__syscall_nr`); stable ABI, see `/sys/kernel/tracing/events/syscalls/sys_exit_openat/format`.
-const SYS_EXIT_RET_OFFSET: usize = 16;
-
-/// Descriptors above this are not looked at: it bounds the verifier's view of the index.
-const MAX_FD: u64 = 1 << 24;
-
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
-    on_open_exit(&ctx)
-}
-
-/// Empty programs for the benchmark's floor: the cost of merely enabling the same tracepoints.
-#[tracepoint]
-pub fn floor_sys_exit_openat(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-#[tracepoint]
-pub fn floor_sys_exit_openat2(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-#[tracepoint]
-pub fn floor_sys_exit_open(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-#[tracepoint]
-pub fn floor_sys_exit_open_by_handle_at(_ctx: TracePointContext) -> u32 {
-    0
-}
-
-/// Every step is an early return: nothing on this path can fail in a way worth reporting (a
-/// descriptor that vanished or an unwatched inode is simply not a credential read).
+/// The agent's tgid, through a volatile load so the compiler cannot fold the zero placeholder.
 #[inline(always)]
-fn on_open_exit(ctx: &TracePointContext) -> u32 {
-    // A direct load from the context: tracepoint records are readable without a helper call.
-    let fd: i64 = unsafe { *(ctx.as_ptr().add(SYS_EXIT_RET_OFFSET) as *const i64) };
-    if fd < 0 || fd as u64 >= MAX_FD {
-        return 0;
-    }
-    let off = offsets();
-    let Some((cred, f_mode)) = (unsafe { watched_open(&off, fd as u64) }) else {
-        return 0;
-    };
-    if f_mode & FMODE_READ == 0 {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == unsafe { core::ptr::read_volatile(&AGENT_TGID) } {
-        return 0;
-    }
-    count_read(cred, pid_tgid);
-    0
-}
-
-/// Reads the offsets through a volatile load so the compiler cannot fold the zero placeholder;
-/// the verifier sees the loader's values as constants (the global lives in frozen `.rodata`).
-#[inline(always)]
-fn offsets() -> KernelOffsets {
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
-}
-
-#[inline(always)]
-unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.map_err(i64::from)
-}
-
-/// Looks `current->files->fdt->fd[fd]`'s inode (device, number) up in `WATCHED`; on a hit,
-/// returns the credential and the file's `f_mode`.
-///
-/// The walk uses only direct loads from BTF-typed pointers, which the verifier turns into
-/// fault-tolerant loads: no helper calls. The one step the verifier cannot type is the table slot
-/// (`fdt->fd` is a `struct file **`, indexed by a variable): with `bpf_rdonly_cast` (Linux 6.2+)
-/// the slot's address becomes a typed pointer. Without it, a slot of the table embedded in
-/// `files_struct` (descriptor below 64, table never expanded) is read with one constant-offset
-/// arm per slot, and anything else falls back to `bpf_probe_read_kernel`.
-#[inline(always)]
-unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(Credential, u32)> {
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let files = *(task.add(off.task_files as usize) as *const *const u8);
-        let fdt = *(files.add(off.files_fdt as usize) as *const *const u8);
-        let max_fds = *(fdt.add(off.fdt_max_fds as usize) as *const u32);
-        if fd >= max_fds as u64 {
-            return None;
-        }
-        let table = *(fdt.add(off.fdt_fd as usize) as *const u64);
-        let file = if off.file_slot_btf_id != 0 {
-            // The slot as a `struct kiocb`, whose first member is `struct file *ki_filp`.
-            let slot = rdonly_cast(table + fd * 8, off.file_slot_btf_id);
-            *(slot as *const *const u8)
-        } else if fd < NR_OPEN_DEFAULT && table == files as u64 + off.files_fd_array as u64 {
-            embedded_slot(files, off.files_fd_array as usize, fd)
-        } else {
-            return watched_open_by_helpers(off, table, fd);
-        };
-        if file.is_null() {
-            return None;
-        }
-        let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
-        let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
-        let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
-        let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
-        // The one lookup every open pays.
-        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
-        let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
-        Some((cred, f_mode))
-    }
-}
-
-/// The walk from the table slot on, for kernels without `bpf_rdonly_cast`: the slot's value is an
-/// untyped number to the verifier, so every further step is a helper read.
-#[inline(always)]
-unsafe fn watched_open_by_helpers(
-    off: &KernelOffsets,
-    table: u64,
-    fd: u64,
-) -> Option<(Credential, u32)> {
-    unsafe {
-        let file: *const u8 = bpf_probe_read_kernel((table + fd * 8) as *const *const u8).ok()?;
-        let inode: *const u8 = read(file, off.file_f_inode).ok()?;
-        let ino: u64 = read(inode, off.inode_i_ino).ok()?;
-        let sb: *const u8 = read(inode, off.inode_i_sb).ok()?;
-        let dev: u32 = read(sb, off.sb_s_dev).ok()?;
-        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
-        let f_mode: u32 = read(file, off.file_f_mode).ok()?;
-        Some((cred, f_mode))
-    }
-}
-
-/// `bpf_rdonly_cast(addr, btf_id)`: the kfunc that makes an address a read-only pointer to the
-/// struct `btf_id` (fault-tolerant loads, like any BTF pointer walk). The verifier replaces the
-/// call with a register move, so it costs nothing at run time. aya cannot emit kfunc calls: this
-/// calls a placeholder helper number that the loader rewrites into the kfunc call.
-#[inline(always)]
-unsafe fn rdonly_cast(addr: u64, btf_id: u32) -> *const u8 {
-    unsafe {
-        let kfunc: unsafe extern "C" fn(u64, u32) -> *const u8 =
-            core::mem::transmute(RDONLY_CAST_PLACEHOLDER as usize);
-        kfunc(addr, btf_id)
-    }
-}
-
-/// `files->fd_array[fd]` with a constant offset per arm: the verifier allows only constant
-/// offsets into a typed struct.
-#[inline(always)]
-unsafe fn embedded_slot(files: *const u8, fd_array: usize, fd: u64) -> *const u8 {
-    macro_rules! slots {
-        ($($n:literal)*) => {
-            match fd {
-                $($n => core::ptr::read_volatile(files.add(fd_array + $n * 8) as *const *const u8),)*
-                _ => core::ptr::null(),
-            }
-        };
-    }
-    unsafe {
-        slots!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
-               32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63)
-    }
-}
-
-#[inline(always)]
-fn count_read(cred: Credential, pid_tgid: u64) {
-    let key = ReadKey {
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        cred_id: cred.cred_id,
-        generation: cred.generation,
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(stats) = READS.get_ptr_mut(&key) {
-        // Per-CPU slot: no other program touches it while this one runs.
-        unsafe {
-            (*stats).count += 1;
-            (*stats).last_read_ns = now;
-        }
-        return;
-    }
-    let first = ReadStats {
-        count: 1,
-        last_read_ns: now,
-    };
-    match READS.insert(&key, &first, BPF_NOEXIST as u64) {
-        Ok(()) => emit_first_read(&key, pid_tgid, now),
-        // Another CPU inserted the key between our lookup and insert: count on our slot.
-        Err(_) => match READS.get_ptr_mut(&key) {
-            Some(stats) => unsafe {
-                (*stats).count += 1;
-                (*stats).last_read_ns = now;
-            },
-            None => lost(LostStage::ReadsMap),
-        },
-    }
-}
-
-#[inline(always)]
-fn emit_first_read(key: &ReadKey, pid_tgid: u64, now: u64) {
-    let Some(mut entry) = EVENTS.reserve::<FirstReadEvent>(0) else {
-        lost(LostStage::RingBuf);
-        return;
-    };
-    entry.write(FirstReadEvent {
-        kind: EventKind::FirstRead as u32,
-        cred_id: key.cred_id,
-        generation: key.generation,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        cgroup_id: key.cgroup_id,
-        ts_ns: now,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    });
-    entry.submit(0);
+fn agent_tgid() -> u32 {
+    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
 }
 
 #[inline(always)]

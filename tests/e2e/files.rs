@@ -1,18 +1,9 @@
 //! Credential-read counting: every path form, exactness under load, generations, canaries.
 use std::{path::Path, thread};
 
-use credwatch_e2e::{e2e_enabled, pod_container_cgroup, sample, Agent, Cgroup, TempDir};
+use credwatch_e2e::{pod_container_cgroup, reads, sample, Agent, Cgroup, TempDir};
 
 const CANARY: &str = "CANARY-7f3e9a1c-never-export-me";
-
-fn reads(metrics: &str, file: &str, container: &str) -> f64 {
-    sample(
-        metrics,
-        "credwatch_credential_reads_total",
-        &[("file", file), ("container", container)],
-    )
-    .unwrap_or_else(|| panic!("no credential_reads_total for {file}/{container}:\n{metrics}"))
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
@@ -20,9 +11,7 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn read_opens_are_counted_exactly_through_every_path_form() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("paths");
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -40,8 +29,8 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
     let container = &id[..12];
     let m = agent.metrics();
     assert_eq!(
-        reads(&m, "db-password", "_node"),
-        0.0,
+        reads(&m, &[("file", "db-password"), ("container", "_node")]),
+        Some(0.0),
         "present with 0 before any read"
     );
 
@@ -58,10 +47,14 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
     assert_eq!(expected, 22);
 
     let m = agent.metrics();
-    assert_eq!(reads(&m, "db-password", container), expected as f64, "{m}");
     assert_eq!(
-        reads(&m, "db-password", "_node"),
-        0.0,
+        reads(&m, &[("file", "db-password"), ("container", container)]),
+        Some(expected as f64),
+        "{m}"
+    );
+    assert_eq!(
+        reads(&m, &[("file", "db-password"), ("container", "_node")]),
+        Some(0.0),
         "nothing read from the host"
     );
     let last = sample(
@@ -88,9 +81,7 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
 
 #[test]
 fn every_descriptor_table_shape_is_counted() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     // This kernel (6.18) has bpf_rdonly_cast: one helper-free walk for every descriptor.
     let agent = count_every_table_shape(&[]);
     assert!(
@@ -102,15 +93,27 @@ fn every_descriptor_table_shape_is_counted() {
 
 #[test]
 fn every_descriptor_table_shape_is_counted_without_kfuncs() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     // The walk of kernels before 6.2: direct loads into the embedded table, helpers past it.
     let agent = count_every_table_shape(&[("CREDWATCH_FILE_WALK", "helpers")]);
     assert!(
         agent.log_text().contains("bpf_probe_read_kernel otherwise"),
         "the agent should walk with helpers; log:\n{}",
         agent.log_text()
+    );
+}
+
+#[test]
+fn every_descriptor_table_shape_is_counted_when_the_kernel_refuses_the_kfunc() {
+    require_e2e!();
+    // A kernel whose verifier refuses the kfunc call: the agent must reload with the helper walk
+    // rather than run blind, and count exactly.
+    let agent = count_every_table_shape(&[("CREDWATCH_FILE_WALK", "refused-kfunc")]);
+    let log = agent.log_text();
+    assert!(
+        log.contains("refused the file probes with bpf_rdonly_cast")
+            && log.contains("bpf_probe_read_kernel otherwise"),
+        "the agent should fall back to the helper walk; log:\n{log}"
     );
 }
 
@@ -127,15 +130,19 @@ fn count_every_table_shape(env: &[(&str, &str)]) -> Agent {
         + cg.read(&["--fdtable", "expanded", "open", s(&cred), "1000"])
         + cg.read(&["--fdtable", "high", "open", s(&cred), "1000"]);
     assert_eq!(n, 3000);
-    assert_eq!(reads(&agent.metrics(), "key", &id[..12]), 3000.0);
+    assert_eq!(
+        reads(
+            &agent.metrics(),
+            &[("file", "key"), ("container", &id[..12])]
+        ),
+        Some(3000.0)
+    );
     agent
 }
 
 #[test]
 fn two_hundred_thousand_reads_from_two_processes_are_all_counted() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("load");
     let cred = dir.join("token");
     std::fs::write(&cred, "x").unwrap();
@@ -151,7 +158,10 @@ fn two_hundred_thousand_reads_from_two_processes_are_all_counted() {
     });
     assert_eq!(counts, [100_000, 100_000]);
     let m = agent.metrics();
-    assert_eq!(reads(&m, "token", &id[..12]), 200_000.0);
+    assert_eq!(
+        reads(&m, &[("file", "token"), ("container", &id[..12])]),
+        Some(200_000.0)
+    );
     for line in m
         .lines()
         .filter(|l| l.starts_with("credwatch_events_lost_total{"))
@@ -162,9 +172,7 @@ fn two_hundred_thousand_reads_from_two_processes_are_all_counted() {
 
 #[test]
 fn a_replaced_file_is_a_new_generation_and_later_reads_count_against_it() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("rotate");
     let cred = dir.join("api-key");
     std::fs::write(&cred, "v1").unwrap();
@@ -186,7 +194,11 @@ fn a_replaced_file_is_a_new_generation_and_later_reads_count_against_it() {
     });
     cg.read(&["open", s(&cred), "4"]);
     let m = agent.metrics();
-    assert_eq!(reads(&m, "api-key", &id[..12]), 7.0, "{m}");
+    assert_eq!(
+        reads(&m, &[("file", "api-key"), ("container", &id[..12])]),
+        Some(7.0),
+        "{m}"
+    );
     let creds = agent.get("/api/v1/credentials");
     assert!(creds.contains("\"generation\":1"), "{creds}");
     let readers = agent.get("/api/v1/readers");
@@ -198,9 +210,7 @@ fn a_replaced_file_is_a_new_generation_and_later_reads_count_against_it() {
 
 #[test]
 fn canary_values_never_leave_the_agent() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("canary");
     std::fs::write(dir.join("password"), CANARY).unwrap();
     std::fs::write(

@@ -1,13 +1,11 @@
 //! Bad input: missing watch paths, bad configuration, missing privileges.
 use std::{os::unix::fs::PermissionsExt, process::Command};
 
-use credwatch_e2e::{agent_bin, e2e_enabled, pod_container_cgroup, sample, Agent, Cgroup, TempDir};
+use credwatch_e2e::{agent_bin, pod_container_cgroup, sample, Agent, Cgroup, TempDir};
 
 #[test]
 fn a_missing_watch_path_is_warned_about_and_watched_when_it_appears() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("later");
     let later = dir.join("not/yet/there");
     let agent = Agent::start(&[&later], &[]);
@@ -84,10 +82,8 @@ fn bad_config_files_are_clear_errors_naming_the_line() {
 
 #[test]
 fn without_root_the_agent_and_check_say_why() {
-    if !e2e_enabled() {
-        return; // needs root to become someone else
-    }
-    // A copy any user can execute, wherever the checkout lives.
+    require_e2e!(); // needs root to become someone else
+                    // A copy any user can execute, wherever the checkout lives.
     let dir = TempDir::new("nonroot");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = dir.join("credwatch");
@@ -120,41 +116,29 @@ fn without_root_the_agent_and_check_say_why() {
 
 #[test]
 fn check_passes_on_this_kernel() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let out = Command::new(agent_bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for p in [
-        "sys_exit_openat ",
-        "sys_exit_openat2",
-        "sys_exit_open ",
-        "sys_exit_open_by_handle_at",
-    ] {
+    for hook in credwatch::sensors::file::HOOKS {
+        let probe = hook.label();
         assert!(
-            text.lines()
-                .any(|l| l.starts_with("ok") && l.contains(p) && l.contains("attached")),
-            "{p}: {text}"
+            text.lines().any(|l| l.starts_with("ok")
+                && l.contains(&format!("probe {probe} "))
+                && l.contains("attached")),
+            "{probe}: {text}"
         );
     }
 }
 
 #[test]
 fn probes_are_reported_attached() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("probes");
     let agent = Agent::start(&[dir.path()], &[]);
     let m = agent.metrics();
-    for p in [
-        "sys_exit_openat",
-        "sys_exit_openat2",
-        "sys_exit_open",
-        "sys_exit_open_by_handle_at",
-    ] {
-        let probe = format!("tracepoint/syscalls/{p}");
+    for hook in credwatch::sensors::file::HOOKS {
+        let probe = hook.label();
         assert_eq!(
             sample(&m, "credwatch_probe_attached", &[("probe", &probe)]),
             Some(1.0),

@@ -4,7 +4,7 @@
 use std::{path::Path, time::Duration};
 
 use credwatch_e2e::{
-    agent_bin, cgroupfs_container_cgroup, e2e_enabled,
+    agent_bin, cgroupfs_container_cgroup,
     kubelet::{cert_chain, sa_claims, KubeletTree, Signer, PROJECTED, SECRET},
     random_container_id, random_pod_uid, sample, systemd_container_cgroup, Agent, Cgroup,
 };
@@ -45,9 +45,7 @@ fn gauge(m: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn kubelet_volumes_expiry_rotation_and_stale_readers() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let mut tree = KubeletTree::new();
     let signer = Signer::new();
     let uid = random_pod_uid();
@@ -300,9 +298,7 @@ fn with_container<'a>(
 
 #[test]
 fn bad_input_is_tracked_as_opaque_and_nothing_else_is_lost() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let mut tree = KubeletTree::new();
     let uid = random_pod_uid();
     let vol = tree.volume(&uid, SECRET, "odd");

@@ -3,19 +3,15 @@
 use std::time::{Duration, Instant};
 
 use credwatch_e2e::{
-    cgroupfs_container_cgroup, e2e_enabled,
+    cgroupfs_container_cgroup,
     kubeapi::{pod_json, KubeApi},
     kubelet::{KubeletTree, PROJECTED, SECRET},
-    random_container_id, random_pod_uid, reader_bin, sample, systemd_container_cgroup, Agent,
-    Cgroup, TempDir,
+    random_container_id, random_pod_uid, reader_bin, reads, sample, systemd_container_cgroup,
+    Agent, Cgroup, TempDir,
 };
 use serde_json::json;
 
 const NODE: &str = "node-e2e";
-
-fn reads(m: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    sample(m, "credwatch_credential_reads_total", labels)
-}
 
 struct TestPod {
     uid: String,
@@ -102,9 +98,7 @@ fn wait_up(agent: &Agent, up: f64) {
 
 #[test]
 fn pods_are_named_other_pods_and_the_node_are_told_apart_and_the_api_may_go() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let mut tree = KubeletTree::new();
     let a = TestPod::new(&mut tree, "api-0", &["app", "sidecar"]);
     let b = TestPod::new(&mut tree, "web-0", &["web", "worker"]);
@@ -274,9 +268,7 @@ fn pods_are_named_other_pods_and_the_node_are_told_apart_and_the_api_may_go() {
 
 #[test]
 fn five_hundred_pod_cgroups_come_and_go_while_readers_run() {
-    if !e2e_enabled() {
-        return;
-    }
+    require_e2e!();
     let dir = TempDir::new("churn");
     let cred = dir.join("shared-token");
     std::fs::write(&cred, "t").unwrap();

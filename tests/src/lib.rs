@@ -1,6 +1,9 @@
 //! Harness for credwatch's end-to-end tests: the real agent binary, real cgroups, real processes.
 //!
 //! Everything a test creates is removed by a guard's `Drop` (agent processes, cgroups, files).
+// Test support: the stub API server's protocol handlers read best whole.
+#![allow(clippy::too_many_lines)]
+
 pub mod kubeapi;
 pub mod kubelet;
 
@@ -27,6 +30,16 @@ pub fn e2e_enabled() -> bool {
     }
     eprintln!("SKIPPED: {msg}; run `sudo cargo xtask test`");
     false
+}
+
+/// Returns from the calling test when the end-to-end tier cannot run here (see `e2e_enabled`).
+#[macro_export]
+macro_rules! require_e2e {
+    () => {
+        if !$crate::e2e_enabled() {
+            return;
+        }
+    };
 }
 
 /// The agent binary: `$CREDWATCH_BIN` (set by `cargo xtask test`), else the debug build.
@@ -265,6 +278,11 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
     })
 }
 
+/// The `credential_reads_total` sample whose labels include every `(key, value)` in `labels`.
+pub fn reads(metrics: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    sample(metrics, "credwatch_credential_reads_total", labels)
+}
+
 /// A cgroup v2 directory made by the test (nested path allowed), removed on drop.
 pub struct Cgroup {
     pub path: PathBuf,
@@ -274,18 +292,25 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// Creates `rel` (e.g. `kubepods.slice/.../cri-containerd-<id>.scope`) under the cgroup2 mount.
+    /// Tests run in parallel and share ancestors: one that another guard removes between our
+    /// look and our mkdir is made again.
     pub fn new(rel: &str) -> Cgroup {
         let root = cgroup2_mount();
         let mut created = Vec::new();
-        let mut p = root.clone();
-        for part in rel.split('/').filter(|s| !s.is_empty()) {
-            p.push(part);
-            if !p.exists() {
-                std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-                created.push(p.clone());
+        'attempt: for _ in 0..50 {
+            let mut p = root.clone();
+            for part in rel.split('/').filter(|s| !s.is_empty()) {
+                p.push(part);
+                match std::fs::create_dir(&p) {
+                    Ok(()) => created.push(p.clone()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue 'attempt,
+                    Err(e) => panic!("mkdir {}: {e}", p.display()),
+                }
             }
+            return Cgroup { path: p, created };
         }
-        Cgroup { path: p, created }
+        panic!("cannot create cgroup {rel}: its ancestors keep vanishing");
     }
 
     /// A command that starts inside this cgroup (it moves itself in before exec).
@@ -345,21 +370,9 @@ impl Drop for Cgroup {
     }
 }
 
+/// Where cgroup v2 is mounted (the agent's own answer).
 pub fn cgroup2_mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
-    let v2: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| f[1])
-        })
-        .collect();
-    let m = v2
-        .iter()
-        .find(|m| **m == "/sys/fs/cgroup")
-        .or(v2.first())
-        .expect("cgroup v2 is mounted");
-    PathBuf::from(m)
+    PathBuf::from(credwatch::sys::cgroup2_mount().expect("cgroup v2 is mounted"))
 }
 
 fn random_hex(n: usize) -> String {

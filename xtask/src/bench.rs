@@ -117,6 +117,7 @@ impl Metric {
 /// Everything the rounds share.
 struct Bench {
     loop_bin: PathBuf,
+    floor_bin: PathBuf,
     credwatch_bin: PathBuf,
     peer_script: PathBuf,
     /// The watched directory (no trailing slash) and the credential file in it.
@@ -144,32 +145,12 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         iterations > 0 && rounds > 0,
         "--iterations and --rounds must be positive"
     );
-
     let out_dir = root.join("target/bench");
     let log_dir = out_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
 
-    // The credential lives on a tmpfs of its own, as a kubelet secret volume does; removed when
-    // the bench ends. Not beside the loops' files: an inotify watch (the agent's) on a filesystem
-    // nothing else watches costs every open and close there about 3% (fsnotify's slow path), a cost
-    // hosts with systemd or a kubelet already pay; see the README's Benchmarks section.
     let tmp = TempDir::new()?;
-    let cred_dir = tmp.0.join("creds");
-    std::fs::create_dir_all(&cred_dir)?;
-    let _cred_mount = Tmpfs::mount(&cred_dir, "1m")?;
-    let archive_dir = tmp.0.join("archive");
-    std::fs::create_dir_all(&archive_dir)?;
-    let _archive_mount = Tmpfs::mount(&archive_dir, "4g")?;
-    let cred_file = cred_dir.join("token");
-    std::fs::write(&cred_file, "bench-not-a-real-secret\n")?;
-    let plain_file = out_dir.join("plain.txt");
-    std::fs::write(&plain_file, "not a credential\n")?;
-    ensure!(
-        cred_dir.as_os_str().len() + 1 < BPFTRACE_STRLEN,
-        "credential directory {} too long for bpftrace's str()",
-        cred_dir.display()
-    );
-
+    let files = Files::create(&tmp.0, &out_dir)?;
     let source_tree =
         match &args.tree {
             Some(t) => t.clone(),
@@ -178,49 +159,29 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             }))
             .join("registry/src"),
         };
-    // A private copy: cargo may be extracting crates into the registry while we measure.
-    let tree = tmp.0.join("tree");
-    eprintln!(
-        "bench: copying {} to {}",
-        source_tree.display(),
-        tree.display()
-    );
-    crate::run(Command::new("cp").arg("-a").arg(&source_tree).arg(&tree))?;
-    let tree_files =
-        count_files(&tree).with_context(|| format!("counting files under {}", tree.display()))?;
-    ensure!(
-        tree_files >= 1000,
-        "{} holds only {tree_files} files; pass --tree with a tree of a few thousand",
-        source_tree.display()
-    );
-
-    let ncpu = thread::available_parallelism().map_or(1, |n| n.get());
-    let (loop_cpus, setup_cpus) = if ncpu >= 2 && args.cpu < ncpu {
-        let others: Vec<String> = (0..ncpu)
-            .filter(|&c| c != args.cpu)
-            .map(|c| c.to_string())
-            .collect();
-        (Some(args.cpu.to_string()), Some(others.join(",")))
-    } else {
-        eprintln!("bench: {ncpu} CPU(s): not pinning");
-        (None, None)
-    };
-
+    let (tree, tree_files) = copy_tree(&source_tree, &tmp.0)?;
+    let (loop_cpus, setup_cpus) = cpu_lists(args.cpu);
     let bench = Bench {
         loop_bin: root.join("target/release/credwatch-bench-loop"),
+        floor_bin: root.join("target/release/credwatch-bench-floor"),
         credwatch_bin: root.join("target/release/credwatch"),
         peer_script: root.join("xtask/bench/peer.bt"),
-        cred_dir,
-        cred_file,
-        plain_file,
+        cred_dir: files.cred_dir.clone(),
+        cred_file: files.cred_file.clone(),
+        plain_file: files.plain_file.clone(),
         tree,
-        archive: archive_dir.join("tree.tar"),
+        archive: files.archive.clone(),
         iterations,
         loop_cpus,
         setup_cpus,
         log_dir,
     };
-    for bin in [&bench.loop_bin, &bench.credwatch_bin, &bench.peer_script] {
+    for bin in [
+        &bench.loop_bin,
+        &bench.floor_bin,
+        &bench.credwatch_bin,
+        &bench.peer_script,
+    ] {
         ensure!(
             bin.exists(),
             "{} is missing (cargo build --release -p credwatch -p credwatch-e2e --bins)",
@@ -246,76 +207,147 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         read_trimmed("/proc/loadavg"),
     );
     eprintln!("bench: {header}");
+    let outcome = bench.rounds(rounds)?;
+    outcome.report(&out_dir, &header, iterations)
+}
 
-    let mut results: BTreeMap<(Metric, Setup), Vec<f64>> = BTreeMap::new();
-    let mut exact_failures = Vec::new();
-    let mut exact_checks = 0;
-    let mut notes = Vec::new();
-    for round in 0..rounds {
-        for setup in ORDERS[round % ORDERS.len()] {
-            eprintln!("bench: round {}/{rounds}: {}", round + 1, setup.name());
-            let started = Instant::now();
-            let mut running = bench.start(setup, round)?;
-            // Loading, attaching and the previous setup's teardown leave the kernel deferred work
-            // (freeing maps and programs) for a few seconds; measured loops started at once ran up
-            // to 15% slower. Every setup, `none` included, gets the same pause.
-            thread::sleep(SETTLE);
-            let r = bench.measure(setup, running.as_ref())?;
-            if let Some(run) = running.as_mut() {
-                let out = run.stop()?;
-                // The peer's own count is a sanity check that its compare really matches.
-                if setup == Setup::Peer {
-                    let want = r.cred_opens;
-                    match parse_bpftrace_count(&out, "@matches") {
-                        Some(got) if got >= want => {}
-                        got => notes.push(format!(
-                            "round {}: peer counted {got:?} credential opens, expected at least {want}",
-                            round + 1
-                        )),
-                    }
-                }
+/// The bench's own files. The credential lives on a tmpfs of its own, as a kubelet secret volume
+/// does; removed when the bench ends. Not beside the loops' files: an inotify watch (the agent's)
+/// on a filesystem nothing else watches costs every open and close there about 3% (fsnotify's
+/// slow path), a cost hosts with systemd or a kubelet already pay; see the README's Benchmarks
+/// section.
+struct Files {
+    cred_dir: PathBuf,
+    cred_file: PathBuf,
+    plain_file: PathBuf,
+    /// Where tar writes its archive: a file on a tmpfs of its own (no pipe, no reader process).
+    archive: PathBuf,
+    _mounts: [Tmpfs; 2],
+}
+
+impl Files {
+    fn create(tmp: &Path, out_dir: &Path) -> Result<Self> {
+        let cred_dir = tmp.join("creds");
+        std::fs::create_dir_all(&cred_dir)?;
+        let cred_mount = Tmpfs::mount(&cred_dir, "1m")?;
+        let archive_dir = tmp.join("archive");
+        std::fs::create_dir_all(&archive_dir)?;
+        let archive_mount = Tmpfs::mount(&archive_dir, "4g")?;
+        let cred_file = cred_dir.join("token");
+        std::fs::write(&cred_file, "bench-not-a-real-secret\n")?;
+        let plain_file = out_dir.join("plain.txt");
+        std::fs::write(&plain_file, "not a credential\n")?;
+        ensure!(
+            cred_dir.as_os_str().len() + 1 < BPFTRACE_STRLEN,
+            "credential directory {} too long for bpftrace's str()",
+            cred_dir.display()
+        );
+        Ok(Self {
+            cred_dir,
+            cred_file,
+            plain_file,
+            archive: archive_dir.join("tree.tar"),
+            _mounts: [cred_mount, archive_mount],
+        })
+    }
+}
+
+/// A private copy of the realistic workload's tree (cargo may be extracting crates into the
+/// registry while we measure), and how many files it holds.
+fn copy_tree(source: &Path, tmp: &Path) -> Result<(PathBuf, usize)> {
+    let tree = tmp.join("tree");
+    eprintln!("bench: copying {} to {}", source.display(), tree.display());
+    crate::run(Command::new("cp").arg("-a").arg(source).arg(&tree))?;
+    let files =
+        count_files(&tree).with_context(|| format!("counting files under {}", tree.display()))?;
+    ensure!(
+        files >= 1000,
+        "{} holds only {files} files; pass --tree with a tree of a few thousand",
+        source.display()
+    );
+    Ok((tree, files))
+}
+
+/// `taskset` CPU lists: the loops' CPU and all the others; none on a single CPU.
+fn cpu_lists(cpu: usize) -> (Option<String>, Option<String>) {
+    let ncpu = thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu >= 2 && cpu < ncpu {
+        let others: Vec<String> = (0..ncpu)
+            .filter(|&c| c != cpu)
+            .map(|c| c.to_string())
+            .collect();
+        (Some(cpu.to_string()), Some(others.join(",")))
+    } else {
+        eprintln!("bench: {ncpu} CPU(s): not pinning");
+        (None, None)
+    }
+}
+
+/// Every round's measurements and checks.
+#[derive(Default)]
+struct Outcome {
+    results: BTreeMap<(Metric, Setup), Vec<f64>>,
+    exact_failures: Vec<String>,
+    exact_checks: usize,
+    notes: Vec<String>,
+}
+
+impl Outcome {
+    fn add(&mut self, setup: Setup, round: usize, r: RoundResult, peer_out: Option<&[String]>) {
+        // The peer's own count is a sanity check that its compare really matches.
+        if let Some(out) = peer_out {
+            let want = r.cred_opens;
+            match parse_bpftrace_count(out, "@matches") {
+                Some(got) if got >= want => {}
+                got => self.notes.push(format!(
+                    "round {}: peer counted {got:?} credential opens, expected at least {want}",
+                    round + 1
+                )),
             }
-            if let Some((delta, want)) = r.exact {
-                exact_checks += 1;
-                if delta != want {
-                    exact_failures.push(format!(
-                        "round {}: reads_total rose by {delta}, expected {want}",
-                        round + 1
-                    ));
-                }
+        }
+        if let Some((delta, want)) = r.exact {
+            self.exact_checks += 1;
+            if delta != want {
+                self.exact_failures.push(format!(
+                    "round {}: reads_total rose by {delta}, expected {want}",
+                    round + 1
+                ));
             }
-            for (m, v) in r.values {
-                results.entry((m, setup)).or_default().push(v);
-            }
-            eprintln!("bench:   done in {:.1}s", started.elapsed().as_secs_f64());
+        }
+        for (m, v) in r.values {
+            self.results.entry((m, setup)).or_default().push(v);
         }
     }
 
-    // Other work on the machine is the main source of noise: show how busy it was.
-    notes.push(format!(
-        "load average at end {}",
-        read_trimmed("/proc/loadavg")
-    ));
-    let warmup = loop_warmup(iterations);
-    let exact = if exact_failures.is_empty() {
-        format!(
-            "exact: yes (credwatch_credential_reads_total rose by exactly {} = {iterations} timed + {warmup} warm-up opens, in all {exact_checks} rounds)",
-            iterations + warmup
-        )
-    } else {
-        format!("exact: no ({})", exact_failures.join("; "))
-    };
-    let report = render(&header, &results, &exact, &notes);
-    print!("{report}");
-    let path = out_dir.join("report.md");
-    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("bench: report written to {}", path.display());
-    ensure!(
-        exact_failures.is_empty(),
-        "credwatch's count was not exact: {}",
-        exact_failures.join("; ")
-    );
-    Ok(())
+    /// Prints the report and writes it to target/bench/report.md; an inexact count fails.
+    fn report(mut self, out_dir: &Path, header: &str, iterations: u64) -> Result<()> {
+        // Other work on the machine is the main source of noise: show how busy it was.
+        self.notes.push(format!(
+            "load average at end {}",
+            read_trimmed("/proc/loadavg")
+        ));
+        let warmup = loop_warmup(iterations);
+        let exact = if self.exact_failures.is_empty() {
+            format!(
+                "exact: yes (credwatch_credential_reads_total rose by exactly {} = {iterations} timed + {warmup} warm-up opens, in all {} rounds)",
+                iterations + warmup,
+                self.exact_checks
+            )
+        } else {
+            format!("exact: no ({})", self.exact_failures.join("; "))
+        };
+        let report = render(header, &self.results, &exact, &self.notes);
+        print!("{report}");
+        let path = out_dir.join("report.md");
+        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: report written to {}", path.display());
+        ensure!(
+            self.exact_failures.is_empty(),
+            "credwatch's count was not exact: {}",
+            self.exact_failures.join("; ")
+        );
+        Ok(())
+    }
 }
 
 /// One setup's measurements in one round.
@@ -328,6 +360,31 @@ struct RoundResult {
 }
 
 impl Bench {
+    /// Runs every setup in every round, in `ORDERS`.
+    fn rounds(&self, rounds: usize) -> Result<Outcome> {
+        let mut outcome = Outcome::default();
+        for round in 0..rounds {
+            for setup in ORDERS[round % ORDERS.len()] {
+                eprintln!("bench: round {}/{rounds}: {}", round + 1, setup.name());
+                let started = Instant::now();
+                let mut running = self.start(setup, round)?;
+                // Loading, attaching and the previous setup's teardown leave the kernel deferred
+                // work (freeing maps and programs) for a few seconds; measured loops started at
+                // once ran up to 15% slower. Every setup, `none` included, gets the same pause.
+                thread::sleep(SETTLE);
+                let r = self.measure(setup, running.as_ref())?;
+                let out = match running.as_mut() {
+                    Some(run) => Some(run.stop()?),
+                    None => None,
+                };
+                let peer_out = out.as_deref().filter(|_| setup == Setup::Peer);
+                outcome.add(setup, round, r, peer_out);
+                eprintln!("bench:   done in {:.1}s", started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(outcome)
+    }
+
     /// Starts a setup and waits until its programs are attached (None for `none`).
     fn start(&self, setup: Setup, round: usize) -> Result<Option<Running>> {
         let log = self
@@ -337,7 +394,7 @@ impl Bench {
         match setup {
             Setup::None => return Ok(None),
             Setup::Floor => {
-                cmd.arg(&self.credwatch_bin).arg("bench-floor");
+                cmd.arg(&self.floor_bin);
             }
             Setup::Credwatch => {
                 cmd.arg(&self.credwatch_bin)
@@ -938,6 +995,7 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+#[allow(clippy::too_many_lines)] // the report reads best as one template
 fn render(
     header: &str,
     results: &BTreeMap<(Metric, Setup), Vec<f64>>,

@@ -1,7 +1,7 @@
 //! `credential::parse` must not panic on any input, and what it returns must not echo the input.
 #![no_main]
 
-use credwatch::credential::{parse, Kind};
+use credwatch::inventory::content::{parse, Kind};
 use libfuzzer_sys::fuzz_target;
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -1,18 +1,21 @@
-//! Types shared by the kernel programs and the agent.
+//! Types shared by the kernel programs and the agent, one module per sensor (`file`; `auth` comes
+//! with the auth-call sensor), plus what every sensor shares: the event ring, its header and the
+//! drop counters.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the layout byte for
-//! byte; the size asserts below catch any implicit padding. The `user` feature adds `aya::Pod`.
-#![no_std]
+//! byte; the size asserts catch any implicit padding. The `user` feature adds what userspace needs
+//! beside each type: `aya::Pod` impls and decoders that check lengths and kinds.
+//!
+//! Map names: the kernel side names each map after its static (`#[map]` without a name), and
+//! userspace takes maps by the constants in the `maps` modules; the agent's unit tests check that
+//! the built object has every one of them.
+#![cfg_attr(not(test), no_std)]
 
-use core::mem::size_of;
+pub mod file;
 
-/// Map names, used by both sides so that a rename cannot silently break the loader.
+/// Maps shared by every sensor.
 pub mod maps {
-    /// `InodeKey -> Credential`: the files the agent watches. Written by userspace only.
-    pub const WATCHED: &str = "WATCHED";
-    /// Per-CPU `ReadKey -> ReadStats`: exact read counters, summed at scrape time.
-    pub const READS: &str = "READS";
-    /// Ring buffer of `FirstReadEvent`s.
+    /// Ring buffer of events, each starting with an `EventKind`.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of drop counters, indexed by `LostStage`.
     pub const LOST: &str = "LOST";
@@ -20,146 +23,34 @@ pub mod maps {
 
 /// Global variables the loader fills in before the programs are verified.
 pub mod globals {
-    /// `KernelOffsets`, read from the running kernel's BTF.
-    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     /// The agent's own process id (tgid): its opens of credential files (to parse them) are not reads.
     pub const AGENT_TGID: &str = "AGENT_TGID";
 }
 
-/// Capacity of `WATCHED` (credential files on one node).
-pub const WATCHED_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of `READS` ((reader cgroup, credential, generation) triples).
-pub const READS_MAX_ENTRIES: u32 = 65_536;
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;
 
-/// `FMODE_READ` from `include/linux/fs.h`: the file was opened with read access.
-pub const FMODE_READ: u32 = 0x1;
-
-/// Byte offsets of the kernel struct fields the file probe walks, from `/sys/kernel/btf/vmlinux`.
-///
-/// Rust eBPF has no CO-RE relocations, so the agent resolves these at start-up and passes them in as
-/// a read-only global; the verifier then treats them as constants.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KernelOffsets {
-    pub task_files: u32,
-    pub files_fdt: u32,
-    pub fdt_max_fds: u32,
-    pub fdt_fd: u32,
-    pub file_f_inode: u32,
-    pub file_f_mode: u32,
-    pub inode_i_ino: u32,
-    pub inode_i_sb: u32,
-    pub sb_s_dev: u32,
-    /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
-    pub files_fd_array: u32,
-    /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),
-    /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
-    /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
-    pub file_slot_btf_id: u32,
-}
-const _: () = assert!(size_of::<KernelOffsets>() == 44);
-
-/// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
-/// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into
-/// `r0 = 0` on a path the probe never takes): no real helper has a number anywhere near it.
-pub const RDONLY_CAST_PLACEHOLDER: u32 = 0x7ff0_ca57;
-
-/// `NR_OPEN_DEFAULT` (`BITS_PER_LONG`): descriptors below it live in `files_struct.fd_array`
-/// until the table is first expanded.
-pub const NR_OPEN_DEFAULT: u64 = 64;
-
-/// Identity of a file: the kernel-internal device number of its superblock and its inode number.
-/// `dev` is the kernel's `MKDEV(major, minor) = major << 20 | minor`, not userspace's encoding.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct InodeKey {
-    pub ino: u64,
-    pub dev: u32,
-    pub _pad: u32,
-}
-const _: () = assert!(size_of::<InodeKey>() == 16);
-
-impl InodeKey {
-    pub const fn new(dev: u32, ino: u64) -> Self {
-        Self { ino, dev, _pad: 0 }
-    }
-}
-
-/// What a watched inode is: which credential, and which generation of it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Credential {
-    pub cred_id: u32,
-    pub generation: u32,
-}
-const _: () = assert!(size_of::<Credential>() == 8);
-
-/// Key of the per-CPU read counters.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ReadKey {
-    /// Inode number of the reader's cgroup v2 directory (`bpf_get_current_cgroup_id`).
-    pub cgroup_id: u64,
-    pub cred_id: u32,
-    pub generation: u32,
-}
-const _: () = assert!(size_of::<ReadKey>() == 16);
-
-/// One CPU's share of a read counter.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReadStats {
-    pub count: u64,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last read on this CPU.
-    pub last_read_ns: u64,
-}
-const _: () = assert!(size_of::<ReadStats>() == 16);
+pub const TASK_COMM_LEN: usize = 16;
 
 /// Indexes of the `LOST` per-CPU counters.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LostStage {
-    /// The ring buffer was full: a first-read event was dropped (its reads are still counted).
+    /// The ring buffer was full: an event was dropped (the reads behind it are still counted).
     RingBuf = 0,
     /// `READS` was full: the read could not be counted.
     ReadsMap = 1,
 }
 pub const LOST_STAGES: u32 = 2;
 
-/// Kinds of events on the ring buffer; every event starts with one.
+/// Kinds of events on the ring buffer; every event starts with one, as a `u32`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     FirstRead = 1,
 }
 
-pub const TASK_COMM_LEN: usize = 16;
-
-/// The first read of a credential generation by a cgroup.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FirstReadEvent {
-    /// Always `EventKind::FirstRead as u32`.
-    pub kind: u32,
-    pub cred_id: u32,
-    pub generation: u32,
-    pub pid: u32,
-    pub tgid: u32,
-    pub _pad: u32,
-    pub cgroup_id: u64,
-    pub ts_ns: u64,
-    pub comm: [u8; TASK_COMM_LEN],
-}
-const _: () = assert!(size_of::<FirstReadEvent>() == 56);
-
 #[cfg(feature = "user")]
-mod user {
-    use super::*;
-    unsafe impl aya::Pod for KernelOffsets {}
-    unsafe impl aya::Pod for InodeKey {}
-    unsafe impl aya::Pod for Credential {}
-    unsafe impl aya::Pod for ReadKey {}
-    unsafe impl aya::Pod for ReadStats {}
-}
+mod user;
+#[cfg(feature = "user")]
+pub use user::{decode, DecodeError, Event};

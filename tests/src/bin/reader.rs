@@ -60,6 +60,58 @@ fn bind(src: &str, dst: &str) {
     check(rc, &format!("bind {src} on {dst}"));
 }
 
+/// Shapes this process's descriptor table: `fresh` (the array inside `files_struct`),
+/// `expanded` (a table expanded once, low descriptors), `high` (every open returns 200 or more).
+fn fd_table(shape: Option<&str>) {
+    match shape {
+        Some("expanded") => unsafe {
+            // SAFETY: dup2/close of an unused descriptor; the table stays expanded.
+            libc::dup2(2, 100);
+            libc::close(100);
+        },
+        Some("high") => {
+            // Fill descriptors 3..200 so that every open returns 200 or more.
+            for fd in 3..200 {
+                // SAFETY: dup2 onto a descriptor number this process does not use
+                // (F_GETFD fails on it); kept open for the life of the process.
+                unsafe {
+                    if libc::fcntl(fd, libc::F_GETFD) < 0 {
+                        libc::dup2(2, fd);
+                    }
+                }
+            }
+        }
+        Some("fresh") => {
+            if let Some(code) = credwatch_e2e::continue_in_fresh_fd_table() {
+                std::process::exit(code);
+            }
+        }
+        other => die(format!("bad --fdtable {other:?}")),
+    }
+}
+
+/// Opens `path` `n` times with `mode` (`r`, `w`, `rw`), closing each; returns the count.
+fn open_n(path: &str, n: u64, mode: &str) -> u64 {
+    let flags = match mode {
+        "r" => libc::O_RDONLY,
+        "w" => libc::O_WRONLY,
+        "rw" => libc::O_RDWR,
+        other => die(format!("bad mode {other}")),
+    };
+    let p = cstr(path);
+    let mut ok = 0u64;
+    for _ in 0..n {
+        // SAFETY: valid path; the fd is closed right away.
+        let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+        if fd < 0 {
+            die(format!("open {path}: {}", std::io::Error::last_os_error()));
+        }
+        unsafe { libc::close(fd) };
+        ok += 1;
+    }
+    ok
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -73,31 +125,7 @@ fn main() {
                 i += 2;
             }
             "--fdtable" => {
-                match args.get(i + 1).map(String::as_str) {
-                    Some("expanded") => unsafe {
-                        // SAFETY: dup2/close of an unused descriptor; the table stays expanded.
-                        libc::dup2(2, 100);
-                        libc::close(100);
-                    },
-                    Some("high") => {
-                        // Fill descriptors 3..200 so that every open returns 200 or more.
-                        for fd in 3..200 {
-                            // SAFETY: dup2 onto a descriptor number this process does not use
-                            // (F_GETFD fails on it); kept open for the life of the process.
-                            unsafe {
-                                if libc::fcntl(fd, libc::F_GETFD) < 0 {
-                                    libc::dup2(2, fd);
-                                }
-                            }
-                        }
-                    }
-                    Some("fresh") => {
-                        if let Some(code) = credwatch_e2e::continue_in_fresh_fd_table() {
-                            std::process::exit(code);
-                        }
-                    }
-                    other => die(format!("bad --fdtable {other:?}")),
-                }
+                fd_table(args.get(i + 1).map(String::as_str));
                 i += 2;
             }
             "--tmpfs" => {
@@ -132,24 +160,8 @@ fn main() {
                     .get(i + 2)
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| die("open needs a count".into()));
-                let flags = match args.get(i + 3).map(String::as_str).unwrap_or("r") {
-                    "r" => libc::O_RDONLY,
-                    "w" => libc::O_WRONLY,
-                    "rw" => libc::O_RDWR,
-                    other => die(format!("bad mode {other}")),
-                };
-                let p = cstr(path);
-                let mut ok = 0u64;
-                for _ in 0..n {
-                    // SAFETY: valid path; the fd is closed right away.
-                    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
-                    if fd < 0 {
-                        die(format!("open {path}: {}", std::io::Error::last_os_error()));
-                    }
-                    unsafe { libc::close(fd) };
-                    ok += 1;
-                }
-                println!("{ok}");
+                let mode = args.get(i + 3).map(String::as_str).unwrap_or("r");
+                println!("{}", open_n(path, n, mode));
                 return;
             }
             other => die(format!("unknown argument {other}")),

@@ -1,7 +1,7 @@
 //! `credwatch check`: what the kernel and this process's privileges allow, probe by probe.
 use std::path::Path;
 
-use crate::{btf, probes, sys};
+use crate::{kernel::btf, sensors::file, sys};
 
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -59,34 +59,13 @@ pub fn run() -> Vec<Item> {
         ),
         (sys::BPFFS, "bpf", false, "for pinning maps"),
     ] {
-        let name = format!("{fstype} at {path}");
-        items.push(
-            if sys::is_mounted(path, fstype) || Path::new(path).join("events").exists() {
-                item(name, true, required, "mounted")
-            } else if privileged.is_none() {
-                match sys::ensure_mounted(path, fstype) {
-                    Ok(_) => item(
-                        name,
-                        true,
-                        required,
-                        "was not mounted; mounted it now (the agent does the same)",
-                    ),
-                    Err(e) => item(
-                        name,
-                        false,
-                        required,
-                        format!("not mounted and mounting failed: {e} ({why})"),
-                    ),
-                }
-            } else {
-                item(
-                    name,
-                    false,
-                    required,
-                    format!("not mounted; the agent mounts it when run as root ({why})"),
-                )
-            },
-        );
+        items.push(mount_item(
+            path,
+            fstype,
+            required,
+            why,
+            privileged.is_none(),
+        ));
     }
     items.push(match sys::cgroup2_mount() {
         Some(m) => item("cgroup v2", true, false, format!("mounted at {m}")),
@@ -98,32 +77,73 @@ pub fn run() -> Vec<Item> {
         ),
     });
     match (&privileged, &kernel) {
-        (None, Ok(k)) => match probes::load_file_probes(k, std::process::id()) {
-            Ok((_ebpf, statuses, used)) => {
-                let any = statuses.iter().any(|s| s.attached);
-                if any {
-                    items.push(item("descriptor to inode", true, false, used.file_walk()));
-                }
-                for s in statuses {
-                    // openat is what every libc uses; without it the agent is blind.
-                    let required = s.probe.ends_with("/sys_exit_openat") || !any;
-                    let detail = s.error.unwrap_or_else(|| "attached".to_owned());
-                    items.push(item(
-                        format!("probe {}", s.probe),
-                        s.attached,
-                        required,
-                        detail,
-                    ));
-                }
-            }
-            Err(e) => items.push(item("eBPF object", false, true, format!("{e}"))),
-        },
+        (None, Ok(k)) => items.extend(probe_items(k)),
         _ => items.push(item(
             "probes",
             false,
             true,
             "not tried: needs the privileges and BTF above",
         )),
+    }
+    items
+}
+
+/// Whether pseudo-filesystem `fstype` is at `path`, mounting it as the agent would when we may.
+fn mount_item(path: &str, fstype: &str, required: bool, why: &str, may_mount: bool) -> Item {
+    let name = format!("{fstype} at {path}");
+    if sys::is_mounted(path, fstype) || Path::new(path).join("events").exists() {
+        return item(name, true, required, "mounted");
+    }
+    if !may_mount {
+        return item(
+            name,
+            false,
+            required,
+            format!("not mounted; the agent mounts it when run as root ({why})"),
+        );
+    }
+    match sys::ensure_mounted(path, fstype) {
+        Ok(_) => item(
+            name,
+            true,
+            required,
+            "was not mounted; mounted it now (the agent does the same)",
+        ),
+        Err(e) => item(
+            name,
+            false,
+            required,
+            format!("not mounted and mounting failed: {e} ({why})"),
+        ),
+    }
+}
+
+/// Loads the object and attaches the file sensor's hooks exactly as the agent does, then detaches.
+fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
+    let loaded = match file::attach(kernel, std::process::id()) {
+        Ok(loaded) => loaded,
+        Err(e) => return vec![item("eBPF object", false, true, format!("{e}"))],
+    };
+    let any = loaded.any_attached();
+    let mut items = Vec::new();
+    if any {
+        items.push(item(
+            "descriptor to inode",
+            true,
+            false,
+            loaded.btf.file_walk(),
+        ));
+    }
+    for s in loaded.hooks {
+        // openat is what every libc uses; without it the agent is blind.
+        let required = s.probe == file::REQUIRED_HOOK || !any;
+        let detail = s.error.unwrap_or_else(|| "attached".to_owned());
+        items.push(item(
+            format!("probe {}", s.probe),
+            s.attached,
+            required,
+            detail,
+        ));
     }
     items
 }

@@ -102,7 +102,7 @@ impl PodMeta {
 /// `containerd://<id>`, `cri-o://<id>`, `docker://<id>` -> `<id>`.
 fn strip_runtime(id: &str) -> Option<&str> {
     let (_, id) = id.split_once("://")?;
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    super::ids::is_container_id(id).then_some(id)
 }
 
 /// Pods of this node by uid, and whether the API is answering.

@@ -1,6 +1,6 @@
 //! Series lifecycle of readers: when a reader's cgroup is gone (its container exited, its pod
 //! was deleted) for longer than the grace period, its kernel counters are removed. Counts under
-//! aggregate labels (`_node`, `_other_pod`) are kept in userspace so those counters never go
+//! aggregate labels (`_node`, `_other_pod`) are kept in the state so those counters never go
 //! down; a removed container's own series simply end.
 use std::{
     collections::{HashMap, HashSet},
@@ -8,20 +8,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::tally::reader_of;
 use crate::{
-    identity::CgroupResolver,
-    metrics::{container_label, is_aggregate_label, reader_of, ReaderReads},
-    podmeta::PodIndex,
-    probes::KernelMaps,
-    state::State,
+    identity::{attribution, CgroupResolver, PodIndex},
+    kernel::maps::KernelMaps,
+    state::{ReaderReads, State},
 };
 
 pub struct ReaderGc {
-    pub state: Arc<State>,
-    pub maps: Arc<KernelMaps>,
-    pub cgroups: Arc<CgroupResolver>,
-    pub pods: Arc<PodIndex>,
-    pub grace: Duration,
+    state: Arc<State>,
+    maps: Arc<KernelMaps>,
+    cgroups: Arc<CgroupResolver>,
+    pods: Arc<PodIndex>,
+    grace: Duration,
     gone_since: HashMap<u64, Instant>,
 }
 
@@ -59,36 +58,30 @@ impl ReaderGc {
                 continue;
             }
             let since = *self.gone_since.entry(id).or_insert(now);
-            if now.duration_since(since) < self.grace {
-                continue;
+            if now.duration_since(since) >= self.grace {
+                self.purge(id);
+                purged += 1;
             }
-            let reader = reader_of(&self.state, &self.cgroups, id);
-            let removed = self.maps.purge_cgroup(id);
-            let creds = self.state.credentials.lock().expect("credentials lock");
-            let mut retired = self.state.retired.lock().expect("retired lock");
-            for t in removed {
-                let Some(c) = creds.get(t.key.cred_id) else {
-                    continue;
-                };
-                let label = container_label(&c.pod_uid, reader.as_ref(), &self.pods);
-                if is_aggregate_label(&label) {
-                    retired
-                        .entry((t.key.cred_id, label))
-                        .or_default()
-                        .add(&ReaderReads {
-                            count: t.count,
-                            last_read_ns: t.last_read_ns,
-                            newest_generation: (t.count > 0).then_some(t.key.generation),
-                        });
-                }
-            }
-            drop((creds, retired));
-            self.state.readers.remove(&id);
-            self.cgroups.forget(id);
-            self.gone_since.remove(&id);
-            purged += 1;
         }
         purged
+    }
+
+    /// Removes a gone cgroup's counters, keeping the reads that aggregate labels show.
+    fn purge(&mut self, cgroup_id: u64) {
+        let reader = reader_of(&self.state, &self.cgroups, cgroup_id);
+        for t in self.maps.take_cgroup_counters(cgroup_id) {
+            let Some(c) = self.state.credential(t.key.cred_id) else {
+                continue;
+            };
+            let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
+            if attribution::is_aggregate_label(&label) {
+                let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+                self.state.retire(t.key.cred_id, label, &reads);
+            }
+        }
+        self.state.forget_reader(cgroup_id);
+        self.cgroups.forget(cgroup_id);
+        self.gone_since.remove(&cgroup_id);
     }
 
     pub async fn run(mut self) {

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use btfparse::{Offset, Readable, TypeInformation, TypeVariant};
-use credwatch_common::KernelOffsets;
+use credwatch_common::file::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -102,28 +102,55 @@ impl ProbeBtf {
     }
 }
 
-/// Set to `helpers` to make the probe walk without `bpf_rdonly_cast` even where the kernel has it:
-/// an escape hatch, and how the tests cover the walk older kernels use.
+/// `helpers` makes the probe walk without `bpf_rdonly_cast` even where the kernel has it: an escape
+/// hatch, and how the tests cover the walk older kernels use. `refused-kfunc` makes the loader emit
+/// a call the verifier refuses (a kernel function that is not a kfunc), as a kernel that does not
+/// allow the kfunc for tracepoints would: how the tests cover the agent's fallback to helpers.
 pub const FILE_WALK_ENV: &str = "CREDWATCH_FILE_WALK";
 
 /// Reads what the file probe needs from a BTF file; `bpf_rdonly_cast` is used when the kernel has
-/// it, unless `CREDWATCH_FILE_WALK=helpers`.
+/// it, unless `CREDWATCH_FILE_WALK` says otherwise.
 pub fn probe_btf(path: &Path) -> Result<ProbeBtf, Error> {
-    let allow_kfunc = std::env::var(FILE_WALK_ENV).map_or(true, |v| v != "helpers");
     let types = parse(path)?;
     let offsets = kernel_offsets(&types)?;
+    let rdonly_cast = match std::env::var(FILE_WALK_ENV).as_deref() {
+        Ok("helpers") => None,
+        Ok("refused-kfunc") => refused_cast(&types),
+        Ok(other) if !other.is_empty() => {
+            tracing::warn!(
+                value = other,
+                "{FILE_WALK_ENV} is neither `helpers` nor `refused-kfunc`; ignored"
+            );
+            rdonly_cast(&types)
+        }
+        _ => rdonly_cast(&types),
+    };
     Ok(ProbeBtf {
         offsets,
-        rdonly_cast: allow_kfunc.then(|| rdonly_cast(&types)).flatten(),
+        rdonly_cast,
     })
 }
 
-/// The BTF id of a kernel function, for tests that need a real id the verifier will refuse.
-#[cfg(test)]
-pub fn func_id(path: &Path, name: &str) -> Option<u32> {
-    let types = parse(path).ok()?;
-    let id = types.id_of(name)?;
-    matches!(types.from_id(id)?, TypeVariant::Func(_)).then_some(id)
+impl ProbeBtf {
+    /// The same with a `bpf_rdonly_cast` call the verifier refuses (see `FILE_WALK_ENV`).
+    pub fn with_refused_kfunc(&self, path: &Path) -> Result<Self, Error> {
+        let types = parse(path)?;
+        Ok(Self {
+            rdonly_cast: Some(refused_cast(&types).ok_or(Error::NoType("vfs_open"))?),
+            ..*self
+        })
+    }
+}
+
+/// `vfs_open`: a kernel function in BTF that is not a kfunc, so the verifier refuses a call of it;
+/// with the real slot type, so that only the call is wrong.
+fn refused_cast(types: &TypeInformation) -> Option<RdonlyCast> {
+    let func = types.id_of("vfs_open")?;
+    matches!(types.from_id(func)?, TypeVariant::Func(_)).then_some(())?;
+    Some(RdonlyCast {
+        func,
+        slot_type: types.id_of("kiocb")?,
+    })
 }
 
 fn parse(path: &Path) -> Result<TypeInformation, Error> {

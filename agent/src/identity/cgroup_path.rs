@@ -1,15 +1,8 @@
-//! Who a reader is, from its cgroup: a container (with pod uid when the path shows one) or a host
-//! process (`_node`, with its systemd unit kept for logs).
-use std::{
-    os::unix::fs::MetadataExt,
-    path::{Path, PathBuf},
-};
-
-use dashmap::DashMap;
+//! Who a reader is, from its cgroup v2 path: a container (with its pod uid when the path shows
+//! one) or a host process (with its systemd unit kept for logs).
 use serde::Serialize;
 
-/// The `container` label of host processes.
-pub const NODE: &str = "_node";
+use super::ids::{is_container_id, is_pod_uid};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -21,38 +14,6 @@ pub enum Reader {
         runtime: String,
         pod_uid: Option<String>,
     },
-}
-
-impl Reader {
-    /// The `container` label: `_node` for host processes, else the first 12 characters of the
-    /// container id (until pod metadata names it).
-    pub fn container_label(&self) -> String {
-        match self {
-            Reader::Node { .. } => NODE.to_owned(),
-            Reader::Container { container_id, .. } => container_id.chars().take(12).collect(),
-        }
-    }
-}
-
-/// A container id as runtimes write it in cgroup names: 64 lowercase hex digits.
-fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// A pod uid: a UUID (8-4-4-4-12 lowercase hex) or, for static and mirror pods, the 32-hex
-/// config hash.
-fn is_pod_uid(s: &str) -> bool {
-    let hex = |p: &str, n: usize| {
-        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    if hex(s, 32) {
-        return true;
-    }
-    let mut groups = s.split('-');
-    [8, 4, 4, 4, 12]
-        .iter()
-        .all(|&n| groups.next().is_some_and(|g| hex(g, n)))
-        && groups.next().is_none()
 }
 
 /// Runtime name of a cgroup name prefix (`<prefix>-<id>.scope`, `<prefix>-<id>`,
@@ -179,119 +140,6 @@ pub fn parse_cgroup_path(path: &str) -> Reader {
         }
     }
     node(&parts)
-}
-
-/// Finds the cgroup v2 path of a cgroup id (the inode number of its directory).
-#[derive(Debug)]
-pub struct CgroupResolver {
-    root: PathBuf,
-    cache: DashMap<u64, String>,
-    /// Ids a tree walk did not find (a cgroup already removed), with when: not walked again soon.
-    misses: DashMap<u64, std::time::Instant>,
-}
-
-/// How long a failed lookup is remembered before the tree is walked again for that id.
-const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl CgroupResolver {
-    pub fn new(cgroup2_mount: impl Into<PathBuf>) -> Self {
-        Self {
-            root: cgroup2_mount.into(),
-            cache: DashMap::new(),
-            misses: DashMap::new(),
-        }
-    }
-
-    /// Resolves through `/proc/<tgid>/cgroup` when the process still lives (cheap), else by
-    /// walking the cgroup tree; results are cached.
-    pub fn path_of(&self, cgroup_id: u64, tgid: Option<u32>) -> Option<String> {
-        if let Some(p) = self.cache.get(&cgroup_id) {
-            return Some(p.clone());
-        }
-        if let Some(p) = tgid.and_then(|t| self.via_proc(cgroup_id, t)) {
-            self.cache.insert(cgroup_id, p.clone());
-            return Some(p);
-        }
-        if self
-            .misses
-            .get(&cgroup_id)
-            .is_some_and(|t| t.elapsed() < MISS_TTL)
-        {
-            return None;
-        }
-        let found = self.walk(cgroup_id);
-        match &found {
-            Some(p) => {
-                self.cache.insert(cgroup_id, p.clone());
-                self.misses.remove(&cgroup_id);
-            }
-            None => {
-                self.misses.insert(cgroup_id, std::time::Instant::now());
-            }
-        }
-        found
-    }
-
-    fn ino(&self, rel: &str) -> Option<u64> {
-        std::fs::metadata(self.root.join(rel.trim_start_matches('/')))
-            .ok()
-            .map(|m| m.ino())
-    }
-
-    fn via_proc(&self, cgroup_id: u64, tgid: u32) -> Option<String> {
-        let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")).ok()?;
-        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-        (self.ino(rel) == Some(cgroup_id)).then(|| rel.to_owned())
-    }
-
-    /// Breadth-first search of the cgroup tree, caching every directory seen on the way.
-    fn walk(&self, cgroup_id: u64) -> Option<String> {
-        const MAX_DIRS: usize = 100_000;
-        let mut queue = std::collections::VecDeque::from([PathBuf::from("/")]);
-        let mut visited = 0;
-        while let Some(rel) = queue.pop_front() {
-            visited += 1;
-            if visited > MAX_DIRS {
-                break;
-            }
-            let abs = self.root.join(rel.strip_prefix("/").unwrap_or(&rel));
-            let Ok(meta) = std::fs::metadata(&abs) else {
-                continue;
-            };
-            let rel_str = rel.to_string_lossy().into_owned();
-            self.cache
-                .entry(meta.ino())
-                .or_insert_with(|| rel_str.clone());
-            if meta.ino() == cgroup_id {
-                return Some(rel_str);
-            }
-            let Ok(entries) = std::fs::read_dir(&abs) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    queue.push_back(rel.join(e.file_name()));
-                }
-            }
-        }
-        None
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Whether the cgroup still exists (its directory is there, with that inode).
-    pub fn exists(&self, cgroup_id: u64) -> bool {
-        self.path_of(cgroup_id, None)
-            .is_some_and(|p| self.ino(&p) == Some(cgroup_id))
-    }
-
-    /// Drops what is remembered about a removed cgroup.
-    pub fn forget(&self, cgroup_id: u64) {
-        self.cache.remove(&cgroup_id);
-        self.misses.remove(&cgroup_id);
-    }
 }
 
 #[cfg(test)]
@@ -649,39 +497,6 @@ mod tests {
                 "/system.slice/pod8f1a2b3c-1111-2222-3333-444455556666/{ID}"
             )),
             host(None)
-        );
-    }
-
-    #[test]
-    fn labels() {
-        assert_eq!(Reader::Node { unit: None }.container_label(), "_node");
-        assert_eq!(
-            container(ID, "containerd", None).container_label(),
-            "0123456789ab"
-        );
-    }
-
-    #[test]
-    fn resolves_own_cgroup() {
-        let Some(mount) = crate::sys::cgroup2_mount() else {
-            eprintln!("no cgroup2 mount here; nothing to check");
-            return;
-        };
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
-        let ino = std::fs::metadata(Path::new(&mount).join(rel.trim_start_matches('/')))
-            .unwrap()
-            .ino();
-        let r = CgroupResolver::new(&mount);
-        assert_eq!(
-            r.path_of(ino, Some(std::process::id())).as_deref(),
-            Some(rel)
-        );
-        let r = CgroupResolver::new(&mount);
-        assert_eq!(
-            r.path_of(ino, None).as_deref(),
-            Some(rel),
-            "by walking the tree"
         );
     }
 }

@@ -13,31 +13,37 @@
 //! against the old generation.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use credwatch_common::InodeKey;
+use credwatch_common::file::InodeKey;
 
-use crate::{
-    inventory::{modified, Scan},
-    state::{Found, GenFile, Generations},
-    sys,
+use super::{
+    inode_key, modified,
+    walk::{sorted_entries, Walk},
+    Found, GenFile, Generations, Scan,
 };
+use crate::identity::ids::is_pod_uid;
 
 const SECRET: &str = "kubernetes.io~secret";
 const PROJECTED: &str = "kubernetes.io~projected";
 const CSI: &str = "kubernetes.io~csi";
 const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
-/// Directory levels searched inside one volume.
-const MAX_DEPTH: usize = 6;
+/// Files are found at most this many directory levels below a volume.
+const MAX_DEPTH: usize = 7;
 /// Files tracked per volume.
 pub const MAX_FILES_PER_VOLUME: usize = 512;
+
+const WALK: Walk = Walk {
+    max_depth: MAX_DEPTH,
+    skip_public_keys: false,
+    keep_dangling: true,
+};
 
 /// Generation numbers of the atomic writer's timestamped directories, per volume directory,
 /// remembered across scans so that a new directory gets the next number.
 #[derive(Debug, Default)]
-pub struct Scanner {
+pub struct GenerationNumbers {
     volumes: HashMap<PathBuf, VolumeGenerations>,
 }
 
@@ -63,171 +69,103 @@ impl VolumeGenerations {
     }
 }
 
-/// True for the shapes the kubelet gives pod directories: a UUID, or a static pod's 32-hex hash.
-pub fn looks_like_pod_uid(name: &str) -> bool {
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    let parts: Vec<&str> = name.split('-').collect();
-    (parts.len() == 5
-        && [8, 4, 4, 4, 12]
-            .iter()
-            .zip(&parts)
-            .all(|(n, p)| p.len() == *n && hex(p)))
-        || (name.len() == 32 && hex(name))
-}
-
-fn sorted_entries(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-/// Regular files below `dir` (relative paths), skipping the atomic writer's `..` entries.
-fn files_below(
-    dir: &Path,
-    rel: &Path,
-    depth: usize,
-    out: &mut Vec<PathBuf>,
-    dirs: &mut BTreeSet<PathBuf>,
-) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    let here = dir.join(rel);
-    if depth > 0 || here.is_dir() {
-        dirs.insert(here.clone());
-    }
-    for name in sorted_entries(&here) {
-        if name.starts_with("..") {
-            continue;
-        }
-        let r = rel.join(&name);
-        let p = dir.join(&r);
-        match std::fs::metadata(&p) {
-            Ok(m) if m.is_file() => out.push(r),
-            Ok(m) if m.is_dir() => files_below(dir, &r, depth + 1, out, dirs),
-            // A dangling symlink is still a name a process may try; track it (unwatchable).
-            Err(_) if std::fs::symlink_metadata(&p).is_ok() => out.push(r),
-            _ => {}
-        }
-    }
-}
-
 fn inode_of(path: &Path) -> Option<(InodeKey, f64)> {
     let m = std::fs::metadata(path).ok()?;
-    m.is_file().then(|| {
-        (
-            InodeKey::new(sys::kernel_dev(m.dev()), m.ino()),
-            modified(&m),
-        )
-    })
+    m.is_file().then(|| (inode_key(&m), modified(&m)))
 }
 
-impl Scanner {
-    /// Adds every credential file under `root` to `out`.
-    pub fn scan(&mut self, root: &Path, sinks: &[String], out: &mut Scan) {
-        let pods = root.join("pods");
-        if !pods.is_dir() {
-            return;
-        }
-        out.dirs.insert(root.to_owned());
-        out.dirs.insert(pods.clone());
-        let mut seen_volumes = BTreeSet::new();
-        for uid in sorted_entries(&pods) {
-            let pod = pods.join(&uid);
-            if !pod.is_dir() {
-                continue;
-            }
-            if !looks_like_pod_uid(&uid) {
-                out.problems.push(format!(
-                    "pod directory {:?} under {} is not named by a pod uid; its volumes are tracked under that name",
-                    uid,
-                    pods.display()
-                ));
-            }
-            out.dirs.insert(pod.clone());
-            let volumes = pod.join("volumes");
-            if volumes.is_dir() {
-                out.dirs.insert(volumes.clone());
-            }
-            for plugin in [SECRET, PROJECTED, CSI, EMPTY_DIR] {
-                let pdir = volumes.join(plugin);
-                if !pdir.is_dir() {
-                    continue;
-                }
-                out.dirs.insert(pdir.clone());
-                for vol in sorted_entries(&pdir) {
-                    let vdir = pdir.join(&vol);
-                    let (content, source) = match plugin {
-                        SECRET => (vdir.clone(), "secret".to_owned()),
-                        PROJECTED => (vdir.clone(), "projected".to_owned()),
-                        CSI => (vdir.join("mount"), format!("csi/{}", csi_driver(&vdir))),
-                        _ if sinks.contains(&vol) => (vdir.clone(), "emptydir".to_owned()),
-                        _ => continue,
-                    };
-                    if plugin == CSI {
-                        out.dirs.insert(vdir.clone());
-                    }
-                    if !content.is_dir() {
-                        continue;
-                    }
-                    seen_volumes.insert(content.clone());
-                    self.scan_volume(&uid, &vol, &source, &content, out);
-                }
-            }
-        }
-        self.volumes.retain(|v, _| seen_volumes.contains(v));
+/// Adds every credential file under the kubelet root `root` to `out`.
+pub fn scan(root: &Path, sinks: &[String], numbers: &mut GenerationNumbers, out: &mut Scan) {
+    let pods = root.join("pods");
+    if !pods.is_dir() {
+        return;
     }
+    out.dirs.insert(root.to_owned());
+    out.dirs.insert(pods.clone());
+    let mut seen_volumes = BTreeSet::new();
+    for uid in sorted_entries(&pods) {
+        for volume in pod_volumes(&pods, &uid, sinks, out) {
+            seen_volumes.insert(volume.dir.clone());
+            numbers.scan_volume(&uid, &volume, out);
+        }
+    }
+    numbers.volumes.retain(|v, _| seen_volumes.contains(v));
+}
 
-    fn scan_volume(&mut self, uid: &str, vol: &str, source: &str, dir: &Path, out: &mut Scan) {
+/// A credential volume of a pod.
+struct Volume {
+    name: String,
+    /// `secret`, `projected`, `csi/<driver>`, `emptydir`.
+    source: String,
+    /// Where its files are (`<volume>/mount` for CSI).
+    dir: PathBuf,
+}
+
+/// The credential volumes of the pod directory `<pods>/<uid>`.
+fn pod_volumes(pods: &Path, uid: &str, sinks: &[String], out: &mut Scan) -> Vec<Volume> {
+    let pod = pods.join(uid);
+    if !pod.is_dir() {
+        return Vec::new();
+    }
+    if !is_pod_uid(uid) {
+        out.problems.push(format!(
+            "pod directory {:?} under {} is not named by a pod uid; its volumes are tracked under that name",
+            uid,
+            pods.display()
+        ));
+    }
+    out.dirs.insert(pod.clone());
+    let volumes = pod.join("volumes");
+    if volumes.is_dir() {
+        out.dirs.insert(volumes.clone());
+    }
+    let mut found = Vec::new();
+    for plugin in [SECRET, PROJECTED, CSI, EMPTY_DIR] {
+        let pdir = volumes.join(plugin);
+        if !pdir.is_dir() {
+            continue;
+        }
+        out.dirs.insert(pdir.clone());
+        for name in sorted_entries(&pdir) {
+            let vdir = pdir.join(&name);
+            let (dir, source) = match plugin {
+                SECRET => (vdir, "secret".to_owned()),
+                PROJECTED => (vdir, "projected".to_owned()),
+                CSI => {
+                    out.dirs.insert(vdir.clone());
+                    (vdir.join("mount"), format!("csi/{}", csi_driver(&vdir)))
+                }
+                _ if sinks.contains(&name) => (vdir, "emptydir".to_owned()),
+                _ => continue,
+            };
+            if dir.is_dir() {
+                found.push(Volume { name, source, dir });
+            }
+        }
+    }
+    found
+}
+
+impl GenerationNumbers {
+    fn scan_volume(&mut self, uid: &str, volume: &Volume, out: &mut Scan) {
+        let dir = &volume.dir;
         out.dirs.insert(dir.to_owned());
         let data = dir.join("..data");
-        let atomic = std::fs::symlink_metadata(&data).is_ok();
-        let mut rels = Vec::new();
-        let mut generations: Option<(u32, BTreeMap<u32, PathBuf>)> = None;
-        if atomic {
-            let ts_dirs: Vec<String> = sorted_entries(dir)
-                .into_iter()
-                .filter(|n| {
-                    n.starts_with("..")
-                        && n != "..data"
-                        && n != "..data_tmp"
-                        && dir.join(n).is_dir()
-                })
-                .collect();
-            let gens = self.volumes.entry(dir.to_owned()).or_default();
-            gens.update(&ts_dirs);
-            let current = std::fs::read_link(&data)
-                .ok()
-                .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .and_then(|name| gens.by_dir.get(&name).copied());
-            match current {
-                Some(cur) => {
-                    let by_gen = gens.by_dir.iter().map(|(d, g)| (*g, dir.join(d))).collect();
-                    generations = Some((cur, by_gen));
-                    // The visible files are those of the current generation.
-                    files_below(&data, Path::new(""), 0, &mut rels, &mut BTreeSet::new());
-                }
-                None => {
-                    out.problems.push(format!(
-                        "{}: ..data does not point to an existing timestamped directory; its files are tracked as opaque and cannot be watched",
-                        dir.display()
-                    ));
-                    files_below(dir, Path::new(""), 0, &mut rels, &mut out.dirs);
-                }
-            }
+        let generations = if std::fs::symlink_metadata(&data).is_ok() {
+            self.atomic_writer_generations(dir, out)
         } else {
-            files_below(dir, Path::new(""), 0, &mut rels, &mut out.dirs);
+            None
+        };
+        let mut files = match generations {
+            // The visible files are those of the current generation.
+            Some(_) => WALK.files(&data, &mut BTreeSet::new()),
+            None => WALK.files(dir, &mut out.dirs),
+        };
+        if files.len() > MAX_FILES_PER_VOLUME {
+            out.skipped += (files.len() - MAX_FILES_PER_VOLUME) as u64;
+            files.truncate(MAX_FILES_PER_VOLUME);
         }
-        if rels.len() > MAX_FILES_PER_VOLUME {
-            out.skipped += (rels.len() - MAX_FILES_PER_VOLUME) as u64;
-            rels.truncate(MAX_FILES_PER_VOLUME);
-        }
-        for rel in rels {
+        for rel in files.into_iter().map(|f| f.rel) {
             let path = dir.join(&rel);
             let (inode, modified) = inode_of(&path).unwrap_or((InodeKey::default(), 0.0));
             let gens = generations.as_ref().map(|(cur, by_gen)| Generations {
@@ -246,15 +184,47 @@ impl Scanner {
             });
             out.found.push(Found {
                 pod_uid: uid.to_owned(),
-                volume: vol.to_owned(),
+                volume: volume.name.clone(),
                 file: rel.to_string_lossy().into_owned(),
-                source: source.to_owned(),
+                source: volume.source.clone(),
                 path,
                 inode,
                 modified,
                 generations: gens,
             });
         }
+    }
+
+    /// An atomic-writer volume's current generation and every generation's directory, numbering
+    /// new `..<timestamp>` directories; `None` (a problem) when `..data` points nowhere known.
+    fn atomic_writer_generations(
+        &mut self,
+        dir: &Path,
+        out: &mut Scan,
+    ) -> Option<(u32, BTreeMap<u32, PathBuf>)> {
+        let ts_dirs: Vec<String> = sorted_entries(dir)
+            .into_iter()
+            .filter(|n| {
+                n.starts_with("..") && n != "..data" && n != "..data_tmp" && dir.join(n).is_dir()
+            })
+            .collect();
+        let gens = self.volumes.entry(dir.to_owned()).or_default();
+        gens.update(&ts_dirs);
+        let current = std::fs::read_link(dir.join("..data"))
+            .ok()
+            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|name| gens.by_dir.get(&name).copied());
+        let Some(current) = current else {
+            out.problems.push(format!(
+                "{}: ..data does not point to an existing timestamped directory; its files are tracked as opaque and cannot be watched",
+                dir.display()
+            ));
+            return None;
+        };
+        Some((
+            current,
+            gens.by_dir.iter().map(|(d, g)| (*g, dir.join(d))).collect(),
+        ))
     }
 }
 
@@ -271,24 +241,6 @@ fn csi_driver(vdir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pod_uid_shapes() {
-        assert!(looks_like_pod_uid("8f1a2b3c-1111-2222-3333-444455556666"));
-        assert!(
-            looks_like_pod_uid("0123456789abcdef0123456789abcdef"),
-            "static pod config hash"
-        );
-        for bad in [
-            "",
-            "pod",
-            "8f1a2b3c-1111-2222-3333",
-            "zz1a2b3c-1111-2222-3333-444455556666",
-            "a b",
-        ] {
-            assert!(!looks_like_pod_uid(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn generations_follow_directory_names() {
@@ -350,9 +302,9 @@ mod tests {
         std::fs::write(ed.join("vault-secrets/token"), "v").unwrap();
         std::fs::write(ed.join("cache/junk"), "j").unwrap();
 
-        let mut s = Scanner::default();
+        let mut s = GenerationNumbers::default();
         let mut out = Scan::default();
-        s.scan(root.path(), &["vault-secrets".into()], &mut out);
+        scan(root.path(), &["vault-secrets".into()], &mut s, &mut out);
         let ids: Vec<(String, String, String)> = out
             .found
             .iter()
@@ -388,7 +340,7 @@ mod tests {
         std::fs::create_dir_all(sa.join("..2026_01_01_01_00_00.2")).unwrap();
         std::fs::write(sa.join("..2026_01_01_01_00_00.2/token"), "t2").unwrap();
         let mut out = Scan::default();
-        s.scan(root.path(), &[], &mut out);
+        scan(root.path(), &[], &mut s, &mut out);
         let g = out
             .found
             .iter()
@@ -407,7 +359,7 @@ mod tests {
         std::fs::rename(sa.join("..data_tmp"), sa.join("..data")).unwrap();
         std::fs::remove_dir_all(sa.join("..2026_01_01_00_00_00.1")).unwrap();
         let mut out = Scan::default();
-        s.scan(root.path(), &[], &mut out);
+        scan(root.path(), &[], &mut s, &mut out);
         let token = out.found.iter().find(|f| f.file == "token").unwrap();
         let g = token.generations.clone().unwrap();
         assert_eq!((g.current, g.files.len()), (1, 1));
@@ -428,7 +380,12 @@ mod tests {
         std::os::unix::fs::symlink("..2026_gone", vol.join("..data")).unwrap();
         std::os::unix::fs::symlink("..data/password", vol.join("password")).unwrap();
         let mut out = Scan::default();
-        Scanner::default().scan(root.path(), &[], &mut out);
+        scan(
+            root.path(),
+            &[],
+            &mut GenerationNumbers::default(),
+            &mut out,
+        );
         assert_eq!(out.problems.len(), 2, "{:?}", out.problems);
         assert!(out.problems[0].contains("not named by a pod uid"));
         assert!(out.problems[1].contains("..data does not point"));
@@ -441,7 +398,12 @@ mod tests {
         assert_eq!(out.found[0].pod_uid, "not a uid");
         // No kubelet root at all: nothing, no error.
         let mut out = Scan::default();
-        Scanner::default().scan(&root.path().join("missing"), &[], &mut out);
+        scan(
+            &root.path().join("missing"),
+            &[],
+            &mut GenerationNumbers::default(),
+            &mut out,
+        );
         assert!(out.found.is_empty() && out.problems.is_empty());
     }
 }

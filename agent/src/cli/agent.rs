@@ -1,0 +1,175 @@
+//! `credwatch agent`: wires the stages together (see docs/architecture.md).
+//!
+//! ```text
+//! inventory (scan + inotify) --watch_sync--> State credentials + WATCHED (kernel)
+//! file hooks --per-CPU counters--> READS (kernel) -------------------> export (scrape)
+//!            --first reads------> EVENTS ring --> queue --> first_reads --> State readers --^
+//! ```
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use anyhow::{bail, Context as _};
+use aya::maps::{MapData, RingBuf};
+use tokio::{net::TcpListener, sync::mpsc};
+
+use crate::{
+    config::Config,
+    export, http,
+    identity::{podmeta, CgroupResolver, PodIndex},
+    inventory::{self, watcher::Watcher, Sources},
+    kernel::{self, btf, compat::Loaded, maps::KernelMaps, ring},
+    sensors::file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
+    state::{State, UserLoss},
+    sys,
+};
+
+/// Binds the listener, loads and attaches the probes, scans the inventory, and serves until
+/// SIGINT or SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    if let Some(why) = sys::missing_privileges() {
+        bail!("{why}");
+    }
+    let (specs, errors) = inventory::specs(&cfg.watch);
+    if !errors.is_empty() {
+        bail!("bad watch entries: {}", errors.join("; "));
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Tests and scripts read this line to find a port chosen with `--listen ADDR:0`.
+    println!("credwatch: serving http://{addr}/metrics");
+
+    mount_pseudo_filesystems();
+    let mut loaded = attach_file_sensor()?;
+    let state = Arc::new(State::default());
+    state.set_hooks(loaded.hooks.clone());
+    let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
+    let ring: RingBuf<MapData> =
+        kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
+    let cgroups = Arc::new(CgroupResolver::new(
+        sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
+    ));
+    note_unimplemented(&cfg);
+    let pods = Arc::new(PodIndex::default());
+    tokio::spawn(podmeta::run(
+        podmeta::ApiConfig {
+            kubeconfig: cfg.kubeconfig.clone(),
+            node_name: cfg.node_name.clone(),
+        },
+        pods.clone(),
+    ));
+    // Inventory first, so that reads are counted from the moment we report ready.
+    let sources = Sources {
+        specs,
+        kubelet_root: Some(cfg.kubelet_root.clone()),
+        sink_volumes: cfg.credential_sink_volumes.clone(),
+        grace: cfg.series_grace,
+    };
+    follow_inventory(sources, &state, &maps);
+    follow_first_reads(ring, &state, &cgroups);
+    tokio::spawn(
+        ReaderGc::new(
+            state.clone(),
+            maps.clone(),
+            cgroups.clone(),
+            pods.clone(),
+            cfg.series_grace,
+        )
+        .run(),
+    );
+    let collector =
+        export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
+    let app = http::router(http::App {
+        registry: Arc::new(export::registry(collector)),
+        state,
+    });
+    tracing::info!(%addr, "ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("HTTP server")?;
+    tracing::info!("stopping; probes detach as the process exits");
+    drop(loaded);
+    Ok(())
+}
+
+/// tracefs (aya finds tracepoint ids through it) and bpffs, which fresh hosts often lack.
+fn mount_pseudo_filesystems() {
+    for (path, fstype) in [(sys::TRACEFS, "tracefs"), (sys::BPFFS, "bpf")] {
+        match sys::ensure_mounted(path, fstype) {
+            Ok(true) => tracing::info!(path, "mounted {fstype}"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(path, error = %e, "cannot mount {fstype}"),
+        }
+    }
+}
+
+/// The file sensor, attached as `credwatch check` attaches it: with the walk this kernel allows,
+/// falling back to helper reads where the verifier refuses the kfunc.
+fn attach_file_sensor() -> anyhow::Result<Loaded> {
+    let kernel = btf::probe_btf(Path::new(btf::VMLINUX_BTF))?;
+    tracing::debug!(offsets = ?kernel.offsets, "kernel struct offsets");
+    let loaded = file::attach(&kernel, std::process::id())?;
+    tracing::info!(
+        walk = loaded.btf.file_walk(),
+        "file probe: descriptor to inode by"
+    );
+    for s in &loaded.hooks {
+        match &s.error {
+            None => tracing::info!(probe = %s.probe, "probe attached"),
+            Some(e) => tracing::warn!(probe = %s.probe, error = %e, "probe not attached"),
+        }
+    }
+    if !loaded.any_attached() {
+        bail!("no file probe could be attached; run `credwatch check` for details");
+    }
+    Ok(loaded)
+}
+
+/// The first inventory pass now (the agent is ready after it), then the watcher's, for good.
+fn follow_inventory(sources: Sources, state: &Arc<State>, maps: &Arc<KernelMaps>) {
+    let sync = WatchSync {
+        state: state.clone(),
+        maps: maps.clone(),
+        grace: sources.grace,
+    };
+    let mut watcher = Watcher::new(sources);
+    let first = watcher.rescan();
+    sync.apply(&first);
+    tracing::info!(credentials = state.credential_count(), "inventory scanned");
+    state.mark_inventory_done();
+    tokio::spawn(async move {
+        if let Err(e) = watcher.run(first.scan.dirs, |pass| sync.apply(pass)).await {
+            tracing::error!(error = %e, "inventory watcher stopped; credentials are no longer followed");
+        }
+    });
+}
+
+/// The event ring drained into a bounded queue, and the queue decoded into reader records.
+fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<CgroupResolver>) {
+    let (tx, rx) = mpsc::channel(ring::QUEUE_CAPACITY);
+    tokio::spawn(first_reads::handle(rx, state.clone(), cgroups.clone()));
+    let counted = state.clone();
+    tokio::spawn(async move {
+        let on_drop = || counted.count_lost(UserLoss::Channel, 1);
+        if let Err(e) = ring::drain(ring, tx, on_drop).await {
+            tracing::error!(error = %e, "ring buffer reader stopped");
+        }
+    });
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Says plainly which configured features this build does not act on yet.
+fn note_unimplemented(cfg: &Config) {
+    if !cfg.endpoints.is_empty() {
+        tracing::warn!(endpoints = cfg.endpoints.len(), "outbound auth-call tracing is not supported by this build yet: `endpoints` are validated but not used");
+    }
+}

@@ -1,0 +1,91 @@
+//! `credwatch inventory`: the credentials on this host, as a table or JSON, without eBPF.
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::{
+    config::{AgentFlags, Config, Flags},
+    inventory::{self, content, kubelet::GenerationNumbers, Sources},
+    state::{Credential, State},
+    sys,
+};
+
+pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
+    let cfg = Config::from_agent_flags(&AgentFlags {
+        common: flags,
+        ..Default::default()
+    })?;
+    let (specs, errors) = inventory::specs(&cfg.watch);
+    if !errors.is_empty() {
+        bail!("bad watch entries: {}", errors.join("; "));
+    }
+    let sources = Sources {
+        specs,
+        kubelet_root: Some(cfg.kubelet_root.clone()),
+        sink_volumes: cfg.credential_sink_volumes.clone(),
+        grace: cfg.series_grace,
+    };
+    let scan = inventory::scan_all(&sources, &mut GenerationNumbers::default());
+    for p in &scan.problems {
+        eprintln!("note: {p}");
+    }
+    let state = State::default();
+    state.apply_scan(
+        &scan.found,
+        content::parse_file_logged,
+        Instant::now(),
+        sys::unix_now(),
+        sources.grace,
+    );
+    let creds = state.credentials();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&creds)?);
+        return Ok(());
+    }
+    print_table(&creds);
+    for m in &scan.missing {
+        eprintln!("note: watch path {m} does not exist");
+    }
+    eprintln!("{} credentials", creds.len());
+    Ok(())
+}
+
+fn print_table(creds: &[Credential]) {
+    let now = sys::unix_now();
+    let dash = || "-".to_owned();
+    let mut rows: Vec<Vec<String>> = vec![[
+        "POD", "VOLUME", "FILE", "KIND", "SOURCE", "GEN", "ISSUED", "EXPIRY",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for c in creds {
+        rows.push(vec![
+            if c.pod.is_empty() {
+                dash()
+            } else {
+                c.pod.clone()
+            },
+            c.volume.clone(),
+            c.file.clone(),
+            c.kind.as_str().to_owned(),
+            c.source.clone(),
+            c.generation.to_string(),
+            format!("{} ago", sys::human_duration(now - c.issued())),
+            c.parsed
+                .expiry
+                .map(|e| sys::expiry_phrase(e, now))
+                .unwrap_or_else(dash),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}

@@ -1,0 +1,67 @@
+//! The families that describe credentials: info, expiry, issue, staleness, refresh, rotations.
+use std::fmt;
+
+use super::series::{Families, Labels};
+use crate::state::Credential;
+
+/// A credential's identity labels.
+pub fn credential_labels(c: &Credential) -> Labels {
+    vec![
+        ("namespace", c.namespace.clone()),
+        ("pod", c.pod.clone()),
+        ("volume", c.volume.clone()),
+        ("file", c.file.clone()),
+    ]
+}
+
+fn dated(creds: &[Credential], f: impl Fn(&Credential) -> Option<f64>) -> Vec<(Labels, f64)> {
+    creds
+        .iter()
+        .filter_map(|c| Some((credential_labels(c), f(c)?)))
+        .collect()
+}
+
+pub fn encode(w: &mut Families, creds: &[Credential]) -> fmt::Result {
+    let info = creds
+        .iter()
+        .map(|c| {
+            let mut l = credential_labels(c);
+            l.extend([
+                ("kind", c.kind.as_str().to_owned()),
+                ("source", c.source.clone()),
+                ("pod_uid", c.pod_uid.clone()),
+                ("service_account", c.service_account.clone()),
+            ]);
+            (l, 1.0)
+        })
+        .collect();
+    w.gauges("credential_info", "One per known credential file.", info)?;
+    w.gauges(
+        "credential_expiry_timestamp_seconds",
+        "JWT exp or certificate NotAfter of the current generation.",
+        dated(creds, |c| c.parsed.expiry),
+    )?;
+    w.gauges(
+        "credential_issued_timestamp_seconds",
+        "When the current generation was issued: JWT iat, certificate NotBefore, else when the agent first saw it.",
+        dated(creds, |c| Some(c.issued())),
+    )?;
+    w.gauges(
+        "credential_stale_after_timestamp_seconds",
+        "JWT kubernetes.io warnafter: when an extended service-account token should be considered stale.",
+        dated(creds, |c| c.parsed.stale_after),
+    )?;
+    w.gauges(
+        "credential_refresh_due_timestamp_seconds",
+        "Projected service-account tokens: when the kubelet should have rotated it (iat + 80% of its lifetime, at most 24 h).",
+        dated(creds, Credential::refresh_due),
+    )?;
+    w.counters(
+        "credential_rotations",
+        "Generations observed after the first.",
+        creds
+            .iter()
+            .map(|c| (credential_labels(c), c.rotations))
+            .collect(),
+    )
+}

@@ -1,0 +1,60 @@
+//! The agent's own health: drops by stage, hooks attached, pod metadata, build.
+use std::fmt;
+
+use credwatch_common::LostStage;
+
+use super::series::Families;
+use crate::{
+    kernel::maps::KernelMaps,
+    state::{State, UserLoss},
+};
+
+pub fn encode(
+    w: &mut Families,
+    state: &State,
+    maps: Option<&KernelMaps>,
+    pod_metadata_up: bool,
+    kernel: &str,
+) -> fmt::Result {
+    let kernel_lost = |s| maps.map(|m| m.lost(s)).unwrap_or(0);
+    let lost = [
+        ("kernel_ringbuf", kernel_lost(LostStage::RingBuf)),
+        ("kernel_reads_map", kernel_lost(LostStage::ReadsMap)),
+        ("kernel_watched_map", state.lost(UserLoss::WatchedMap)),
+        ("channel", state.lost(UserLoss::Channel)),
+        ("decode", state.lost(UserLoss::Decode)),
+        ("cardinality", state.lost(UserLoss::Cardinality)),
+    ];
+    w.counters(
+        "events_lost",
+        "Everything dropped anywhere, by stage.",
+        lost.iter()
+            .map(|(s, v)| (vec![("stage", s.to_string())], *v))
+            .collect(),
+    )?;
+    w.gauges(
+        "probe_attached",
+        "1 when the probe is attached.",
+        state
+            .hooks()
+            .into_iter()
+            .map(|h| (vec![("probe", h.probe)], if h.attached { 1.0 } else { 0.0 }))
+            .collect(),
+    )?;
+    w.gauges(
+        "pod_metadata_up",
+        "1 while the Kubernetes pod watch works; 0 without an API or while it fails (pods are then labelled by uid).",
+        vec![(vec![], if pod_metadata_up { 1.0 } else { 0.0 })],
+    )?;
+    w.gauges(
+        "build_info",
+        "The agent's version and the kernel it runs on.",
+        vec![(
+            vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("kernel", kernel.to_owned()),
+            ],
+            1.0,
+        )],
+    )
+}

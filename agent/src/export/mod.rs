@@ -1,0 +1,198 @@
+//! `/metrics`: a prometheus-client collector that reads the kernel's counters and the agent's
+//! state at scrape time (nothing is mirrored) and renders them; attribution is decided upstream
+//! (`identity::attribution`, `sensors::file::tally`). Names and labels follow the catalog in
+//! docs/architecture.md.
+mod credentials;
+mod health;
+mod reads;
+mod series;
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{encoding::DescriptorEncoder, registry::Registry};
+
+use crate::{
+    identity::{CgroupResolver, PodIndex},
+    kernel::maps::KernelMaps,
+    sensors::file::tally,
+    state::{Credential, State},
+};
+use series::{Families, SeriesCap};
+
+pub const PREFIX: &str = "credwatch";
+
+#[derive(Debug)]
+pub struct Collector {
+    state: Arc<State>,
+    maps: Option<Arc<KernelMaps>>,
+    cgroups: Arc<CgroupResolver>,
+    pods: Arc<PodIndex>,
+    /// The running kernel's release, for `build_info`.
+    pub kernel: String,
+    cap: SeriesCap,
+}
+
+impl Collector {
+    pub fn new(
+        state: Arc<State>,
+        maps: Option<Arc<KernelMaps>>,
+        cgroups: Arc<CgroupResolver>,
+        pods: Arc<PodIndex>,
+        max_series: usize,
+    ) -> Self {
+        Self {
+            state,
+            maps,
+            cgroups,
+            pods,
+            kernel: crate::sys::kernel_release(),
+            cap: SeriesCap::new(max_series),
+        }
+    }
+}
+
+pub fn registry(collector: Collector) -> Registry {
+    let mut r = Registry::with_prefix(PREFIX);
+    r.register_collector(Box::new(collector));
+    r
+}
+
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry).expect("writing to a String");
+    out
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let totals = self
+            .maps
+            .as_ref()
+            .map(|m| m.read_totals())
+            .unwrap_or_default();
+        let creds: Vec<Credential> = self
+            .state
+            .credentials()
+            .into_iter()
+            .map(|c| c.with_pod_names(&self.pods))
+            .collect();
+        let tally = tally::reads_by_label(&creds, &totals, &self.state, &self.cgroups, &self.pods);
+        let mut w = Families {
+            enc: &mut enc,
+            cap: &self.cap,
+            state: &self.state,
+        };
+        credentials::encode(&mut w, &creds)?;
+        reads::encode(&mut w, &creds, &tally)?;
+        health::encode(
+            &mut w,
+            &self.state,
+            self.maps.as_deref(),
+            self.pods.up(),
+            &self.kernel,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::{DEFAULT_MAX_SERIES, DEFAULT_SERIES_GRACE},
+        inventory::Found,
+    };
+    use credwatch_common::file::InodeKey;
+
+    #[test]
+    fn renders_catalog_names_with_zero_reads_and_no_values() {
+        let state = Arc::new(State::default());
+        state.apply_scan(
+            &[Found {
+                pod_uid: String::new(),
+                volume: "/run/secrets".into(),
+                file: "db/password".into(),
+                source: "host".into(),
+                path: "/run/secrets/db/password".into(),
+                inode: InodeKey::new(1, 2),
+                modified: 1000.0,
+                generations: None,
+            }],
+            |_| crate::inventory::content::Parsed::default(),
+            std::time::Instant::now(),
+            1000.0,
+            DEFAULT_SERIES_GRACE,
+        );
+        let mut c = Collector::new(
+            state,
+            None,
+            Arc::new(CgroupResolver::new("/nonexistent")),
+            Arc::new(PodIndex::default()),
+            DEFAULT_MAX_SERIES,
+        );
+        c.kernel = "6.18.0".into();
+        let reg = registry(c);
+        let text = render(&reg);
+        let id = r#"namespace="",pod="",volume="/run/secrets",file="db/password""#;
+        for want in [
+            format!("credwatch_credential_info{{{id},kind=\"opaque\",source=\"host\",pod_uid=\"\",service_account=\"\"}} 1"),
+            format!("credwatch_credential_reads_total{{{id},container=\"_node\"}} 0"),
+            format!("credwatch_credential_rotations_total{{{id}}} 0"),
+            format!("credwatch_credential_issued_timestamp_seconds{{{id}}} 1000.0"),
+            "credwatch_events_lost_total{stage=\"kernel_ringbuf\"} 0".to_owned(),
+            "credwatch_events_lost_total{stage=\"cardinality\"} 0".to_owned(),
+            "credwatch_build_info{version=\"0.1.0\",kernel=\"6.18.0\"} 1".to_owned(),
+            "credwatch_pod_metadata_up 0".to_owned(),
+            "# TYPE credwatch_credential_reads counter".to_owned(),
+            "# EOF".to_owned(),
+        ] {
+            assert!(text.contains(&want), "missing {want}\n{text}");
+        }
+        assert!(
+            !text.contains("credential_last_read_timestamp_seconds{"),
+            "no last-read before a read"
+        );
+    }
+
+    #[test]
+    fn series_beyond_the_cap_are_dropped_and_counted_once() {
+        let state = Arc::new(State::default());
+        let found: Vec<Found> = (0..10)
+            .map(|i| Found {
+                pod_uid: String::new(),
+                volume: "/v".into(),
+                file: format!("f{i}"),
+                source: "host".into(),
+                path: format!("/v/f{i}").into(),
+                inode: InodeKey::new(1, i + 1),
+                modified: 0.0,
+                generations: None,
+            })
+            .collect();
+        state.apply_scan(
+            &found,
+            |_| crate::inventory::content::Parsed::default(),
+            std::time::Instant::now(),
+            0.0,
+            DEFAULT_SERIES_GRACE,
+        );
+        let c = Collector::new(
+            state.clone(),
+            None,
+            Arc::new(CgroupResolver::new("/nonexistent")),
+            Arc::new(PodIndex::default()),
+            4,
+        );
+        let reg = registry(c);
+        let text = render(&reg);
+        assert_eq!(
+            text.matches("credwatch_credential_info{").count(),
+            4,
+            "{text}"
+        );
+        // 6 dropped in each of info, issued, rotations, reads: 24, counted once per series.
+        let lost = || state.lost(crate::state::UserLoss::Cardinality);
+        assert_eq!(lost(), 24);
+        render(&reg);
+        assert_eq!(lost(), 24, "a series dropped again is not counted again");
+    }
+}

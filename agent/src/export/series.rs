@@ -1,0 +1,91 @@
+//! Writing families of constant series, each `credential_*` family capped at `--max-series`
+//! series; a dropped series is counted once in `events_lost_total{stage="cardinality"}`.
+use std::{
+    collections::HashSet,
+    fmt,
+    hash::{Hash, Hasher},
+    sync::{Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+};
+
+use crate::state::{State, UserLoss};
+
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Distinct dropped series remembered; past it drops are counted without remembering.
+const MAX_REMEMBERED_DROPS: usize = 1_000_000;
+
+#[derive(Debug)]
+pub struct SeriesCap {
+    pub max_series: usize,
+    /// Hashes of series dropped by the cap, so each is counted once.
+    dropped: Mutex<HashSet<u64>>,
+}
+
+impl SeriesCap {
+    pub fn new(max_series: usize) -> Self {
+        Self {
+            max_series,
+            dropped: Mutex::default(),
+        }
+    }
+
+    /// Keeps at most `max_series` rows of a `credential_*` family (the others have a fixed
+    /// size, and the loss counters must never be hidden); counts each dropped series once.
+    fn cap<V>(&self, state: &State, name: &str, mut rows: Vec<(Labels, V)>) -> Vec<(Labels, V)> {
+        if rows.len() <= self.max_series || !name.starts_with("credential_") {
+            return rows;
+        }
+        let mut dropped = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut new = 0;
+        for (labels, _) in rows.drain(self.max_series..) {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (name, &labels).hash(&mut h);
+            if dropped.len() > MAX_REMEMBERED_DROPS || dropped.insert(h.finish()) {
+                new += 1;
+            }
+        }
+        state.count_lost(UserLoss::Cardinality, new);
+        rows
+    }
+}
+
+/// The writer of one scrape: the encoder, the cap, and the state that counts what the cap drops.
+pub struct Families<'a, 'e> {
+    pub enc: &'a mut DescriptorEncoder<'e>,
+    pub cap: &'a SeriesCap,
+    pub state: &'a State,
+}
+
+impl Families<'_, '_> {
+    pub fn counters(&mut self, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> fmt::Result {
+        let rows = self.cap.cap(self.state, name, rows);
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (labels, v) in &rows {
+            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    pub fn gauges(&mut self, name: &str, help: &str, rows: Vec<(Labels, f64)>) -> fmt::Result {
+        let rows = self.cap.cap(self.state, name, rows);
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Gauge)?;
+        if let [(labels, v)] = rows.as_slice() {
+            if labels.is_empty() {
+                return ConstGauge::new(*v).encode(m);
+            }
+        }
+        for (labels, v) in &rows {
+            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}

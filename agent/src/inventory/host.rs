@@ -1,0 +1,267 @@
+//! Host credentials: the files under the watch paths (files, directories, globs).
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::{Path, PathBuf},
+};
+
+use credwatch_common::file::InodeKey;
+
+use super::{
+    inode_key, modified,
+    walk::{Walk, Walked},
+    Found, Scan,
+};
+
+/// Files are found at most this many directory levels below a watch root.
+pub const MAX_DEPTH: usize = 8;
+/// Files tracked per watch entry; beyond it files are skipped and counted as cardinality drops.
+pub const MAX_FILES_PER_WATCH: usize = 4096;
+
+const WALK: Walk = Walk {
+    max_depth: MAX_DEPTH,
+    skip_public_keys: true,
+    keep_dangling: false,
+};
+
+/// One `--watch` entry: a file, directory or glob. Its root (the directory part before any glob
+/// character, or the entry itself when it is a directory) is the `volume` label; a file's path
+/// below it is the `file` label.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub pattern: String,
+    glob: bool,
+    /// Components up to the first one with a glob character.
+    literal_prefix: PathBuf,
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+impl WatchSpec {
+    pub fn new(pattern: &str) -> Result<Self, String> {
+        if !pattern.starts_with('/') {
+            return Err(format!("watch path {pattern:?} is not absolute"));
+        }
+        let glob = has_glob(pattern);
+        if glob {
+            glob::Pattern::new(pattern).map_err(|e| format!("watch glob {pattern:?}: {e}"))?;
+        }
+        let mut literal_prefix = PathBuf::from("/");
+        for c in Path::new(pattern).components().skip(1) {
+            if has_glob(&c.as_os_str().to_string_lossy()) {
+                break;
+            }
+            literal_prefix.push(c);
+        }
+        let trimmed = pattern.trim_end_matches('/');
+        Ok(Self {
+            pattern: if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            },
+            glob,
+            literal_prefix,
+        })
+    }
+
+    /// Decided at each scan: a path that does not exist yet is taken as a file, and becomes its
+    /// own root if it appears as a directory.
+    pub fn root(&self) -> PathBuf {
+        let p = &self.literal_prefix;
+        if self.glob || p.is_dir() {
+            p.clone()
+        } else {
+            p.parent().unwrap_or(Path::new("/")).to_owned()
+        }
+    }
+}
+
+/// Every file under the watch entries; a file under two entries (a symlinked kubeconfig, say)
+/// is one credential, the first entry's.
+pub fn scan(specs: &[WatchSpec]) -> Scan {
+    let mut out = Scan::default();
+    let mut inodes = HashSet::new();
+    for spec in specs {
+        scan_spec(spec, &mut inodes, &mut out);
+    }
+    out
+}
+
+fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
+    let root = spec.root();
+    // Watch the nearest existing ancestor of the root so that its creation is seen.
+    let mut anchor = root.as_path();
+    while !anchor.is_dir() {
+        match anchor.parent() {
+            Some(p) => anchor = p,
+            None => break,
+        }
+    }
+    out.dirs.insert(anchor.to_owned());
+    let pattern = Path::new(&spec.pattern);
+    let files = if spec.glob {
+        glob_files(spec, &mut out.dirs)
+    } else if pattern.exists() {
+        WALK.files(pattern, &mut out.dirs)
+    } else {
+        out.missing.push(spec.pattern.clone());
+        Vec::new()
+    };
+    let mut tracked = 0;
+    for walked in files {
+        let Some(meta) = walked.meta else { continue };
+        let key = inode_key(&meta);
+        if !inodes.insert(key) {
+            continue;
+        }
+        if tracked >= MAX_FILES_PER_WATCH {
+            out.skipped += 1;
+            continue;
+        }
+        tracked += 1;
+        let path = walked.path;
+        out.found.push(Found {
+            pod_uid: String::new(),
+            volume: root.to_string_lossy().into_owned(),
+            file: path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned(),
+            source: "host".to_owned(),
+            inode: key,
+            modified: modified(&meta),
+            generations: None,
+            path,
+        });
+    }
+}
+
+/// The files at or below every match of a glob entry. Every directory level of the pattern is
+/// watched, so that new matches at any level are seen.
+fn glob_files(spec: &WatchSpec, dirs: &mut BTreeSet<PathBuf>) -> Vec<Walked> {
+    let matches = |pattern: &str| -> Vec<PathBuf> {
+        glob::glob(pattern)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect()
+    };
+    let parts: Vec<_> = Path::new(&spec.pattern).components().collect();
+    for n in 2..parts.len() {
+        let prefix: PathBuf = parts[..n].iter().collect();
+        let prefix = prefix.to_string_lossy();
+        if has_glob(&prefix) {
+            dirs.extend(matches(&prefix).into_iter().filter(|m| m.is_dir()));
+        }
+    }
+    let mut found = matches(&spec.pattern);
+    found.sort();
+    found.iter().flat_map(|m| WALK.files(m, dirs)).collect()
+}
+
+pub fn specs(patterns: &[String]) -> (Vec<WatchSpec>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for p in patterns {
+        match WatchSpec::new(p) {
+            Ok(s) => ok.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    (ok, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_str().unwrap();
+        let s = WatchSpec::new(d).unwrap();
+        assert_eq!(s.root(), dir.path());
+        let s = WatchSpec::new(&format!("{d}/later")).unwrap();
+        assert_eq!(s.root(), dir.path(), "missing: taken as a file");
+        std::fs::create_dir(dir.path().join("later")).unwrap();
+        assert_eq!(
+            s.root(),
+            dir.path().join("later"),
+            "appeared as a directory"
+        );
+        let s = WatchSpec::new("/home/*/.kube/config").unwrap();
+        assert_eq!(s.root(), PathBuf::from("/home"));
+        let s = WatchSpec::new("/etc/kubernetes/*.conf").unwrap();
+        assert_eq!(s.root(), PathBuf::from("/etc/kubernetes"));
+        assert!(WatchSpec::new("relative/path")
+            .unwrap_err()
+            .contains("not absolute"));
+        assert!(WatchSpec::new("/a/[b").is_err());
+    }
+
+    #[test]
+    fn scan_finds_files_dedupes_inodes_and_skips_internals() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("vol/..2026_01_01")).unwrap();
+        std::fs::write(root.join("vol/..2026_01_01/token"), "t").unwrap();
+        std::os::unix::fs::symlink("..2026_01_01", root.join("vol/..data")).unwrap();
+        std::os::unix::fs::symlink("..data/token", root.join("vol/token")).unwrap();
+        std::fs::create_dir_all(root.join("home/alice/.ssh")).unwrap();
+        std::fs::write(root.join("home/alice/.ssh/id_ed25519"), "k").unwrap();
+        std::fs::write(root.join("home/alice/.ssh/id_ed25519.pub"), "p").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", root.join("vol/dangling")).unwrap();
+        let r = root.to_str().unwrap();
+        let (specs, errs) = specs(&[
+            format!("{r}/vol"),
+            format!("{r}/home/*/.ssh/id_*"),
+            format!("{r}/vol/token"), // same inode as vol/token above
+            format!("{r}/not/there/yet"),
+        ]);
+        assert!(errs.is_empty());
+        let s = scan(&specs);
+        let got: Vec<(String, String)> = s
+            .found
+            .iter()
+            .map(|f| (f.volume.clone(), f.file.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (format!("{r}/vol"), "token".to_owned()),
+                (format!("{r}/home"), "alice/.ssh/id_ed25519".to_owned()),
+            ]
+        );
+        assert_eq!(s.missing, vec![format!("{r}/not/there/yet")]);
+        assert!(
+            s.dirs.contains(&root.join("home/alice/.ssh")),
+            "{:?}",
+            s.dirs
+        );
+        assert!(
+            s.dirs.contains(&root.join("home/alice")),
+            "glob levels are watched: {:?}",
+            s.dirs
+        );
+        assert!(
+            s.dirs.contains(root),
+            "nearest existing ancestor of a missing path: {:?}",
+            s.dirs
+        );
+    }
+
+    #[test]
+    fn scan_caps_files_per_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..(MAX_FILES_PER_WATCH + 3) {
+            std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let (specs, _) = specs(&[dir.path().to_string_lossy().into_owned()]);
+        let s = scan(&specs);
+        assert_eq!(s.found.len(), MAX_FILES_PER_WATCH);
+        assert_eq!(s.skipped, 3);
+    }
+}

@@ -1,0 +1,109 @@
+//! What credentials are on disk, and what each one is: host watch paths (`host`), the kubelet's
+//! pod volumes (`kubelet`), one directory walker for both (`walk`), what a file's content says
+//! (`content`: JWT claims and certificate dates, never the value), and following all of it with
+//! inotify and periodic rescans (`watcher`). Produces `Scan`s; it keeps no agent state.
+pub mod content;
+pub mod host;
+pub mod kubelet;
+pub mod walk;
+pub mod watcher;
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    time::Duration,
+};
+
+use credwatch_common::file::InodeKey;
+
+pub use host::{specs, WatchSpec};
+
+use crate::sys;
+
+/// One file of an atomic-writer generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GenFile {
+    pub generation: u32,
+    pub inode: InodeKey,
+    pub path: PathBuf,
+}
+
+/// The generations of a file in an atomic-writer volume that are on disk now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generations {
+    pub current: u32,
+    pub files: Vec<GenFile>,
+}
+
+/// One file a scan found: its identity (pod uid, volume, file) and what it is now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Found {
+    /// Empty for host credentials.
+    pub pod_uid: String,
+    pub volume: String,
+    pub file: String,
+    /// `host`, `secret`, `projected`, `csi/<driver>`, `emptydir`.
+    pub source: String,
+    /// The visible path.
+    pub path: PathBuf,
+    /// The current inode; `InodeKey::default()` when the file cannot be resolved (a dangling
+    /// symlink): tracked, not watched.
+    pub inode: InodeKey,
+    pub modified: f64,
+    /// Atomic-writer volumes: the generations on disk. Elsewhere a new inode is a new generation.
+    pub generations: Option<Generations>,
+}
+
+/// What one pass over the watch paths found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    /// Directories to watch with inotify (existing ones only).
+    pub dirs: BTreeSet<PathBuf>,
+    /// Watch entries with nothing on disk yet.
+    pub missing: Vec<String>,
+    /// Files skipped by `host::MAX_FILES_PER_WATCH` / `kubelet::MAX_FILES_PER_VOLUME`.
+    pub skipped: u64,
+    /// Odd things worth a log line (each is logged once while it lasts).
+    pub problems: Vec<String>,
+}
+
+/// Where credentials are looked for.
+#[derive(Clone, Debug)]
+pub struct Sources {
+    pub specs: Vec<WatchSpec>,
+    pub kubelet_root: Option<PathBuf>,
+    pub sink_volumes: Vec<String>,
+    /// How long series of a credential that is gone are kept.
+    pub grace: Duration,
+}
+
+/// Scans host watch paths and the kubelet root; a file under both is one credential (the host's).
+pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers) -> Scan {
+    let mut out = host::scan(&sources.specs);
+    if let Some(root) = &sources.kubelet_root {
+        let mut k = Scan::default();
+        kubelet::scan(root, &sources.sink_volumes, generations, &mut k);
+        let host: HashSet<InodeKey> = out.found.iter().map(|f| f.inode).collect();
+        out.found.extend(
+            k.found
+                .into_iter()
+                .filter(|f| f.inode == InodeKey::default() || !host.contains(&f.inode)),
+        );
+        out.dirs.extend(k.dirs);
+        out.skipped += k.skipped;
+        out.problems.extend(k.problems);
+    }
+    out
+}
+
+/// A file's identity as the kernel sees it: `(s_dev, i_ino)`.
+pub fn inode_key(m: &std::fs::Metadata) -> InodeKey {
+    InodeKey::new(sys::kernel_dev(m.dev()), m.ino())
+}
+
+/// A file's modification time in Unix seconds.
+pub fn modified(m: &std::fs::Metadata) -> f64 {
+    m.mtime() as f64 + m.mtime_nsec() as f64 / 1e9
+}

@@ -1,0 +1,105 @@
+//! Attaching programs to their hooks; a failure is reported per hook, never fatal here.
+use aya::{
+    programs::{ProgramError, TracePoint},
+    Ebpf,
+};
+use serde::Serialize;
+
+/// Where a program of the object attaches. Tracepoints today; uprobes, cgroup hooks and the
+/// trampoline hooks (fentry, LSM) join as the sensors that need them arrive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Tracepoint {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+    },
+}
+
+impl Hook {
+    /// `syscalls/sys_exit_<name>`, run by the program of that name.
+    pub const fn syscall_exit(program: &'static str, name: &'static str) -> Hook {
+        Hook::Tracepoint {
+            program,
+            category: "syscalls",
+            name,
+        }
+    }
+
+    pub fn program(&self) -> &'static str {
+        match self {
+            Hook::Tracepoint { program, .. } => program,
+        }
+    }
+
+    /// The `probe` label and the name in logs: `tracepoint/<category>/<name>`.
+    pub fn label(&self) -> String {
+        match self {
+            Hook::Tracepoint { category, name, .. } => format!("tracepoint/{category}/{name}"),
+        }
+    }
+}
+
+/// Whether one hook is attached, and why not.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct HookStatus {
+    pub probe: String,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+/// Loads and attaches each hook's program.
+pub fn attach(ebpf: &mut Ebpf, hooks: &[Hook]) -> Vec<HookStatus> {
+    hooks
+        .iter()
+        .map(|hook| {
+            let result = attach_one(ebpf, hook);
+            HookStatus {
+                probe: hook.label(),
+                attached: result.is_ok(),
+                error: result.err(),
+            }
+        })
+        .collect()
+}
+
+fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| format!("program {} missing from the object", hook.program()))?;
+    match *hook {
+        Hook::Tracepoint { category, name, .. } => {
+            let prog: &mut TracePoint = program.try_into().map_err(|e| describe(&e))?;
+            prog.load().map_err(|e| describe(&e))?;
+            prog.attach(category, name).map_err(|e| describe(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An error with its causes, or the last lines of the verifier's log.
+fn describe(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            format!(
+                "verifier rejected it ({io_error}); last lines of its log:\n  {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+            )
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(e) = src {
+                s.push_str(": ");
+                s.push_str(&e.to_string());
+                src = e.source();
+            }
+            s
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! The file sensor: which processes read which credential files.
+//!
+//! ```text
+//! inventory passes --watch_sync--> State credentials + WATCHED (kernel)
+//! open syscall exits (HOOKS) --> per-CPU READS (kernel) --tally--> export, at scrape time
+//!                            --> first reads on EVENTS --first_reads--> State readers
+//! reader cgroups gone --reader_gc--> READS entries removed, aggregate counts kept in State
+//! ```
+pub mod first_reads;
+pub mod reader_gc;
+pub mod tally;
+pub mod watch_sync;
+
+use crate::kernel::{btf::ProbeBtf, compat, Hook, Result};
+
+/// The exits of every syscall that returns a new descriptor for a path. (`creat` is left out:
+/// it always opens write-only, so it can never be a read.)
+pub const HOOKS: [Hook; 4] = [
+    Hook::syscall_exit("sys_exit_openat", "sys_exit_openat"),
+    Hook::syscall_exit("sys_exit_openat2", "sys_exit_openat2"),
+    Hook::syscall_exit("sys_exit_open", "sys_exit_open"),
+    Hook::syscall_exit("sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at"),
+];
+
+/// The hook every libc opens through: without it the sensor is blind.
+pub const REQUIRED_HOOK: &str = "tracepoint/syscalls/sys_exit_openat";
+
+/// Loads the object and attaches the file sensor's hooks, with the walk this kernel allows.
+pub fn attach(btf: &ProbeBtf, agent_tgid: u32) -> Result<compat::Loaded> {
+    compat::load_and_attach(btf, agent_tgid, &HOOKS)
+}

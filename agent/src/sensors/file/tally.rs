@@ -1,0 +1,71 @@
+//! The kernel's read counters joined to readers: reads by (credential, `container` label),
+//! summed over cgroups and generations. Attribution is identity's; this only adds up.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    identity::{attribution, CgroupResolver, PodIndex, Reader},
+    kernel::maps::ReadTotal,
+    state::{Credential, ReaderReads, State},
+};
+
+/// (credential id, `container` label) -> reads.
+pub type Tally = BTreeMap<(u32, String), ReaderReads>;
+
+/// Who a reader cgroup is: from its first-read event, else from its cgroup path; `None` when the
+/// cgroup is gone and was never described.
+pub fn reader_of(state: &State, cgroups: &CgroupResolver, cgroup_id: u64) -> Option<Reader> {
+    state
+        .reader(cgroup_id)
+        .or_else(|| cgroups.reader(cgroup_id))
+}
+
+/// Every row `/metrics` shows for reads of `creds`: a row at 0 for host processes and, with pod
+/// metadata, for every container of the owning pod (so "mounted, never read" is one expression);
+/// reads kept for readers that are gone; and the live counters in `totals`.
+pub fn reads_by_label(
+    creds: &[Credential],
+    totals: &[ReadTotal],
+    state: &State,
+    cgroups: &CgroupResolver,
+    pods: &PodIndex,
+) -> Tally {
+    let by_id: BTreeMap<u32, &Credential> = creds.iter().map(|c| (c.id, c)).collect();
+    let mut reads = Tally::new();
+    for c in creds {
+        reads
+            .entry((c.id, attribution::NODE.to_owned()))
+            .or_default();
+        if let Some(m) = (!c.pod_uid.is_empty())
+            .then(|| pods.get(&c.pod_uid))
+            .flatten()
+        {
+            for name in m.containers.values() {
+                reads.entry((c.id, name.clone())).or_default();
+            }
+        }
+    }
+    for ((cred_id, label), r) in state.retired() {
+        if by_id.contains_key(&cred_id) {
+            reads.entry((cred_id, label)).or_default().add(&r);
+        }
+    }
+    let mut readers: HashMap<u64, Option<Reader>> = HashMap::new();
+    for t in totals {
+        let Some(c) = by_id.get(&t.key.cred_id) else {
+            continue; // purged
+        };
+        let reader = readers
+            .entry(t.key.cgroup_id)
+            .or_insert_with(|| reader_of(state, cgroups, t.key.cgroup_id));
+        let label = attribution::container_label(&c.pod_uid, reader.as_ref(), pods);
+        reads
+            .entry((t.key.cred_id, label))
+            .or_default()
+            .add(&ReaderReads::of_counter(
+                t.count,
+                t.last_read_ns,
+                t.key.generation,
+            ));
+    }
+    reads
+}

@@ -1,0 +1,494 @@
+//! Every credential file known, by identity (pod uid, volume, file): what it is, its generations
+//! and which of their inodes the kernel watches. Fed by complete inventory scans; says which
+//! changes the kernel's maps must follow.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use credwatch_common::file::{CredentialGeneration, InodeKey};
+use serde::Serialize;
+
+use crate::{
+    identity::{attribution, PodIndex},
+    inventory::{
+        content::{Kind, Parsed},
+        Found,
+    },
+};
+
+/// Generations whose expiry is remembered per credential.
+pub const MAX_GENERATIONS_KEPT: usize = 32;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Credential {
+    pub id: u32,
+    pub namespace: String,
+    /// The pod's name, or its uid until pod metadata is known; empty for host credentials.
+    pub pod: String,
+    pub pod_uid: String,
+    pub service_account: String,
+    /// The watch root (host) or volume name (Kubernetes).
+    pub volume: String,
+    /// Path below the volume.
+    pub file: String,
+    pub path: PathBuf,
+    pub kind: Kind,
+    pub source: String,
+    /// The current generation's inode.
+    #[serde(skip)]
+    pub inode: InodeKey,
+    pub generation: u32,
+    pub rotations: u64,
+    /// Unix time the current generation was first seen.
+    pub generation_seen_at: f64,
+    /// Modification time of the current generation's file (its write time).
+    pub modified: f64,
+    /// What the current generation's content says (claims and dates only, never the value).
+    pub parsed: Parsed,
+    /// Expiry of each generation seen (newest `MAX_GENERATIONS_KEPT`), for readers that hold an
+    /// old one.
+    pub generation_expiry: BTreeMap<u32, Option<f64>>,
+    /// Every (inode, generation) of this credential in `WATCHED`.
+    #[serde(skip)]
+    pub watched: Vec<(InodeKey, u32)>,
+    /// Set while the file is gone, until the grace period passes.
+    #[serde(skip)]
+    pub removed_at: Option<Instant>,
+    pub present: bool,
+}
+
+impl Credential {
+    fn new(id: u32, f: &Found, generation: u32, unix_now: f64) -> Self {
+        Credential {
+            id,
+            namespace: String::new(),
+            pod: f.pod_uid.clone(),
+            pod_uid: f.pod_uid.clone(),
+            service_account: String::new(),
+            volume: f.volume.clone(),
+            file: f.file.clone(),
+            path: f.path.clone(),
+            kind: Kind::Opaque,
+            source: f.source.clone(),
+            inode: InodeKey::default(),
+            generation,
+            rotations: 0,
+            generation_seen_at: unix_now,
+            modified: f.modified,
+            parsed: Parsed::default(),
+            generation_expiry: BTreeMap::new(),
+            watched: Vec::new(),
+            removed_at: None,
+            present: false,
+        }
+    }
+
+    /// When the kubelet should have refreshed a projected service-account token: when it is older
+    /// than 80% of its lifetime, or older than 24 hours (pkg/kubelet/token/token_manager.go).
+    pub fn refresh_due(&self) -> Option<f64> {
+        if self.kind != Kind::ServiceaccountToken
+            || self.source.starts_with("host")
+            || self.pod_uid.is_empty()
+        {
+            return None;
+        }
+        let (iat, exp) = (self.parsed.issued?, self.parsed.expiry?);
+        Some(iat + ((exp - iat) * 0.8).min(24.0 * 3600.0))
+    }
+
+    /// JWT iat / certificate NotBefore, else the generation's write time.
+    pub fn issued(&self) -> f64 {
+        self.parsed.issued.unwrap_or(if self.modified > 0.0 {
+            self.modified
+        } else {
+            self.generation_seen_at
+        })
+    }
+
+    /// The same, with the names pod metadata gives its pod (namespace, pod, service account,
+    /// the volume's source), when there is some.
+    pub fn with_pod_names(mut self, pods: &PodIndex) -> Credential {
+        if let Some(names) = attribution::pod_names(pods, &self.pod_uid, &self.volume, &self.source)
+        {
+            self.namespace = names.namespace;
+            self.pod = names.pod;
+            self.service_account = names.service_account;
+            if let Some(source) = names.source {
+                self.source = source;
+            }
+        }
+        self
+    }
+
+    /// Takes `current` (found at `f`) as the current generation when it is new, or the inode
+    /// changed, or the record was just made.
+    fn update_current(
+        &mut self,
+        f: &Found,
+        current: u32,
+        unix_now: f64,
+        parse: &impl Fn(&Path) -> Parsed,
+    ) {
+        let first = !self.present && self.watched.is_empty() && self.generation_expiry.is_empty();
+        if current == self.generation && self.inode == f.inode && !first {
+            return;
+        }
+        if current > self.generation {
+            self.rotations += u64::from(current - self.generation);
+        }
+        if current != self.generation || first {
+            self.generation_seen_at = unix_now;
+        }
+        self.generation = current;
+        self.inode = f.inode;
+        self.path = f.path.clone();
+        self.modified = f.modified;
+        self.parsed = if f.inode == InodeKey::default() {
+            Parsed::default()
+        } else {
+            parse(&f.path)
+        };
+        self.kind = self.parsed.kind;
+        self.generation_expiry.insert(current, self.parsed.expiry);
+    }
+
+    /// Watches every generation in `wanted` (new ones go to `watch`), and unwatches the inodes
+    /// of generations no longer on disk (into `unwatch`).
+    fn sync_watched(
+        &mut self,
+        wanted: Vec<(InodeKey, u32, PathBuf)>,
+        parse: &impl Fn(&Path) -> Parsed,
+        watch: &mut Vec<MapOp>,
+        unwatch: &mut Vec<InodeKey>,
+    ) {
+        for (inode, generation, path) in &wanted {
+            if *inode == InodeKey::default() {
+                continue;
+            }
+            if !self.watched.contains(&(*inode, *generation)) {
+                watch.push(MapOp::Watch(
+                    *inode,
+                    CredentialGeneration {
+                        cred_id: self.id,
+                        generation: *generation,
+                    },
+                ));
+            }
+            if !self.generation_expiry.contains_key(generation) {
+                self.generation_expiry
+                    .insert(*generation, parse(path).expiry);
+            }
+        }
+        while self.generation_expiry.len() > MAX_GENERATIONS_KEPT {
+            self.generation_expiry.pop_first();
+        }
+        for (inode, generation) in &self.watched {
+            if !wanted.iter().any(|(i, g, _)| i == inode && g == generation) {
+                unwatch.push(*inode);
+            }
+        }
+        self.watched = wanted
+            .into_iter()
+            .filter(|(i, _, _)| *i != InodeKey::default())
+            .map(|(i, g, _)| (i, g))
+            .collect();
+    }
+}
+
+/// A change the kernel's `WATCHED` / `READS` maps must follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    Watch(InodeKey, CredentialGeneration),
+    Unwatch(InodeKey),
+    /// Forget a credential's read counters (it has been gone longer than the grace period).
+    Purge(u32),
+}
+
+/// What names a credential across scans: (pod uid, volume, file).
+type CredentialKey = (String, String, String);
+
+#[derive(Default, Debug)]
+pub struct CredentialTable {
+    by_id: BTreeMap<u32, Credential>,
+    by_key: HashMap<CredentialKey, u32>,
+    next_id: u32,
+}
+
+/// The current generation of a found file, and every (inode, generation, path) of it to watch:
+/// in atomic-writer volumes the generations on disk; elsewhere a new inode is a new generation.
+fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey, u32, PathBuf)>) {
+    match (&f.generations, known) {
+        (Some(g), _) => (
+            g.current,
+            g.files
+                .iter()
+                .map(|gf| (gf.inode, gf.generation, gf.path.clone()))
+                .collect(),
+        ),
+        (None, Some(rec)) if rec.inode == f.inode => (
+            rec.generation,
+            vec![(f.inode, rec.generation, f.path.clone())],
+        ),
+        (None, Some(rec)) => (
+            rec.generation + 1,
+            vec![(f.inode, rec.generation + 1, f.path.clone())],
+        ),
+        (None, None) => (0, vec![(f.inode, 0, f.path.clone())]),
+    }
+}
+
+impl CredentialTable {
+    pub fn get(&self, id: u32) -> Option<&Credential> {
+        self.by_id.get(&id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Credential> {
+        self.by_id.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Brings the records in line with a complete scan: new files get an id; a new generation
+    /// (a new timestamped directory in atomic-writer volumes, a new inode elsewhere) is a
+    /// rotation; every generation still on disk stays watched; a file that is gone is unwatched
+    /// at once and forgotten after `grace`. Returns the kernel map changes, new inodes first.
+    pub fn apply(
+        &mut self,
+        found: &[Found],
+        parse: impl Fn(&Path) -> Parsed,
+        now: Instant,
+        unix_now: f64,
+        grace: Duration,
+    ) -> Vec<MapOp> {
+        let mut watch = Vec::new();
+        let mut unwatch = Vec::new();
+        let mut seen = HashSet::new();
+        for f in found {
+            let id = self.id_for(f);
+            seen.insert(id);
+            let (current, wanted) = generations_of(f, self.by_id.get(&id));
+            let rec = self
+                .by_id
+                .entry(id)
+                .or_insert_with(|| Credential::new(id, f, current, unix_now));
+            rec.update_current(f, current, unix_now, &parse);
+            rec.sync_watched(wanted, &parse, &mut watch, &mut unwatch);
+            rec.present = true;
+            rec.removed_at = None;
+        }
+        let forget = self.mark_missing(&seen, now, grace, &mut unwatch);
+        self.assign_service_accounts();
+        // Never unwatch an inode that a record watches now.
+        let watched: HashSet<InodeKey> = self
+            .by_id
+            .values()
+            .flat_map(|r| r.watched.iter().map(|(i, _)| *i))
+            .collect();
+        let mut ops = watch;
+        ops.extend(
+            unwatch
+                .into_iter()
+                .filter(|k| !watched.contains(k))
+                .map(MapOp::Unwatch),
+        );
+        for id in forget {
+            if let Some(rec) = self.by_id.remove(&id) {
+                self.by_key.remove(&(rec.pod_uid, rec.volume, rec.file));
+                ops.push(MapOp::Purge(id));
+            }
+        }
+        ops
+    }
+
+    fn id_for(&mut self, f: &Found) -> u32 {
+        let key = (f.pod_uid.clone(), f.volume.clone(), f.file.clone());
+        *self.by_key.entry(key).or_insert_with(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        })
+    }
+
+    /// Records not in this scan: unwatched and marked removed at once; returns those gone for
+    /// longer than `grace`, to forget.
+    fn mark_missing(
+        &mut self,
+        seen: &HashSet<u32>,
+        now: Instant,
+        grace: Duration,
+        unwatch: &mut Vec<InodeKey>,
+    ) -> Vec<u32> {
+        let mut forget = Vec::new();
+        for rec in self.by_id.values_mut() {
+            if seen.contains(&rec.id) {
+                continue;
+            }
+            if rec.present {
+                rec.present = false;
+                rec.removed_at = Some(now);
+                unwatch.extend(rec.watched.drain(..).map(|(i, _)| i));
+            } else if rec
+                .removed_at
+                .is_some_and(|t| now.duration_since(t) >= grace)
+            {
+                forget.push(rec.id);
+            }
+        }
+        forget
+    }
+
+    /// A pod's projected token names its service account; every credential of the pod gets it.
+    fn assign_service_accounts(&mut self) {
+        let mut pod_sa: HashMap<String, String> = HashMap::new();
+        for rec in self.by_id.values() {
+            if let (false, Some(sa)) = (rec.pod_uid.is_empty(), &rec.parsed.service_account) {
+                if rec.kind == Kind::ServiceaccountToken && rec.present {
+                    pod_sa.insert(rec.pod_uid.clone(), sa.clone());
+                }
+            }
+        }
+        for rec in self.by_id.values_mut() {
+            if let Some(sa) = pod_sa.get(&rec.pod_uid) {
+                rec.service_account = sa.clone();
+                if rec.kind == Kind::ServiceaccountToken && rec.source == "projected" {
+                    rec.source = format!("serviceaccount/{sa}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::DEFAULT_SERIES_GRACE,
+        inventory::{GenFile, Generations},
+    };
+
+    fn found(file: &str, ino: u64) -> Found {
+        Found {
+            pod_uid: String::new(),
+            volume: "/v".into(),
+            file: file.into(),
+            source: "host".into(),
+            path: PathBuf::from("/v").join(file),
+            inode: InodeKey::new(1, ino),
+            modified: 0.0,
+            generations: None,
+        }
+    }
+
+    fn apply(c: &mut CredentialTable, f: &[Found], now: Instant) -> Vec<MapOp> {
+        c.apply(f, |_| Parsed::default(), now, 0.0, DEFAULT_SERIES_GRACE)
+    }
+
+    fn w(cred_id: u32, ino: u64, generation: u32) -> MapOp {
+        MapOp::Watch(
+            InodeKey::new(1, ino),
+            CredentialGeneration {
+                cred_id,
+                generation,
+            },
+        )
+    }
+
+    #[test]
+    fn lifecycle_new_rotate_remove_return_forget() {
+        let mut c = CredentialTable::default();
+        let t0 = Instant::now();
+        let k = |ino| InodeKey::new(1, ino);
+        assert_eq!(apply(&mut c, &[found("a", 10)], t0), vec![w(0, 10, 0)]);
+        assert_eq!(apply(&mut c, &[found("a", 10)], t0), vec![], "steady");
+        // Replaced: the new inode is watched before the old one is dropped.
+        assert_eq!(
+            apply(&mut c, &[found("a", 11)], t0),
+            vec![w(0, 11, 1), MapOp::Unwatch(k(10))]
+        );
+        assert_eq!(c.get(0).unwrap().rotations, 1);
+        // Gone: unwatched at once, record kept.
+        assert_eq!(apply(&mut c, &[], t0), vec![MapOp::Unwatch(k(11))]);
+        assert!(!c.get(0).unwrap().present);
+        // Back within the grace period with a new inode: same id, next generation.
+        assert_eq!(apply(&mut c, &[found("a", 12)], t0), vec![w(0, 12, 2)]);
+        assert_eq!(apply(&mut c, &[], t0), vec![MapOp::Unwatch(k(12))]);
+        assert_eq!(
+            apply(&mut c, &[], t0 + DEFAULT_SERIES_GRACE),
+            vec![MapOp::Purge(0)]
+        );
+        assert!(c.get(0).is_none());
+        // A new file after that gets a fresh id.
+        assert_eq!(
+            apply(&mut c, &[found("a", 13)], t0 + DEFAULT_SERIES_GRACE),
+            vec![w(1, 13, 0)]
+        );
+    }
+
+    #[test]
+    fn inode_moving_between_identities_is_not_unwatched() {
+        let mut c = CredentialTable::default();
+        let t0 = Instant::now();
+        apply(&mut c, &[found("a", 10), found("b", 20)], t0);
+        // `mv a b`: b now has a's inode, a is gone.
+        let ops = apply(&mut c, &[found("b", 10)], t0);
+        assert!(
+            ops.contains(&MapOp::Unwatch(InodeKey::new(1, 20))),
+            "{ops:?}"
+        );
+        assert!(
+            !ops.contains(&MapOp::Unwatch(InodeKey::new(1, 10))),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn atomic_writer_generations_stay_watched_while_on_disk() {
+        let mut c = CredentialTable::default();
+        let t0 = Instant::now();
+        let gen = |current, files: &[(u32, u64)]| {
+            let mut f = found(
+                "token",
+                files.iter().find(|(g, _)| *g == current).unwrap().1,
+            );
+            f.pod_uid = "uid".into();
+            f.generations = Some(Generations {
+                current,
+                files: files
+                    .iter()
+                    .map(|(g, i)| GenFile {
+                        generation: *g,
+                        inode: InodeKey::new(1, *i),
+                        path: PathBuf::new(),
+                    })
+                    .collect(),
+            });
+            f
+        };
+        assert_eq!(apply(&mut c, &[gen(0, &[(0, 10)])], t0), vec![w(0, 10, 0)]);
+        // New timestamped dir written, ..data not swapped yet.
+        assert_eq!(
+            apply(&mut c, &[gen(0, &[(0, 10), (1, 11)])], t0),
+            vec![w(0, 11, 1)]
+        );
+        assert_eq!(c.get(0).unwrap().rotations, 0);
+        // Swapped: a rotation; the old generation stays watched while its directory exists.
+        assert_eq!(apply(&mut c, &[gen(1, &[(0, 10), (1, 11)])], t0), vec![]);
+        assert_eq!(
+            (c.get(0).unwrap().generation, c.get(0).unwrap().rotations),
+            (1, 1)
+        );
+        // Old directory removed.
+        assert_eq!(
+            apply(&mut c, &[gen(1, &[(1, 11)])], t0),
+            vec![MapOp::Unwatch(InodeKey::new(1, 10))]
+        );
+        assert_eq!(c.get(0).unwrap().generation_expiry.len(), 2);
+    }
+}

@@ -1,0 +1,193 @@
+//! The agent's shared state: the credentials known (`credentials`), the readers seen
+//! (`readers`), reads kept for readers that are gone, hook status, userspace drops and readiness.
+//! Kernel counters are not mirrored here; the exporter reads them at scrape time. Everything goes
+//! through `State`'s methods: no caller holds a lock.
+pub mod credentials;
+pub mod readers;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex, MutexGuard, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+
+pub use credentials::{Credential, CredentialTable, MapOp};
+pub use readers::{FirstRead, ReaderReads, ReaderRecord, MAX_READERS};
+
+use crate::{identity::Reader, inventory::content::Parsed, kernel::HookStatus};
+
+/// Drops in userspace, exported with the kernel's in `events_lost_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserLoss {
+    /// The decoder's queue was full.
+    Channel,
+    /// A bound on distinct files, readers or series was reached.
+    Cardinality,
+    /// `WATCHED` was full: a credential could not be watched.
+    WatchedMap,
+    /// An event from the kernel did not decode.
+    Decode,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    credentials: Mutex<CredentialTable>,
+    readers: DashMap<u64, ReaderRecord>,
+    /// Reads of purged reader cgroups under aggregate labels (`_node`, `_other_pod`), kept so
+    /// those counters never go down: (credential id, label) -> reads.
+    retired: Mutex<HashMap<(u32, String), ReaderReads>>,
+    hooks: Mutex<Vec<HookStatus>>,
+    lost: [AtomicU64; 4],
+    inventory_done: AtomicBool,
+    probes_attached: AtomicBool,
+}
+
+/// A lock; a panic elsewhere while holding it leaves plain data behind, still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    // ---- credentials ----
+
+    /// Applies a complete scan (see `CredentialTable::apply`); returns the kernel map changes.
+    /// Reads kept for purged credentials go with them.
+    pub fn apply_scan(
+        &self,
+        found: &[crate::inventory::Found],
+        parse: impl Fn(&Path) -> Parsed,
+        now: Instant,
+        unix_now: f64,
+        grace: Duration,
+    ) -> Vec<MapOp> {
+        let ops = lock(&self.credentials).apply(found, parse, now, unix_now, grace);
+        let purged: Vec<u32> = ops
+            .iter()
+            .filter_map(|op| match op {
+                MapOp::Purge(id) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        if !purged.is_empty() {
+            lock(&self.retired).retain(|(c, _), _| !purged.contains(c));
+        }
+        ops
+    }
+
+    pub fn credential(&self, id: u32) -> Option<Credential> {
+        lock(&self.credentials).get(id).cloned()
+    }
+
+    /// A snapshot of every credential, by id.
+    pub fn credentials(&self) -> Vec<Credential> {
+        lock(&self.credentials).iter().cloned().collect()
+    }
+
+    pub fn credential_count(&self) -> usize {
+        lock(&self.credentials).len()
+    }
+
+    // ---- readers ----
+
+    /// The reader of a cgroup seen reading, if it was described.
+    pub fn reader(&self, cgroup_id: u64) -> Option<Reader> {
+        self.readers.get(&cgroup_id).map(|r| r.reader.clone())
+    }
+
+    /// Every reader described, by cgroup id.
+    pub fn readers(&self) -> Vec<ReaderRecord> {
+        let mut v: Vec<ReaderRecord> = self.readers.iter().map(|r| r.value().clone()).collect();
+        v.sort_by_key(|r| r.cgroup_id);
+        v
+    }
+
+    /// Adds a first read to its reader's record, made by `describe` for a new reader. Returns the
+    /// record without its first reads, or `None` (counted) when `MAX_READERS` are known already.
+    pub fn record_first_read(
+        &self,
+        cgroup_id: u64,
+        first: &FirstRead,
+        describe: impl FnOnce() -> ReaderRecord,
+    ) -> Option<ReaderRecord> {
+        if !self.readers.contains_key(&cgroup_id) && self.readers.len() >= MAX_READERS {
+            self.count_lost(UserLoss::Cardinality, 1);
+            return None;
+        }
+        let mut rec = self.readers.entry(cgroup_id).or_insert_with(describe);
+        rec.push(first.clone());
+        Some(ReaderRecord {
+            cgroup_id,
+            cgroup_path: rec.cgroup_path.clone(),
+            reader: rec.reader.clone(),
+            container: rec.container.clone(),
+            first_reads: Vec::new(),
+        })
+    }
+
+    pub fn forget_reader(&self, cgroup_id: u64) {
+        self.readers.remove(&cgroup_id);
+    }
+
+    /// Keeps the reads of a purged reader cgroup under its aggregate `label`.
+    pub fn retire(&self, cred_id: u32, label: String, reads: &ReaderReads) {
+        lock(&self.retired)
+            .entry((cred_id, label))
+            .or_default()
+            .add(reads);
+    }
+
+    /// The kept reads: (credential id, label) -> reads.
+    pub fn retired(&self) -> Vec<((u32, String), ReaderReads)> {
+        lock(&self.retired)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    // ---- hooks, drops, readiness ----
+
+    /// Records what attached; the agent counts from the first attached hook on.
+    pub fn set_hooks(&self, hooks: Vec<HookStatus>) {
+        let attached = hooks.iter().any(|h| h.attached);
+        *lock(&self.hooks) = hooks;
+        self.probes_attached.store(attached, Ordering::Release);
+    }
+
+    pub fn hooks(&self) -> Vec<HookStatus> {
+        lock(&self.hooks).clone()
+    }
+
+    pub fn count_lost(&self, loss: UserLoss, n: u64) {
+        self.lost[loss as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn lost(&self, loss: UserLoss) -> u64 {
+        self.lost[loss as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn mark_inventory_done(&self) {
+        self.inventory_done.store(true, Ordering::Release);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.waiting_for().is_empty()
+    }
+
+    /// What readiness still waits for, in words.
+    pub fn waiting_for(&self) -> Vec<&'static str> {
+        let mut waiting = Vec::new();
+        if !self.probes_attached.load(Ordering::Acquire) {
+            waiting.push("probes not attached");
+        }
+        if !self.inventory_done.load(Ordering::Acquire) {
+            waiting.push("first inventory scan not done");
+        }
+        waiting
+    }
+}

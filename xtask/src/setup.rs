@@ -1,13 +1,19 @@
 //! Idempotent setup of a fresh Debian machine: everything the build and tests need.
 use std::process::Command;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
-use crate::run as sh;
+use crate::{root, run as sh};
 
-/// The nightly that builds the eBPF crate; its LLVM (22) must match bpf-linker's.
-/// Keep in sync with `agent/build.rs`.
-pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-20";
+/// The nightly that builds the eBPF crate (`ebpf/rust-toolchain.toml`, which `agent/build.rs`
+/// reads too); its LLVM (22) must match bpf-linker's.
+pub fn ebpf_toolchain() -> &'static str {
+    include_str!("../../ebpf/rust-toolchain.toml")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|v| v.trim_matches('"'))
+        .expect("ebpf/rust-toolchain.toml names a channel")
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -35,22 +41,12 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
-        bail!("missing apt packages {missing:?}: run `cargo xtask setup` as root, or install them");
-    }
     eprintln!("setup: apt-get install {}", missing.join(" "));
-    sh(Command::new("apt-get").arg("update").arg("-qq"))?;
-    sh(Command::new("apt-get")
+    sh(root::command("apt-get")?.arg("update").arg("-qq"))?;
+    sh(root::command("apt-get")?
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -65,13 +61,13 @@ pub fn run() -> Result<()> {
     apt_install(TEST_PACKAGES)?;
 
     let has_toolchain = output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|s| s.lines().any(|l| l.starts_with(EBPF_TOOLCHAIN)));
+        .is_some_and(|s| s.lines().any(|l| l.starts_with(ebpf_toolchain())));
     if !has_toolchain {
-        eprintln!("setup: rustup toolchain install {EBPF_TOOLCHAIN}");
+        eprintln!("setup: rustup toolchain install {}", ebpf_toolchain());
         sh(Command::new("rustup").args([
             "toolchain",
             "install",
-            EBPF_TOOLCHAIN,
+            ebpf_toolchain(),
             "--profile",
             "minimal",
             "--component",
@@ -83,7 +79,7 @@ pub fn run() -> Result<()> {
         "list",
         "--installed",
         "--toolchain",
-        EBPF_TOOLCHAIN,
+        ebpf_toolchain(),
     ]))
     .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
@@ -92,7 +88,7 @@ pub fn run() -> Result<()> {
             "add",
             "rust-src",
             "--toolchain",
-            EBPF_TOOLCHAIN,
+            ebpf_toolchain(),
         ]))?;
     }
 
@@ -111,11 +107,8 @@ pub fn run() -> Result<()> {
         .context("installing bpf-linker")?;
     }
 
-    if is_root() {
-        mount_if_missing("/sys/kernel/tracing", "tracefs")?;
-        mount_if_missing("/sys/fs/bpf", "bpf")?;
-    }
-    Ok(())
+    mount_if_missing("/sys/kernel/tracing", "tracefs")?;
+    mount_if_missing("/sys/fs/bpf", "bpf")
 }
 
 /// cargo-fuzz, for the bounded fuzz run in `cargo xtask test`.
@@ -134,12 +127,27 @@ pub fn fuzz_tools() -> Result<()> {
     Ok(())
 }
 
-/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline. Run as
-/// `python3 -m kubernetes_validate`: a pyenv Python may not have a shim for the script yet.
+/// The project's Python tools live in a virtualenv of their own under target/, so that a normal
+/// account on Debian (whose system Python refuses `pip install`, PEP 668) needs no root for them.
+pub fn python() -> std::path::PathBuf {
+    crate::project_root().join("target/tools/python/bin/python3")
+}
+
+/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
 pub fn deploy_tools() -> Result<()> {
-    if output(Command::new("python3").args(["-m", "kubernetes_validate", "--version"])).is_none() {
+    let py = python();
+    if !py.exists() {
+        apt_install(&["python3-venv"])?;
+        let venv = crate::project_root().join("target/tools/python");
+        eprintln!("setup: python3 -m venv {}", venv.display());
+        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv)).or_else(|_| {
+            // A Python without venv on PATH (pyenv without it, say): Debian's has it.
+            sh(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))
+        })?;
+    }
+    if output(Command::new(&py).args(["-m", "kubernetes_validate", "--version"])).is_none() {
         eprintln!("setup: pip install kubernetes-validate");
-        sh(Command::new("python3").args([
+        sh(Command::new(&py).args([
             "-m",
             "pip",
             "install",
@@ -164,5 +172,5 @@ fn mount_if_missing(path: &str, fstype: &str) -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: mount -t {fstype} {fstype} {path}");
-    sh(Command::new("mount").args(["-t", fstype, fstype, path]))
+    sh(root::command("mount")?.args(["-t", fstype, fstype, path]))
 }

@@ -8,6 +8,7 @@
 extern crate credwatch_e2e;
 
 mod files;
+mod hostile;
 mod inputs;
 mod kubelet;
 mod pods;

@@ -261,13 +261,14 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// The value of the sample `name{...}` whose labels include every `(key, value)` in `labels`.
+/// The value of the sample `name{...}` whose labels include every `(key, value)` in `labels`
+/// (values as they appear in the text format, escaped).
 pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let rest = line.strip_prefix(name)?;
         let (lbl, value) = if let Some(r) = rest.strip_prefix('{') {
-            let (l, v) = r.split_once("} ")?;
-            (l, v)
+            let end = label_set_end(r)?;
+            (&r[..end], r[end + 1..].strip_prefix(' ')?)
         } else {
             ("", rest.strip_prefix(' ')?)
         };
@@ -276,6 +277,21 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
             .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\"")))
             .then(|| value.trim().parse().ok())?
     })
+}
+
+/// Where a label set ends: the first `}` outside a quoted value (values may hold `}`, `\"`).
+fn label_set_end(s: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '}' if !quoted => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The `credential_reads_total` sample whose labels include every `(key, value)` in `labels`.

@@ -24,8 +24,9 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "zlib1g-dev",
 ];
-/// The end-to-end tier signs tokens and makes certificates with the openssl CLI.
-const TEST_PACKAGES: &[&str] = &["openssl"];
+/// The end-to-end tier signs tokens and makes certificates with the openssl CLI, and parses
+/// /metrics with promtool (Debian's prometheus package).
+const TEST_PACKAGES: &[&str] = &["openssl", "prometheus"];
 /// For the benchmark's peer and the kernel's own BPF run-time accounting.
 const BENCH_PACKAGES: &[&str] = &["bpftrace", "bpftool"];
 
@@ -142,19 +143,16 @@ pub fn deploy_tools() -> Result<()> {
         eprintln!("setup: python3 -m venv {}", venv.display());
         sh(Command::new("python3").arg("-m").arg("venv").arg(&venv)).or_else(|_| {
             // A Python without venv on PATH (pyenv without it, say): Debian's has it.
-            sh(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))
+            sh(Command::new("/usr/bin/python3")
+                .arg("-m")
+                .arg("venv")
+                .arg(&venv))
         })?;
     }
     if output(Command::new(&py).args(["-m", "kubernetes_validate", "--version"])).is_none() {
         eprintln!("setup: pip install kubernetes-validate");
-        sh(Command::new(&py).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "kubernetes-validate==1.37.0",
-        ]))
-        .context("installing kubernetes-validate")?;
+        sh(Command::new(&py).args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"]))
+            .context("installing kubernetes-validate")?;
     }
     Ok(())
 }

@@ -61,9 +61,36 @@ pub struct Families<'a, 'e> {
     pub state: &'a State,
 }
 
+/// A label value in the text formats' escaping (`\\`, `\"`, `\n`). prometheus-client writes
+/// values as they are, and a file name, a claim or a path can hold any character: unescaped, one
+/// quote breaks the parse of the whole page, or a newline injects series.
+pub fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() + 2);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn escape_rows<V>(rows: &mut [(Labels, V)]) {
+    for (labels, _) in rows {
+        for (_, v) in labels.iter_mut() {
+            if v.contains(['\\', '"', '\n']) {
+                *v = escape_label_value(v);
+            }
+        }
+    }
+}
+
 impl Families<'_, '_> {
     pub fn counters(&mut self, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> fmt::Result {
-        let rows = self.cap.cap(self.state, name, rows);
+        let mut rows = self.cap.cap(self.state, name, rows);
+        escape_rows(&mut rows);
         let mut m = self
             .enc
             .encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -74,7 +101,8 @@ impl Families<'_, '_> {
     }
 
     pub fn gauges(&mut self, name: &str, help: &str, rows: Vec<(Labels, f64)>) -> fmt::Result {
-        let rows = self.cap.cap(self.state, name, rows);
+        let mut rows = self.cap.cap(self.state, name, rows);
+        escape_rows(&mut rows);
         let mut m = self
             .enc
             .encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -87,5 +115,16 @@ impl Families<'_, '_> {
             ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_wants() {
+        assert_eq!(escape_label_value("plain/file.txt"), "plain/file.txt");
+        assert_eq!(escape_label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

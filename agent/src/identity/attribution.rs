@@ -9,6 +9,9 @@ pub const NODE: &str = "_node";
 pub const UNKNOWN_READER: &str = "_unknown";
 /// The `container` label of a process of another pod than the credential's.
 pub const OTHER_POD: &str = "_other_pod";
+/// The `container` label of a process of the credential's pod that is in no container cgroup we
+/// can name (a sandbox runtime such as Kata or gVisor, or the pod cgroup itself).
+pub const SANDBOX: &str = "_sandbox";
 
 /// The label of a reader without pod metadata: `_node` for host processes, else the first 12
 /// characters of the container id.
@@ -16,6 +19,7 @@ pub fn fallback_label(reader: &Reader) -> String {
     match reader {
         Reader::Node { .. } => NODE.to_owned(),
         Reader::Container { container_id, .. } => short_id(container_id),
+        Reader::PodSandbox { .. } => SANDBOX.to_owned(),
     }
 }
 
@@ -31,6 +35,7 @@ pub fn is_other_pod(cred_pod_uid: &str, reader: &Reader) -> bool {
         Reader::Container { pod_uid, .. } => {
             !cred_pod_uid.is_empty() && pod_uid.as_deref() != Some(cred_pod_uid)
         }
+        Reader::PodSandbox { pod_uid } => !cred_pod_uid.is_empty() && pod_uid != cred_pod_uid,
     }
 }
 
@@ -47,6 +52,7 @@ pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIn
     }
     match reader {
         Reader::Node { .. } => NODE.to_owned(),
+        Reader::PodSandbox { .. } => SANDBOX.to_owned(),
         Reader::Container {
             container_id,
             pod_uid,
@@ -62,7 +68,7 @@ pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIn
 /// Labels that aggregate many readers and outlive any one of them: their counts are kept when a
 /// reader's cgroup is purged, so these counters never go down.
 pub fn is_aggregate_label(label: &str) -> bool {
-    [NODE, OTHER_POD, UNKNOWN_READER].contains(&label)
+    [NODE, OTHER_POD, UNKNOWN_READER, SANDBOX].contains(&label)
 }
 
 /// What pod metadata says about a credential of a pod's volume.
@@ -154,6 +160,17 @@ mod tests {
             pod_uid: None,
         };
         assert_eq!(container_label("p1", Some(&docker), &pods), "_other_pod");
+        let sandbox = |uid: &str| Reader::PodSandbox {
+            pod_uid: uid.into(),
+        };
+        assert_eq!(
+            container_label("p1", Some(&sandbox("p1")), &pods),
+            "_sandbox"
+        );
+        assert_eq!(
+            container_label("p1", Some(&sandbox("p2")), &pods),
+            "_other_pod"
+        );
         assert!(
             is_aggregate_label("_node")
                 && is_aggregate_label("_other_pod")

@@ -14,6 +14,10 @@ pub enum Reader {
         runtime: String,
         pod_uid: Option<String>,
     },
+    /// A process inside a pod's cgroup tree that is in no container cgroup we can name: a
+    /// sandbox runtime's layout (Kata's `kata_<id>`, gVisor), or the pod cgroup itself. Still
+    /// that pod's reader.
+    PodSandbox { pod_uid: String },
 }
 
 /// Runtime name of a cgroup name prefix (`<prefix>-<id>.scope`, `<prefix>-<id>`,
@@ -95,6 +99,16 @@ fn container(runtime: &str, id: &str, pod_uid: Option<String>) -> Reader {
     }
 }
 
+/// A container id inside a name no runtime we know writes (`kata_<id>`, `<sandbox>-<id>.slice`):
+/// the one 64-hex word in it.
+fn embedded_id(component: &str) -> Option<(&'static str, &str)> {
+    let mut ids = component
+        .split(['_', '-', '.', ':'])
+        .filter(|w| is_container_id(w));
+    let id = ids.next()?;
+    ids.next().is_none().then_some(("unknown", id))
+}
+
 /// A host process: its unit is the deepest `.service`/`.scope` (or runtime monitor) component.
 fn node(parts: &[&str]) -> Reader {
     let unit = parts
@@ -110,8 +124,9 @@ fn node(parts: &[&str]) -> Reader {
 /// - Below a pod cgroup (the outermost one, so that whatever wraps the node, e.g. a kind node's
 ///   own container, is skipped), the reader is the container whose cgroup sits right below the
 ///   pod's, whatever sub-cgroups it made; the pod's sandbox (pause) is such a container too. A
-///   runtime monitor there (`crio-conmon-<id>`), a process in the pod cgroup itself, or an
-///   unknown name is a host process.
+///   runtime monitor there (`crio-conmon-<id>`) is a host process. Any other name (a sandbox
+///   runtime's, with its id taken when it holds one), or a process in the pod cgroup itself, is
+///   still the pod's: `PodSandbox` when no id can be read.
 /// - Without a pod: the outermost `<runtime>-<id>.scope`, `docker/<id>` (Docker's cgroupfs
 ///   driver) or `libpod_parent/libpod-<id>` (Podman's) is a container without a pod.
 /// - Anything else is a host process. Names that merely contain ids (mount units, transient
@@ -121,9 +136,13 @@ pub fn parse_cgroup_path(path: &str) -> Reader {
     let parent = |i: usize| i.checked_sub(1).map(|j| parts[j]);
     let pod = (0..parts.len()).find_map(|i| pod_uid(parts[i], parent(i)).map(|uid| (i, uid)));
     if let Some((at, uid)) = pod {
-        return match parts.get(at + 1).and_then(|c| pod_container(c)) {
-            Some((runtime, id)) => container(runtime, id, Some(uid)),
-            None => node(&parts),
+        return match parts.get(at + 1) {
+            Some(c) if is_monitor(c) => node(&parts),
+            Some(c) => match pod_container(c).or_else(|| embedded_id(c)) {
+                Some((runtime, id)) => container(runtime, id, Some(uid)),
+                None => Reader::PodSandbox { pod_uid: uid },
+            },
+            None => Reader::PodSandbox { pod_uid: uid },
         };
     }
     for (i, part) in parts.iter().enumerate() {
@@ -202,6 +221,12 @@ mod tests {
     /// A container reader with its pod uid (None: no pod), id and runtime.
     fn ctr(pod: Option<&str>, id: &str, runtime: &str) -> Reader {
         container(id, runtime, pod)
+    }
+
+    fn sandbox(pod: &str) -> Reader {
+        Reader::PodSandbox {
+            pod_uid: pod.into(),
+        }
     }
 
     /// A host process with its unit.
@@ -340,10 +365,16 @@ mod tests {
                 "kubepods/kubepods-besteffort/kubepods-besteffort-podb3922967_14e1_4867_9388_461bac94b37e/2327a2aec169e25cf05f2a901486b7463fdb513ae097fc0ae6a3ca94381ddc41",
                 ctr(Some("b3922967-14e1-4867-9388-461bac94b37e"), "2327a2aec169e25cf05f2a901486b7463fdb513ae097fc0ae6a3ca94381ddc41", "unknown"),
             ),
-            // google/gvisor issue #8269: a process in the pod cgroup itself (no container below)
+            // google/gvisor issue #8269: a process in the pod cgroup itself (no container below):
+            // still the pod's
             (
                 "/kubepods/besteffort/pod88bcf96e-7b92-4ce5-a3c0-2a6d098a1c33",
-                host(None),
+                sandbox("88bcf96e-7b92-4ce5-a3c0-2a6d098a1c33"),
+            ),
+            // Kata Containers with containerd: one cgroup for the pod's sandbox VM
+            (
+                "/kubepods/burstable/pod1e597579-417e-482f-bf65-5fe170c3aebd/kata_a09bc17f5aa29b0dbdec9ede5f46cf1396d2405917ab02e6f1eb1019f388396e",
+                ctr(Some("1e597579-417e-482f-bf65-5fe170c3aebd"), "a09bc17f5aa29b0dbdec9ede5f46cf1396d2405917ab02e6f1eb1019f388396e", "unknown"),
             ),
             // ---- kubelet under a cgroup root / nested nodes ----
             // cilium/tetragon pkg/sensors/exec/cgroups_test.go (kind-style kubelet.slice, with
@@ -448,12 +479,13 @@ mod tests {
                 "/ecs/55091c13-b8cf-4801-b527-f4601742204d/432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da",
                 host(None),
             ),
-            // ---- known unsupported forms (fall back to the node) ----
-            // elastic/apm-agent-python tests/utils/cgroup_tests.py: a UUID as container id
+            // elastic/apm-agent-python tests/utils/cgroup_tests.py: a UUID as container id: no id
+            // to read, still the pod's
             (
                 "/kubepods/besteffort/pode9b90526-f47d-11e8-b2a5-080027b9f4fb/15aa6e53-b09a-40c7-8558-c6c31e36c88a",
-                host(None),
+                sandbox("e9b90526-f47d-11e8-b2a5-080027b9f4fb"),
             ),
+            // ---- known unsupported forms (fall back to the node) ----
             // kubernetes/kubernetes issue #36807: pre-1.6 QoS names (no `kubepods`) under a
             // mismatched docker cgroup driver
             (
@@ -489,7 +521,8 @@ mod tests {
         );
         assert_eq!(
             parse_cgroup_path("/kubepods/pod8f1a2b3c-1111-2222-3333-444455556666/abc"),
-            host(None)
+            sandbox("8f1a2b3c-1111-2222-3333-444455556666"),
+            "an unreadable container name in a pod is still the pod's"
         );
         // A cgroupfs `pod<uid>` only counts below kubepods or a QoS class.
         assert_eq!(

@@ -22,6 +22,22 @@ pub fn is_pod_uid(s: &str) -> bool {
         && groups.next().is_none()
 }
 
+/// A DNS-1123 label: what Kubernetes allows for namespace names (1-63 of `a-z0-9-`, alphanumeric
+/// at both ends).
+pub fn is_dns1123_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS-1123 subdomain: what Kubernetes allows for most object names, service accounts and pods
+/// included (at most 253 characters, dot-separated labels).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +58,28 @@ mod tests {
         ] {
             assert!(!is_pod_uid(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn kubernetes_names() {
+        for ok in ["builder", "kube-system", "a", "x1", &"a".repeat(63)] {
+            assert!(is_dns1123_label(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a\"b",
+            "a\nb",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns1123_label(bad), "{bad:?}");
+        }
+        assert!(is_dns1123_subdomain("system.serviceaccount.x"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(!is_dns1123_subdomain("builder\"} 1\nfake{a=\"b"));
     }
 }

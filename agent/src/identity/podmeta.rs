@@ -57,8 +57,17 @@ impl PodMeta {
                 .chain(status.init_container_statuses.iter().flatten())
                 .chain(status.ephemeral_container_statuses.iter().flatten());
             for cs in all {
-                if let Some(id) = cs.container_id.as_deref().and_then(strip_runtime) {
-                    containers.insert(id.to_owned(), cs.name.clone());
+                // A restarted container's previous id too: its cgroup's reads keep the name
+                // (and the counter does not move to a 12-hex label and look like a reset).
+                let previous = cs
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .and_then(|t| t.container_id.as_deref());
+                for id in [cs.container_id.as_deref(), previous].into_iter().flatten() {
+                    if let Some(id) = strip_runtime(id) {
+                        containers.insert(id.to_owned(), cs.name.clone());
+                    }
                 }
             }
         }
@@ -172,6 +181,31 @@ async fn client(cfg: &ApiConfig) -> anyhow::Result<Option<Client>> {
     Ok(Some(Client::try_from(config)?))
 }
 
+/// A kubeconfig error told without anything the file holds: parser messages may quote the text
+/// around the fault, which can be a token or a key. Keeps the outermost error's own words (up to
+/// its first `: `), the line and column of a parse error, and an I/O error's kind.
+fn describe_config_error(e: &anyhow::Error) -> String {
+    let outer = e.to_string();
+    let mut out = outer
+        .split_once(": ")
+        .map_or(outer.as_str(), |(head, _)| head)
+        .to_owned();
+    let whole = format!("{e:#}");
+    if let Some(at) = whole.find("line ") {
+        let words: Vec<&str> = whole[at..].split_whitespace().take(4).collect();
+        if let ["line", l, "column", c] = words.as_slice() {
+            let num = |s: &str| s.trim_end_matches([',', ':']).parse::<u64>().ok();
+            if let (Some(l), Some(c)) = (num(l), num(c)) {
+                out.push_str(&format!(" at line {l} column {c}"));
+            }
+        }
+    }
+    if let Some(io) = e.chain().find_map(|c| c.downcast_ref::<std::io::Error>()) {
+        out.push_str(&format!(" ({})", io.kind()));
+    }
+    out
+}
+
 fn node_name(cfg: &ApiConfig) -> String {
     cfg.node_name.clone().unwrap_or_else(|| {
         // The kubelet's default node name is the host name.
@@ -191,7 +225,7 @@ pub async fn run(cfg: ApiConfig, index: Arc<PodIndex>) {
             return;
         }
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot configure the Kubernetes client: pods are labelled by uid");
+            tracing::warn!(error = %describe_config_error(&e), "cannot configure the Kubernetes client: pods are labelled by uid");
             return;
         }
     };
@@ -246,6 +280,7 @@ mod tests {
     #[test]
     fn pod_metadata_from_api_json() {
         let id = "a".repeat(64);
+        let old = "b".repeat(64);
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "api-0", "namespace": "shop", "uid": "u-1"},
             "spec": {
@@ -260,7 +295,8 @@ mod tests {
                 ]
             },
             "status": {
-                "containerStatuses": [{"name": "app", "containerID": format!("containerd://{id}"), "image": "", "imageID": "", "ready": true, "restartCount": 0}],
+                "containerStatuses": [{"name": "app", "containerID": format!("containerd://{id}"), "image": "", "imageID": "", "ready": true, "restartCount": 1,
+                    "lastState": {"terminated": {"exitCode": 1, "containerID": format!("containerd://{old}")}}}],
                 "initContainerStatuses": [{"name": "init", "containerID": "cri-o://bad", "image": "", "imageID": "", "ready": false, "restartCount": 0}]
             }
         }))
@@ -275,7 +311,12 @@ mod tests {
             ("shop", "api-0", "builder")
         );
         assert_eq!(m.containers.get(&id).map(String::as_str), Some("app"));
-        assert_eq!(m.containers.len(), 1, "a malformed id is ignored");
+        assert_eq!(
+            m.containers.get(&old).map(String::as_str),
+            Some("app"),
+            "the restarted container's previous id"
+        );
+        assert_eq!(m.containers.len(), 2, "a malformed id is ignored");
         assert_eq!(m.volume_sources["tls"], "secret/api-tls");
         assert_eq!(
             m.volume_sources["kube-api-access-x"],
@@ -284,6 +325,22 @@ mod tests {
         assert_eq!(m.volume_sources["vault"], "csi/secrets-store.csi.k8s.io");
         assert_eq!(m.volume_sources["cache"], "emptydir");
         assert!(!m.volume_sources.contains_key("cfg"));
+    }
+
+    #[test]
+    fn config_errors_never_quote_the_file() {
+        let e = anyhow::anyhow!(
+            "invalid type: string \"CANARY-token\", expected a map at line 6 column 12"
+        )
+        .context("failed to parse kubeconfig YAML: near `token: CANARY-token`");
+        let d = describe_config_error(&e);
+        assert_eq!(d, "failed to parse kubeconfig YAML at line 6 column 12");
+        let io = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("failed to read kubeconfig from \"/x\"");
+        assert_eq!(
+            describe_config_error(&io),
+            "failed to read kubeconfig from \"/x\" (entity not found)"
+        );
     }
 
     #[test]

@@ -109,9 +109,7 @@ fn pod_volumes(pods: &Path, uid: &str, sinks: &[String], out: &mut Scan) -> Vec<
     }
     if !is_pod_uid(uid) {
         out.problems.push(format!(
-            "pod directory {:?} under {} is not named by a pod uid; its volumes are tracked under that name",
-            uid,
-            pods.display()
+            "pod directory {uid:?} under {pods:?} is not named by a pod uid; its volumes are tracked under that name"
         ));
     }
     out.dirs.insert(pod.clone());
@@ -216,8 +214,7 @@ impl GenerationNumbers {
             .and_then(|name| gens.by_dir.get(&name).copied());
         let Some(current) = current else {
             out.problems.push(format!(
-                "{}: ..data does not point to an existing timestamped directory; its files are tracked as opaque and cannot be watched",
-                dir.display()
+                "{dir:?}: ..data does not point to an existing timestamped directory; its files are tracked as opaque and cannot be watched"
             ));
             return None;
         };

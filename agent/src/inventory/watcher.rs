@@ -57,9 +57,9 @@ impl Watcher {
             if self.warned_missing.insert(m.clone()) {
                 // Most hosts lack most of the built-in locations: only configured paths warn.
                 if crate::config::DEFAULT_WATCH.contains(&m.as_str()) {
-                    tracing::debug!(path = %m, "built-in watch path does not exist (yet)");
+                    tracing::debug!(path = ?m, "built-in watch path does not exist (yet)");
                 } else {
-                    tracing::warn!(path = %m, "watch path does not exist (yet); it will be watched when it appears");
+                    tracing::warn!(path = ?m, "watch path does not exist (yet); it will be watched when it appears");
                 }
             }
         }

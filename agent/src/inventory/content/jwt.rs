@@ -8,6 +8,7 @@ use base64::{
 use serde_json::{Map, Value};
 
 use super::{Kind, Parsed};
+use crate::identity::ids::{is_dns1123_label, is_dns1123_subdomain};
 
 /// base64url, padding optional, lenient about non-zero trailing bits.
 const B64URL: GeneralPurpose = GeneralPurpose::new(
@@ -88,6 +89,19 @@ fn jwt_claims(claims: &Map<String, Value>) -> Parsed {
         if parsed.service_account.is_some() && parsed.namespace.is_none() {
             parsed.namespace = string(claims.get("kubernetes.io/serviceaccount/namespace"));
         }
+    }
+    // Names that become labels must be what the API server allows; anything else is not a
+    // Kubernetes service-account token, whatever its claims say.
+    let bad_name =
+        |n: &Option<String>, valid: fn(&str) -> bool| n.as_deref().is_some_and(|n| !valid(n));
+    if bad_name(&parsed.service_account, is_dns1123_subdomain)
+        || bad_name(&parsed.namespace, is_dns1123_label)
+    {
+        parsed.service_account = None;
+        parsed.namespace = None;
+        parsed.problem = Some(
+            "its kubernetes.io claims name a service account or namespace that is not a valid Kubernetes name".to_owned(),
+        );
     }
     if parsed.service_account.is_some() {
         parsed.kind = Kind::ServiceaccountToken;

@@ -130,7 +130,7 @@ pub fn parse_file(path: &Path) -> Parsed {
 pub fn parse_file_logged(path: &Path) -> Parsed {
     let parsed = parse_file(path);
     if let Some(problem) = &parsed.problem {
-        tracing::warn!(path = %path.display(), %problem, "credential tracked as opaque");
+        tracing::warn!(path = ?path, %problem, "credential tracked as opaque");
     }
     parsed
 }

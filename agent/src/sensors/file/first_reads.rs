@@ -57,35 +57,40 @@ pub fn on_first_read(state: &State, cgroups: &CgroupResolver, ev: &FirstReadEven
     };
     let unit = match &rec.reader {
         Reader::Node { unit } => unit.clone().unwrap_or_default(),
-        Reader::Container { .. } => String::new(),
+        Reader::Container { .. } | Reader::PodSandbox { .. } => String::new(),
     };
+    // Names, paths and `comm` are chosen by whoever made them: Debug-quoted, so that a newline
+    // cannot forge a log line.
+    let credential = format!("{}/{}", first.volume, first.file);
     tracing::info!(
-        credential = %format_args!("{}/{}", first.volume, first.file),
+        credential = ?credential,
         generation = first.generation,
-        reader = %rec.container,
-        unit = %unit,
+        reader = ?rec.container,
+        unit = ?unit,
         pid = first.tgid,
-        comm = %first.comm,
-        cgroup = %rec.cgroup_path.as_deref().unwrap_or("?"),
+        comm = ?first.comm,
+        cgroup = ?rec.cgroup_path.as_deref().unwrap_or("?"),
         "first read"
     );
-    if let Reader::Container {
-        container_id,
-        pod_uid,
-        ..
-    } = &rec.reader
-    {
-        if attribution::is_other_pod(owner, &rec.reader) {
-            tracing::warn!(
-                credential = %format_args!("{}/{}", first.volume, first.file),
-                owner_pod_uid = %owner,
-                reader_pod_uid = %pod_uid.as_deref().unwrap_or("-"),
-                reader_container_id = %container_id,
-                pid = first.tgid,
-                comm = %first.comm,
-                "credential read from outside its pod (_other_pod)"
-            );
-        }
+    if attribution::is_other_pod(owner, &rec.reader) {
+        let (reader_pod, reader_container) = match &rec.reader {
+            Reader::Container {
+                container_id,
+                pod_uid,
+                ..
+            } => (pod_uid.as_deref().unwrap_or("-"), container_id.as_str()),
+            Reader::PodSandbox { pod_uid } => (pod_uid.as_str(), "-"),
+            Reader::Node { .. } => ("-", "-"),
+        };
+        tracing::warn!(
+            credential = ?credential,
+            owner_pod_uid = ?owner,
+            reader_pod_uid = ?reader_pod,
+            reader_container_id = %reader_container,
+            pid = first.tgid,
+            comm = ?first.comm,
+            "credential read from outside its pod (_other_pod)"
+        );
     }
 }
 

@@ -40,7 +40,7 @@ impl WatchSync {
         match *op {
             MapOp::Watch(inode, cred) => {
                 if let Some(r) = self.state.credential(cred.cred_id) {
-                    tracing::info!(pod_uid = %r.pod_uid, volume = %r.volume, file = %r.file, kind = r.kind.as_str(), generation = cred.generation, "watching credential");
+                    tracing::info!(pod_uid = ?r.pod_uid, volume = ?r.volume, file = ?r.file, kind = r.kind.as_str(), generation = cred.generation, "watching credential");
                 }
                 if let Err(e) = self.maps.watch(inode, cred) {
                     tracing::error!(error = %e, "cannot watch a credential: WATCHED map full?");

@@ -2,8 +2,9 @@
 use std::process::{Command, Stdio};
 
 use credwatch_e2e::{
-    kubelet::{KubeletTree, SECRET},
-    pod_container_cgroup, random_container_id, random_pod_uid, reads, Agent, Cgroup, TempDir,
+    kubelet::{KubeletTree, EMPTY_DIR, SECRET},
+    pod_container_cgroup, random_container_id, random_pod_uid, reads, systemd_container_cgroup,
+    Agent, Cgroup, TempDir,
 };
 
 /// Runs `promtool check metrics` (a real Prometheus text parser) on `metrics`: parse errors fail,
@@ -84,10 +85,12 @@ fn sandbox_runtimes_and_the_pod_cgroup_itself_read_as_the_pod() {
         random_container_id()
     ));
     kata.read(&["open", &tokens[0], "2"]);
-    // A process in the pod cgroup itself, and one in a sub-cgroup no runtime names.
-    Cgroup::new(&format!("kubepods/besteffort/pod{bare_pod}")).read(&["open", &tokens[1], "3"]);
-    Cgroup::new(&format!("kubepods/besteffort/pod{bare_pod}/vm-helper"))
-        .read(&["open", &tokens[1], "4"]);
+    // A process in the pod cgroup itself, and one in a sub-cgroup no runtime names (both kept
+    // while the pod lives).
+    let pod_cgroup = Cgroup::new(&format!("kubepods/besteffort/pod{bare_pod}"));
+    pod_cgroup.read(&["open", &tokens[1], "3"]);
+    let helper = Cgroup::new(&format!("kubepods/besteffort/pod{bare_pod}/vm-helper"));
+    helper.read(&["open", &tokens[1], "4"]);
     let m = agent.metrics();
     let kata_id = kata.path.file_name().unwrap().to_str().unwrap()["kata_".len()..].to_owned();
     assert_eq!(
@@ -107,4 +110,101 @@ fn sandbox_runtimes_and_the_pod_cgroup_itself_read_as_the_pod() {
             "nothing of the pod's counted as the node's: {m}"
         );
     }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
+}
+
+/// GETs `path` and fails unless it answers 200 within a second.
+fn answers_within_a_second(agent: &Agent, path: &str) {
+    let start = std::time::Instant::now();
+    let status = credwatch_e2e::http_get(agent.addr, path).map(|(s, _)| s);
+    assert!(
+        matches!(status, Ok(200)) && start.elapsed() < std::time::Duration::from_secs(1),
+        "{path}: {status:?} after {:?}; log:\n{}",
+        start.elapsed(),
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_pod_writable_sink_cannot_wedge_blind_or_redirect_the_agent() {
+    require_e2e!();
+    let mut tree = KubeletTree::new();
+    let (attacker, victim) = (random_pod_uid(), random_pod_uid());
+    let victim_vol = tree.volume(&victim, SECRET, "creds");
+    tree.write(&victim_vol, &[("token", b"victim")]);
+    let victim_token = victim_vol.join("token");
+    // The attacker's own credential sink (an emptyDir it writes), with a real token and traps.
+    let sink = tree.volume(&attacker, EMPTY_DIR, "vault-secrets");
+    std::fs::write(sink.join("token"), "attacker").unwrap();
+    let outside = TempDir::new("outside");
+    mkfifo(&outside.join("blocking"));
+    std::os::unix::fs::symlink(outside.join("blocking"), sink.join("blocks")).unwrap();
+    std::os::unix::fs::symlink("/", sink.join("host")).unwrap();
+    std::os::unix::fs::symlink(&victim_token, sink.join("steal")).unwrap();
+    mkfifo(&sink.join("fifo"));
+    // An atomic-writer look-alike pointing at the host.
+    std::os::unix::fs::symlink("/etc", sink.join("..evil")).unwrap();
+    std::os::unix::fs::symlink("..evil", sink.join("..data")).unwrap();
+
+    let root = tree.path().to_str().unwrap().to_owned();
+    let agent = Agent::start(&[], &["--kubelet-root", &root]);
+    answers_within_a_second(&agent, "/healthz");
+    // More traps while it runs: every inotify event is a rescan; it keeps answering.
+    for i in 0..5 {
+        mkfifo(&sink.join(format!("fifo-{i}")));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        answers_within_a_second(&agent, "/healthz");
+        answers_within_a_second(&agent, "/metrics");
+    }
+    let victim_id = random_container_id();
+    let victim_cg = Cgroup::new(&systemd_container_cgroup(&victim, &victim_id));
+    victim_cg.read(&["open", victim_token.to_str().unwrap(), "3"]);
+    let m = agent.metrics();
+    // Nothing outside the volume is a credential of the attacker's.
+    assert!(!m.contains("file=\"host/"), "the host was walked: {m}");
+    assert!(!m.contains("passwd"), "the host's /etc was walked: {m}");
+    // The victim's reads are its own, not the attacker's `_other_pod`.
+    assert_eq!(
+        reads(
+            &m,
+            &[
+                ("pod", &victim),
+                ("file", "token"),
+                ("container", &victim_id[..12])
+            ]
+        ),
+        Some(3.0),
+        "{m}"
+    );
+    assert!(
+        !m.lines().any(|l| l.contains(&format!("pod=\"{attacker}\""))
+            && l.contains("file=\"steal\"")
+            && l.contains("_other_pod")),
+        "the victim's reads were counted against the attacker's link: {m}"
+    );
+    // The attacker's real file still counts.
+    let attacker_id = random_container_id();
+    let attacker_cg = Cgroup::new(&systemd_container_cgroup(&attacker, &attacker_id));
+    attacker_cg.read(&["open", sink.join("token").to_str().unwrap(), "2"]);
+    assert_eq!(
+        reads(
+            &agent.metrics(),
+            &[
+                ("pod", &attacker),
+                ("file", "token"),
+                ("container", &attacker_id[..12])
+            ]
+        ),
+        Some(2.0)
+    );
+    answers_within_a_second(&agent, "/healthz");
 }

@@ -128,11 +128,7 @@ fn attach_file_sensor() -> anyhow::Result<Loaded> {
 
 /// The first inventory pass now (the agent is ready after it), then the watcher's, for good.
 fn follow_inventory(sources: Sources, state: &Arc<State>, maps: &Arc<KernelMaps>) {
-    let sync = WatchSync {
-        state: state.clone(),
-        maps: maps.clone(),
-        grace: sources.grace,
-    };
+    let mut sync = WatchSync::new(state.clone(), maps.clone(), sources.grace);
     let mut watcher = Watcher::new(sources);
     let first = watcher.rescan();
     sync.apply(&first);

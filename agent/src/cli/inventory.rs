@@ -32,7 +32,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
     let state = State::default();
     state.apply_scan(
         &scan.found,
-        content::parse_file_logged,
+        |_, at| content::parse_file_logged(at),
         Instant::now(),
         sys::unix_now(),
         sources.grace,

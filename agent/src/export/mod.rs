@@ -99,7 +99,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{DEFAULT_MAX_SERIES, DEFAULT_SERIES_GRACE},
-        inventory::Found,
+        inventory::{Beneath, Found},
     };
     use credwatch_common::file::InodeKey;
 
@@ -113,11 +113,12 @@ mod tests {
                 file: "db/password".into(),
                 source: "host".into(),
                 path: "/run/secrets/db/password".into(),
+                at: Beneath::new("/run/secrets", "db/password"),
                 inode: InodeKey::new(1, 2),
                 modified: 1000.0,
                 generations: None,
             }],
-            |_| crate::inventory::content::Parsed::default(),
+            |_, _| crate::inventory::content::Parsed::default(),
             std::time::Instant::now(),
             1000.0,
             DEFAULT_SERIES_GRACE,
@@ -163,6 +164,7 @@ mod tests {
                 file: format!("f{i}"),
                 source: "host".into(),
                 path: format!("/v/f{i}").into(),
+                at: Beneath::new("/v", format!("f{i}")),
                 inode: InodeKey::new(1, i + 1),
                 modified: 0.0,
                 generations: None,
@@ -170,7 +172,7 @@ mod tests {
             .collect();
         state.apply_scan(
             &found,
-            |_| crate::inventory::content::Parsed::default(),
+            |_, _| crate::inventory::content::Parsed::default(),
             std::time::Instant::now(),
             0.0,
             DEFAULT_SERIES_GRACE,

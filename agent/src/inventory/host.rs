@@ -6,11 +6,7 @@ use std::{
 
 use credwatch_common::file::InodeKey;
 
-use super::{
-    inode_key, modified,
-    walk::{Walk, Walked},
-    Found, Scan,
-};
+use super::{regular_file, walk::Walk, Beneath, Found, Scan};
 
 /// Files are found at most this many directory levels below a watch root.
 pub const MAX_DEPTH: usize = 8;
@@ -20,7 +16,7 @@ pub const MAX_FILES_PER_WATCH: usize = 4096;
 const WALK: Walk = Walk {
     max_depth: MAX_DEPTH,
     skip_public_keys: true,
-    keep_dangling: false,
+    keep_symlinks: false,
 };
 
 /// One `--watch` entry: a file, directory or glob. Its root (the directory part before any glob
@@ -102,17 +98,24 @@ fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
     out.dirs.insert(anchor.to_owned());
     let pattern = Path::new(&spec.pattern);
     let files = if spec.glob {
-        glob_files(spec, &mut out.dirs)
+        glob_files(spec, &root, &mut out.dirs)
     } else if pattern.exists() {
+        // The operator named this path: it may be a symlink; nothing below it is followed.
         WALK.files(pattern, &mut out.dirs)
+            .into_iter()
+            .map(|w| Beneath::new(pattern, w.rel))
+            .collect()
     } else {
         out.missing.push(spec.pattern.clone());
         Vec::new()
     };
     let mut tracked = 0;
-    for walked in files {
-        let Some(meta) = walked.meta else { continue };
-        let key = inode_key(&meta);
+    for at in files {
+        // Identified through the file itself, reached without symlinks: a symlink or a FIFO
+        // planted below the root is not a credential.
+        let Some((key, modified)) = regular_file(&at) else {
+            continue;
+        };
         if !inodes.insert(key) {
             continue;
         }
@@ -121,7 +124,7 @@ fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
             continue;
         }
         tracked += 1;
-        let path = walked.path;
+        let path = at.path();
         out.found.push(Found {
             pod_uid: String::new(),
             volume: root.to_string_lossy().into_owned(),
@@ -132,16 +135,18 @@ fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
                 .into_owned(),
             source: "host".to_owned(),
             inode: key,
-            modified: modified(&meta),
+            modified,
             generations: None,
             path,
+            at,
         });
     }
 }
 
-/// The files at or below every match of a glob entry. Every directory level of the pattern is
-/// watched, so that new matches at any level are seen.
-fn glob_files(spec: &WatchSpec, dirs: &mut BTreeSet<PathBuf>) -> Vec<Walked> {
+/// The files at or below every match of a glob entry, each below the entry's literal root: what
+/// the glob matched is user ground (`/home/*`), so a match reached through a symlink is skipped.
+/// Every directory level of the pattern is watched, so that new matches at any level are seen.
+fn glob_files(spec: &WatchSpec, root: &Path, dirs: &mut BTreeSet<PathBuf>) -> Vec<Beneath> {
     let matches = |pattern: &str| -> Vec<PathBuf> {
         glob::glob(pattern)
             .into_iter()
@@ -159,7 +164,24 @@ fn glob_files(spec: &WatchSpec, dirs: &mut BTreeSet<PathBuf>) -> Vec<Walked> {
     }
     let mut found = matches(&spec.pattern);
     found.sort();
-    found.iter().flat_map(|m| WALK.files(m, dirs)).collect()
+    let mut files = Vec::new();
+    for m in found {
+        let Ok(rel) = m.strip_prefix(root) else {
+            continue;
+        };
+        if Beneath::new(root, rel).metadata().is_none() {
+            continue; // a symlink on the way
+        }
+        files.extend(WALK.files(&m, dirs).into_iter().map(|w| {
+            let below = if w.rel.as_os_str().is_empty() {
+                rel.to_owned()
+            } else {
+                rel.join(w.rel)
+            };
+            Beneath::new(root, below)
+        }));
+    }
+    files
 }
 
 pub fn specs(patterns: &[String]) -> (Vec<WatchSpec>, Vec<String>) {
@@ -228,11 +250,13 @@ mod tests {
             .iter()
             .map(|f| (f.volume.clone(), f.file.clone()))
             .collect();
+        // vol/token is a symlink: not followed below the `vol` entry, found through the entry
+        // that names it exactly (the operator's choice).
         assert_eq!(
             got,
             vec![
-                (format!("{r}/vol"), "token".to_owned()),
                 (format!("{r}/home"), "alice/.ssh/id_ed25519".to_owned()),
+                (format!("{r}/vol"), "token".to_owned()),
             ]
         );
         assert_eq!(s.missing, vec![format!("{r}/not/there/yet")]);

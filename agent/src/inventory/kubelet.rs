@@ -19,9 +19,9 @@ use std::{
 use credwatch_common::file::InodeKey;
 
 use super::{
-    inode_key, modified,
+    regular_file,
     walk::{sorted_entries, Walk},
-    Found, GenFile, Generations, Scan,
+    Beneath, Found, GenFile, Generations, Scan,
 };
 use crate::identity::ids::is_pod_uid;
 
@@ -37,7 +37,7 @@ pub const MAX_FILES_PER_VOLUME: usize = 512;
 const WALK: Walk = Walk {
     max_depth: MAX_DEPTH,
     skip_public_keys: false,
-    keep_dangling: true,
+    keep_symlinks: true,
 };
 
 /// Generation numbers of the atomic writer's timestamped directories, per volume directory,
@@ -67,11 +67,6 @@ impl VolumeGenerations {
             self.next += 1;
         }
     }
-}
-
-fn inode_of(path: &Path) -> Option<(InodeKey, f64)> {
-    let m = std::fs::metadata(path).ok()?;
-    m.is_file().then(|| (inode_key(&m), modified(&m)))
 }
 
 /// Adds every credential file under the kubelet root `root` to `out`.
@@ -148,15 +143,15 @@ impl GenerationNumbers {
     fn scan_volume(&mut self, uid: &str, volume: &Volume, out: &mut Scan) {
         let dir = &volume.dir;
         out.dirs.insert(dir.to_owned());
-        let data = dir.join("..data");
-        let generations = if std::fs::symlink_metadata(&data).is_ok() {
+        let generations = if std::fs::symlink_metadata(dir.join("..data")).is_ok() {
             self.atomic_writer_generations(dir, out)
         } else {
             None
         };
-        let mut files = match generations {
-            // The visible files are those of the current generation.
-            Some(_) => WALK.files(&data, &mut BTreeSet::new()),
+        // The visible files are those of the current generation, whose directory the agent
+        // found itself (never by following `..data`, which a pod may plant in its own volume).
+        let mut files = match &generations {
+            Some((cur, by_gen)) => WALK.files(&dir.join(&by_gen[cur]), &mut BTreeSet::new()),
             None => WALK.files(dir, &mut out.dirs),
         };
         if files.len() > MAX_FILES_PER_VOLUME {
@@ -164,18 +159,22 @@ impl GenerationNumbers {
             files.truncate(MAX_FILES_PER_VOLUME);
         }
         for rel in files.into_iter().map(|f| f.rel) {
-            let path = dir.join(&rel);
-            let (inode, modified) = inode_of(&path).unwrap_or((InodeKey::default(), 0.0));
+            let at = match &generations {
+                Some((cur, by_gen)) => Beneath::new(dir, Path::new(&by_gen[cur]).join(&rel)),
+                None => Beneath::new(dir, &rel),
+            };
+            // A symlink (in a volume the pod writes) is tracked under its name, never followed.
+            let (inode, modified) = regular_file(&at).unwrap_or((InodeKey::default(), 0.0));
             let gens = generations.as_ref().map(|(cur, by_gen)| Generations {
                 current: *cur,
                 files: by_gen
                     .iter()
-                    .filter_map(|(g, gdir)| {
-                        let p = gdir.join(&rel);
-                        inode_of(&p).map(|(inode, _)| GenFile {
+                    .filter_map(|(g, name)| {
+                        let at = Beneath::new(dir, Path::new(name).join(&rel));
+                        regular_file(&at).map(|(inode, _)| GenFile {
                             generation: *g,
                             inode,
-                            path: p,
+                            at,
                         })
                     })
                     .collect(),
@@ -185,7 +184,8 @@ impl GenerationNumbers {
                 volume: volume.name.clone(),
                 file: rel.to_string_lossy().into_owned(),
                 source: volume.source.clone(),
-                path,
+                path: dir.join(&rel),
+                at,
                 inode,
                 modified,
                 generations: gens,
@@ -193,24 +193,29 @@ impl GenerationNumbers {
         }
     }
 
-    /// An atomic-writer volume's current generation and every generation's directory, numbering
-    /// new `..<timestamp>` directories; `None` (a problem) when `..data` points nowhere known.
+    /// An atomic-writer volume's current generation and every generation's directory name,
+    /// numbering new `..<timestamp>` directories; `None` (a problem) when `..data` does not name
+    /// one of them. Only real directories count: a `..x -> /` symlink is not a generation.
     fn atomic_writer_generations(
         &mut self,
         dir: &Path,
         out: &mut Scan,
-    ) -> Option<(u32, BTreeMap<u32, PathBuf>)> {
+    ) -> Option<(u32, BTreeMap<u32, String>)> {
         let ts_dirs: Vec<String> = sorted_entries(dir)
             .into_iter()
             .filter(|n| {
-                n.starts_with("..") && n != "..data" && n != "..data_tmp" && dir.join(n).is_dir()
+                n.starts_with("..")
+                    && n != "..data"
+                    && n != "..data_tmp"
+                    && std::fs::symlink_metadata(dir.join(n)).is_ok_and(|m| m.is_dir())
             })
             .collect();
         let gens = self.volumes.entry(dir.to_owned()).or_default();
         gens.update(&ts_dirs);
+        // `..data` must name one of them, as a plain name: never a path elsewhere.
         let current = std::fs::read_link(dir.join("..data"))
             .ok()
-            .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|t| t.to_str().map(str::to_owned))
             .and_then(|name| gens.by_dir.get(&name).copied());
         let Some(current) = current else {
             out.problems.push(format!(
@@ -220,7 +225,7 @@ impl GenerationNumbers {
         };
         Some((
             current,
-            gens.by_dir.iter().map(|(d, g)| (*g, dir.join(d))).collect(),
+            gens.by_dir.iter().map(|(d, g)| (*g, d.clone())).collect(),
         ))
     }
 }

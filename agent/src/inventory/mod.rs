@@ -2,6 +2,7 @@
 //! pod volumes (`kubelet`), one directory walker for both (`walk`), what a file's content says
 //! (`content`: JWT claims and certificate dates, never the value), and following all of it with
 //! inotify and periodic rescans (`watcher`). Produces `Scan`s; it keeps no agent state.
+pub mod beneath;
 pub mod content;
 pub mod host;
 pub mod kubelet;
@@ -17,6 +18,7 @@ use std::{
 
 use credwatch_common::file::InodeKey;
 
+pub use beneath::Beneath;
 pub use host::{specs, WatchSpec};
 
 use crate::sys;
@@ -26,7 +28,8 @@ use crate::sys;
 pub struct GenFile {
     pub generation: u32,
     pub inode: InodeKey,
-    pub path: PathBuf,
+    /// Its file in the generation's `..<timestamp>` directory.
+    pub at: Beneath,
 }
 
 /// The generations of a file in an atomic-writer volume that are on disk now.
@@ -47,6 +50,8 @@ pub struct Found {
     pub source: String,
     /// The visible path.
     pub path: PathBuf,
+    /// How the agent opens the current file: below a trusted root, no symlink followed.
+    pub at: Beneath,
     /// The current inode; `InodeKey::default()` when the file cannot be resolved (a dangling
     /// symlink): tracked, not watched.
     pub inode: InodeKey,
@@ -96,6 +101,13 @@ pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers)
         out.problems.extend(k.problems);
     }
     out
+}
+
+/// A regular file's identity and write time, reached without following a symlink below its
+/// root; `None` for anything else (a symlink, a FIFO, gone).
+pub fn regular_file(at: &Beneath) -> Option<(InodeKey, f64)> {
+    let m = at.metadata()?;
+    m.is_file().then(|| (inode_key(&m), modified(&m)))
 }
 
 /// A file's identity as the kernel sees it: `(s_dev, i_ino)`.

@@ -1,8 +1,10 @@
 //! The one directory walker of the inventory, for host watch roots and kubelet volumes alike.
 //!
 //! Names starting with `..` are skipped: they are the kubelet atomic writer's internals (the
-//! visible names are symlinks into them). A symlinked directory below the root is not entered
-//! (loops, and files outside the root); the root itself may be a symlink (a volume's `..data`).
+//! visible names are symlinks into them). Below the root no symlink is followed, to a file or a
+//! directory: the directories walked are ones pods and users write (see `beneath`). The root
+//! itself, chosen by the operator or the kubelet, may be one. The walk only lists: what it finds
+//! is opened and identified through `Beneath`, which holds even if the tree changes meanwhile.
 use std::{
     collections::BTreeSet,
     fs::Metadata,
@@ -15,8 +17,9 @@ pub struct Walk {
     pub max_depth: usize,
     /// Leave out `*.pub` files: public keys are not credentials.
     pub skip_public_keys: bool,
-    /// Report dangling symlinks too: still a name a process may try (tracked, unwatchable).
-    pub keep_dangling: bool,
+    /// Report symlinks too (never followed): still a name a process may open (tracked, not
+    /// watched).
+    pub keep_symlinks: bool,
 }
 
 /// A file the walk found.
@@ -25,7 +28,7 @@ pub struct Walked {
     pub path: PathBuf,
     /// The path below the root (empty when the root is the file).
     pub rel: PathBuf,
-    /// `None` for a dangling symlink.
+    /// `None` for a symlink.
     pub meta: Option<Metadata>,
 }
 
@@ -45,20 +48,24 @@ impl Walk {
             root.join(rel)
         };
         let depth = rel.components().count();
-        let meta = match std::fs::metadata(&path) {
-            Ok(meta) => meta,
-            Err(_) => {
-                // A dangling symlink, or gone since listed.
-                if self.keep_dangling && std::fs::symlink_metadata(&path).is_ok() {
-                    out.push(Walked {
-                        path,
-                        rel: rel.to_owned(),
-                        meta: None,
-                    });
-                }
-                return;
-            }
+        let meta = if depth == 0 {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
         };
+        let Ok(meta) = meta else {
+            return; // gone since listed
+        };
+        if meta.file_type().is_symlink() {
+            if self.keep_symlinks {
+                out.push(Walked {
+                    path,
+                    rel: rel.to_owned(),
+                    meta: None,
+                });
+            }
+            return;
+        }
         if meta.is_file() {
             if !(self.skip_public_keys && path.extension().is_some_and(|e| e == "pub")) {
                 out.push(Walked {
@@ -70,9 +77,6 @@ impl Walk {
             return;
         }
         if !meta.is_dir() || depth >= self.max_depth {
-            return;
-        }
-        if depth > 0 && std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
             return;
         }
         dirs.insert(path.clone());

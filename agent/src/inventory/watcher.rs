@@ -123,8 +123,13 @@ impl Watcher {
                 }
                 _ = tick.tick() => {}
             }
-            let pass = self.rescan();
-            apply(&pass);
+            // Scanning and parsing touch files on mounts that may hang (NFS, CSI): off the
+            // async workers, so that /healthz and /metrics keep answering meanwhile.
+            let pass = tokio::task::block_in_place(|| {
+                let pass = self.rescan();
+                apply(&pass);
+                pass
+            });
             add(&pass.scan.dirs, &mut watched);
         }
     }

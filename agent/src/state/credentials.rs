@@ -3,7 +3,7 @@
 //! changes the kernel's maps must follow.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -14,7 +14,7 @@ use crate::{
     identity::{attribution, PodIndex},
     inventory::{
         content::{Kind, Parsed},
-        Found,
+        Beneath, Found,
     },
 };
 
@@ -129,7 +129,7 @@ impl Credential {
         f: &Found,
         current: u32,
         unix_now: f64,
-        parse: &impl Fn(&Path) -> Parsed,
+        parse: &impl Fn(InodeKey, &Beneath) -> Parsed,
     ) {
         let first = !self.present && self.watched.is_empty() && self.generation_expiry.is_empty();
         if current == self.generation && self.inode == f.inode && !first {
@@ -148,7 +148,7 @@ impl Credential {
         self.parsed = if f.inode == InodeKey::default() {
             Parsed::default()
         } else {
-            parse(&f.path)
+            parse(f.inode, &f.at)
         };
         self.kind = self.parsed.kind;
         self.generation_expiry.insert(current, self.parsed.expiry);
@@ -158,12 +158,12 @@ impl Credential {
     /// of generations no longer on disk (into `unwatch`).
     fn sync_watched(
         &mut self,
-        wanted: Vec<(InodeKey, u32, PathBuf)>,
-        parse: &impl Fn(&Path) -> Parsed,
+        wanted: Vec<(InodeKey, u32, Beneath)>,
+        parse: &impl Fn(InodeKey, &Beneath) -> Parsed,
         watch: &mut Vec<MapOp>,
         unwatch: &mut Vec<InodeKey>,
     ) {
-        for (inode, generation, path) in &wanted {
+        for (inode, generation, at) in &wanted {
             if *inode == InodeKey::default() {
                 continue;
             }
@@ -178,7 +178,7 @@ impl Credential {
             }
             if !self.generation_expiry.contains_key(generation) {
                 self.generation_expiry
-                    .insert(*generation, parse(path).expiry);
+                    .insert(*generation, parse(*inode, at).expiry);
             }
         }
         while self.generation_expiry.len() > MAX_GENERATIONS_KEPT {
@@ -216,26 +216,26 @@ pub struct CredentialTable {
     next_id: u32,
 }
 
-/// The current generation of a found file, and every (inode, generation, path) of it to watch:
+/// The current generation of a found file, and every (inode, generation, file) of it to watch:
 /// in atomic-writer volumes the generations on disk; elsewhere a new inode is a new generation.
-fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey, u32, PathBuf)>) {
+fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey, u32, Beneath)>) {
     match (&f.generations, known) {
         (Some(g), _) => (
             g.current,
             g.files
                 .iter()
-                .map(|gf| (gf.inode, gf.generation, gf.path.clone()))
+                .map(|gf| (gf.inode, gf.generation, gf.at.clone()))
                 .collect(),
         ),
         (None, Some(rec)) if rec.inode == f.inode => (
             rec.generation,
-            vec![(f.inode, rec.generation, f.path.clone())],
+            vec![(f.inode, rec.generation, f.at.clone())],
         ),
         (None, Some(rec)) => (
             rec.generation + 1,
-            vec![(f.inode, rec.generation + 1, f.path.clone())],
+            vec![(f.inode, rec.generation + 1, f.at.clone())],
         ),
-        (None, None) => (0, vec![(f.inode, 0, f.path.clone())]),
+        (None, None) => (0, vec![(f.inode, 0, f.at.clone())]),
     }
 }
 
@@ -263,7 +263,7 @@ impl CredentialTable {
     pub fn apply(
         &mut self,
         found: &[Found],
-        parse: impl Fn(&Path) -> Parsed,
+        parse: impl Fn(InodeKey, &Beneath) -> Parsed,
         now: Instant,
         unix_now: f64,
         grace: Duration,
@@ -380,6 +380,7 @@ mod tests {
             file: file.into(),
             source: "host".into(),
             path: PathBuf::from("/v").join(file),
+            at: Beneath::new("/v", file),
             inode: InodeKey::new(1, ino),
             modified: 0.0,
             generations: None,
@@ -387,7 +388,7 @@ mod tests {
     }
 
     fn apply(c: &mut CredentialTable, f: &[Found], now: Instant) -> Vec<MapOp> {
-        c.apply(f, |_| Parsed::default(), now, 0.0, DEFAULT_SERIES_GRACE)
+        c.apply(f, |_, _| Parsed::default(), now, 0.0, DEFAULT_SERIES_GRACE)
     }
 
     fn w(cred_id: u32, ino: u64, generation: u32) -> MapOp {
@@ -465,7 +466,7 @@ mod tests {
                     .map(|(g, i)| GenFile {
                         generation: *g,
                         inode: InodeKey::new(1, *i),
-                        path: PathBuf::new(),
+                        at: Beneath::default(),
                     })
                     .collect(),
             });

@@ -7,7 +7,6 @@ pub mod readers;
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex, MutexGuard, PoisonError,
@@ -20,7 +19,13 @@ use dashmap::DashMap;
 pub use credentials::{Credential, CredentialTable, MapOp};
 pub use readers::{FirstRead, ReaderReads, ReaderRecord, MAX_READERS};
 
-use crate::{identity::Reader, inventory::content::Parsed, kernel::HookStatus};
+use credwatch_common::file::InodeKey;
+
+use crate::{
+    identity::Reader,
+    inventory::{content::Parsed, Beneath},
+    kernel::HookStatus,
+};
 
 /// Drops in userspace, exported with the kernel's in `events_lost_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +66,7 @@ impl State {
     pub fn apply_scan(
         &self,
         found: &[crate::inventory::Found],
-        parse: impl Fn(&Path) -> Parsed,
+        parse: impl Fn(InodeKey, &Beneath) -> Parsed,
         now: Instant,
         unix_now: f64,
         grace: Duration,

@@ -2,9 +2,11 @@
 //! certificate, private key, opaque) and the claims needed for expiry and identity. Nothing secret
 //! read here is kept: the bytes are looked at and dropped, and [`Parsed`] only holds claims, dates
 //! and names. Problem texts are fixed sentences that never quote the content.
-use std::{io::Read, path::Path};
+use std::{io::Read, sync::mpsc, time::Duration};
 
 use serde::Serialize;
+
+use super::Beneath;
 
 mod jwt;
 mod pem;
@@ -110,11 +112,16 @@ pub fn parse(content: &[u8]) -> Parsed {
     Parsed::default()
 }
 
-/// Parses a file on disk, reading at most [`MAX_PARSE_BYTES`] + 1 bytes. Too large or unreadable
-/// is opaque with a problem (which names the size or the I/O error kind, never the content).
-pub fn parse_file(path: &Path) -> Parsed {
-    let file = match std::fs::File::open(path) {
+/// Parses a file on disk, reading at most [`MAX_PARSE_BYTES`] + 1 bytes. It is opened through
+/// [`Beneath`]: a symlink below its root, a FIFO or a device is not opened (opaque, with the
+/// reason). Too large or unreadable is opaque with a problem (which names the size or the I/O
+/// error kind, never the content).
+pub fn parse_file(at: &Beneath) -> Parsed {
+    let file = match at.open_regular() {
         Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            return Parsed::opaque(format!("not parsed: {e}"))
+        }
         Err(e) => return Parsed::opaque(format!("could not be opened: {}", e.kind())),
     };
     let mut buf = Vec::new();
@@ -127,10 +134,65 @@ pub fn parse_file(path: &Path) -> Parsed {
 
 /// [`parse_file`], logging why a file is not understood (a truncated token, a broken certificate):
 /// the path and the problem, never the content.
-pub fn parse_file_logged(path: &Path) -> Parsed {
-    let parsed = parse_file(path);
+pub fn parse_file_logged(at: &Beneath) -> Parsed {
+    let parsed = parse_file(at);
     if let Some(problem) = &parsed.problem {
-        tracing::warn!(path = ?path, %problem, "credential tracked as opaque");
+        tracing::warn!(path = ?at.path(), %problem, "credential tracked as opaque");
     }
     parsed
+}
+
+/// How long one file may take to read before it is given up (a stale network mount, a FUSE
+/// file system that never answers).
+pub const PARSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reader threads left stuck in a read before parsing stops altogether (each is a thread the
+/// kernel holds; they are not killable).
+const MAX_STUCK_READERS: usize = 8;
+
+type Request = (Beneath, mpsc::Sender<Parsed>);
+
+/// Parses files on a thread of its own, each within [`PARSE_TIMEOUT`]: a file that never
+/// answers is tracked as opaque, and its thread is left behind, so the caller (and the agent)
+/// never wait longer than that for one file.
+#[derive(Default)]
+pub struct Parser {
+    worker: Option<mpsc::Sender<Request>>,
+    stuck: usize,
+}
+
+impl Parser {
+    pub fn parse(&mut self, at: &Beneath) -> Parsed {
+        if self.stuck >= MAX_STUCK_READERS {
+            return Parsed::opaque("not parsed: too many reads never finished");
+        }
+        let worker = self.worker.get_or_insert_with(spawn_worker);
+        let (tx, rx) = mpsc::channel();
+        if worker.send((at.clone(), tx)).is_err() {
+            self.worker = None;
+            return Parsed::opaque("not parsed: the parser stopped");
+        }
+        match rx.recv_timeout(PARSE_TIMEOUT) {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                // The worker is stuck in this read: leave it, start a fresh one next time.
+                self.worker = None;
+                self.stuck += 1;
+                tracing::warn!(path = ?at.path(), "reading a credential file did not finish in {PARSE_TIMEOUT:?}; tracked as opaque");
+                Parsed::opaque("reading it did not finish in time: not parsed")
+            }
+        }
+    }
+}
+
+fn spawn_worker() -> mpsc::Sender<Request> {
+    let (tx, rx) = mpsc::channel::<Request>();
+    std::thread::Builder::new()
+        .name("credwatch-parse".into())
+        .spawn(move || {
+            for (at, reply) in rx {
+                let _ = reply.send(parse_file_logged(&at));
+            }
+        })
+        .expect("spawning the parser thread");
+    tx
 }

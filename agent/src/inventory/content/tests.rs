@@ -1,5 +1,8 @@
 //! Table-driven cases for both parsers, with real keys and certificates made by openssl.
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -623,14 +626,17 @@ fn files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
 
-    let cert = write(d, "tls.crt", f.leaf_pem.as_bytes());
+    write(d, "tls.crt", f.leaf_pem.as_bytes());
+    let at = |name: &str| Beneath::new(d, name);
+    let cert = at("tls.crt");
     assert_eq!(parse_file(&cert), parse(f.leaf_pem.as_bytes()));
     assert_eq!(parse_file(&cert).kind, Kind::Certificate);
 
     // 5 MiB that would be a certificate if it were read: not parsed.
     let mut big = f.leaf_pem.clone().into_bytes();
     big.resize(5 * 1024 * 1024, b'A');
-    let big = write(d, "big", &big);
+    write(d, "big", &big);
+    let big = at("big");
     let parsed = parse_file(&big);
     assert_eq!(parsed, Parsed::opaque("larger than 1 MiB: not parsed"));
     assert_eq!(parse_file(&big).kind, Kind::Opaque);
@@ -638,17 +644,36 @@ fn files() {
     // Exactly 1 MiB is still parsed.
     let mut edge = f.leaf_pem.clone().into_bytes();
     edge.resize(MAX_PARSE_BYTES as usize, b'\n');
-    let edge = write(d, "edge", &edge);
+    write(d, "edge", &edge);
+    let edge = at("edge");
     assert_eq!(parse_file(&edge).kind, Kind::Certificate);
 
-    let missing = parse_file(&d.join("missing"));
+    let missing = parse_file(&at("missing"));
     assert_eq!(missing.kind, Kind::Opaque);
     assert_eq!(
         missing.problem.as_deref(),
         Some("could not be opened: entity not found")
     );
-    // A directory opens but cannot be read.
-    let unreadable = parse_file(d);
+    // A directory is not a regular file.
+    let unreadable = parse_file(&Beneath::new(d, ""));
     assert_eq!(unreadable.kind, Kind::Opaque);
     assert!(unreadable.problem.is_some());
+
+    // A symlink below the root, to a real certificate, is not followed; a FIFO is not opened
+    // (it would block); and the parser thread answers the same.
+    std::os::unix::fs::symlink(d.join("tls.crt"), d.join("link")).unwrap();
+    let link = parse_file(&at("link"));
+    assert_eq!(link.kind, Kind::Opaque);
+    assert!(link.problem.is_some());
+    let fifo = std::ffi::CString::new(d.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let mut parser = Parser::default();
+    let start = std::time::Instant::now();
+    assert_eq!(
+        parser.parse(&at("fifo")).problem.as_deref(),
+        Some("not parsed: not a regular file")
+    );
+    assert!(start.elapsed() < PARSE_TIMEOUT, "a FIFO never blocks");
+    assert_eq!(parser.parse(&cert).kind, Kind::Certificate);
 }

@@ -50,9 +50,14 @@ pub fn on_first_read(state: &State, cgroups: &CgroupResolver, ev: &FirstReadEven
         comm: comm(&ev.comm),
         at: MonotonicClock::now().to_unix_seconds(ev.ts_ns),
     };
-    let Some(rec) = state.record_first_read(ev.cgroup_id, &first, || {
-        describe(cgroups, ev.cgroup_id, ev.tgid)
-    }) else {
+    let Some(path) = cgroups.path_of(ev.cgroup_id, Some(ev.tgid)) else {
+        // The cgroup is gone already (a short-lived pod): its reads stay `_unknown` rather than
+        // being taken for the node's.
+        tracing::info!(credential = ?format!("{}/{}", first.volume, first.file), generation = first.generation, pid = first.tgid, comm = ?first.comm, "first read by a cgroup that is gone");
+        return;
+    };
+    let Some(rec) = state.record_first_read(ev.cgroup_id, &first, || describe(ev.cgroup_id, path))
+    else {
         return;
     };
     let unit = match &rec.reader {
@@ -94,16 +99,12 @@ pub fn on_first_read(state: &State, cgroups: &CgroupResolver, ev: &FirstReadEven
     }
 }
 
-/// A new reader's record, from its cgroup path (through `/proc/<tgid>` while the process lives).
-fn describe(cgroups: &CgroupResolver, cgroup_id: u64, tgid: u32) -> ReaderRecord {
-    let path = cgroups.path_of(cgroup_id, Some(tgid));
-    let reader = path
-        .as_deref()
-        .map(parse_cgroup_path)
-        .unwrap_or(Reader::Node { unit: None });
+/// A new reader's record, from its cgroup path.
+fn describe(cgroup_id: u64, path: String) -> ReaderRecord {
+    let reader = parse_cgroup_path(&path);
     ReaderRecord {
         cgroup_id,
-        cgroup_path: path,
+        cgroup_path: Some(path),
         container: attribution::fallback_label(&reader),
         reader,
         first_reads: Vec::new(),
@@ -137,16 +138,38 @@ mod tests {
 
     #[test]
     fn first_read_records_reader_with_bounded_history() {
+        use std::os::unix::fs::MetadataExt as _;
+        let Some(mount) = crate::sys::cgroup2_mount() else {
+            eprintln!("no cgroup2 mount here; nothing to check");
+            return;
+        };
         let state = State::default();
-        let cgroups = CgroupResolver::new("/nonexistent-cgroup-root");
+        // A cgroup that cannot be found is not described: its reads stay `_unknown`.
+        let gone = CgroupResolver::new("/nonexistent-cgroup-root");
+        on_first_read(&state, &gone, &sample());
+        assert!(state.readers().is_empty());
+        // This process's own cgroup (a host one here).
+        let rel = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let rel = rel
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap()
+            .to_owned();
+        let ino = std::fs::metadata(std::path::Path::new(&mount).join(rel.trim_start_matches('/')))
+            .unwrap()
+            .ino();
+        let cgroups = CgroupResolver::new(&mount);
         for i in 0..(MAX_FIRST_READS_PER_READER + 5) {
             let mut ev = sample();
             ev.generation = i as u32;
+            ev.cgroup_id = ino;
+            ev.tgid = std::process::id();
             on_first_read(&state, &cgroups, &ev);
         }
         let readers = state.readers();
         let r = &readers[0];
-        assert_eq!(r.container, "_node");
+        let own = attribution::fallback_label(&parse_cgroup_path(&rel));
+        assert_eq!(r.container, own);
         assert_eq!(r.first_reads.len(), MAX_FIRST_READS_PER_READER);
         assert_eq!(
             r.first_reads.last().unwrap().generation as usize,

@@ -1,38 +1,81 @@
 //! Keeps the state's credentials and the kernel's `WATCHED` map in step with inventory passes.
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use credwatch_common::file::InodeKey;
+
 use crate::{
-    inventory::{content, watcher::Pass},
+    inventory::{
+        content::{Parsed, Parser},
+        watcher::Pass,
+        Beneath, Found,
+    },
     kernel::maps::KernelMaps,
     state::{MapOp, State, UserLoss},
     sys,
 };
 
 pub struct WatchSync {
-    pub state: Arc<State>,
-    pub maps: Arc<KernelMaps>,
+    state: Arc<State>,
+    maps: Arc<KernelMaps>,
     /// How long series of a credential that is gone are kept.
-    pub grace: Duration,
+    grace: Duration,
+    parser: Parser,
+    /// What each inode on disk holds, parsed once: the state is updated from this, so no file is
+    /// read while its lock is held.
+    parsed: HashMap<InodeKey, Parsed>,
 }
 
 impl WatchSync {
-    /// Applies one inventory pass: records first, then the kernel map, new inodes before old ones
+    pub fn new(state: Arc<State>, maps: Arc<KernelMaps>, grace: Duration) -> Self {
+        Self {
+            state,
+            maps,
+            grace,
+            parser: Parser::default(),
+            parsed: HashMap::new(),
+        }
+    }
+
+    /// Applies one inventory pass: new files are parsed first (each within the parser's time
+    /// limit, no lock held), then the records, then the kernel map, new inodes before old ones
     /// go (so a rotation never leaves a gap).
-    pub fn apply(&self, pass: &Pass) {
+    pub fn apply(&mut self, pass: &Pass) {
         self.state
             .count_lost(UserLoss::Cardinality, pass.newly_skipped);
+        self.parse_new(&pass.scan.found);
+        let parsed = &self.parsed;
         let ops = self.state.apply_scan(
             &pass.scan.found,
-            content::parse_file_logged,
+            |inode, _| parsed.get(&inode).cloned().unwrap_or_default(),
             Instant::now(),
             sys::unix_now(),
             self.grace,
         );
         for op in &ops {
             self.apply_op(op);
+        }
+    }
+
+    /// Parses every inode of the pass not parsed yet; forgets inodes no longer on disk.
+    fn parse_new(&mut self, found: &[Found]) {
+        let mut on_disk: HashMap<InodeKey, &Beneath> = HashMap::new();
+        for f in found {
+            on_disk.insert(f.inode, &f.at);
+            for g in f.generations.iter().flat_map(|g| &g.files) {
+                on_disk.insert(g.inode, &g.at);
+            }
+        }
+        on_disk.remove(&InodeKey::default());
+        self.parsed.retain(|inode, _| on_disk.contains_key(inode));
+        for (inode, at) in on_disk {
+            if !self.parsed.contains_key(&inode) {
+                let parsed = self.parser.parse(at);
+                self.parsed.insert(inode, parsed);
+            }
         }
     }
 

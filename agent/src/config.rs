@@ -17,6 +17,19 @@ pub const DEFAULT_SERIES_GRACE: std::time::Duration = std::time::Duration::from_
 /// `events_lost_total{stage="cardinality"}` (once per distinct series). `--max-series`.
 pub const DEFAULT_MAX_SERIES: usize = 50_000;
 
+/// CSI drivers whose volumes hold credentials (secret stores, certificate and identity drivers);
+/// the volumes of any other driver (block, NFS, Ceph data disks) are not walked. The YAML key
+/// `credential_csi_drivers` adds to it.
+pub const DEFAULT_CSI_DRIVERS: &[&str] = &[
+    // Secrets Store CSI Driver: Vault, AWS, Azure, GCP and other providers plug into it.
+    "secrets-store.csi.k8s.io",
+    // cert-manager's csi-driver and csi-driver-spiffe.
+    "csi.cert-manager.io",
+    "spiffe.csi.cert-manager.io",
+    // The SPIFFE CSI driver (SPIRE workload API socket and SVIDs).
+    "csi.spiffe.io",
+];
+
 /// Host credential locations watched unless `no_default_watch` is set (see README).
 pub const DEFAULT_WATCH: &[&str] = &[
     "/run/credentials",
@@ -92,6 +105,26 @@ pub struct AgentFlags {
     /// events_lost_total{stage="cardinality"} [default: 50000]
     #[arg(long, env = "CREDWATCH_MAX_SERIES", value_name = "N")]
     pub max_series: Option<usize>,
+
+    /// Also serve the JSON API (/api/v1/credentials, /api/v1/readers), to loopback clients only.
+    /// Off by default: it maps every credential path, pod, service account, claim subject and
+    /// reader process on the node.
+    #[arg(long, env = "CREDWATCH_API")]
+    pub api: bool,
+
+    /// With --api: answer the JSON API to any client that reaches the listen address, not only
+    /// loopback ones.
+    #[arg(long, env = "CREDWATCH_API_ALLOW_REMOTE", requires = "api")]
+    pub api_allow_remote: bool,
+}
+
+/// Who may use the JSON API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiAccess {
+    #[default]
+    Off,
+    Loopback,
+    Anyone,
 }
 
 /// The YAML file. Unknown keys and wrong types are errors that name the line.
@@ -108,6 +141,9 @@ pub struct FileConfig {
     pub max_series: Option<usize>,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
+    pub credential_csi_drivers: Vec<String>,
+    pub api: bool,
+    pub api_allow_remote: bool,
 }
 
 /// An outbound authentication endpoint, added to the built-in catalog.
@@ -159,6 +195,9 @@ pub struct Config {
     pub max_series: usize,
     pub endpoints: Vec<Endpoint>,
     pub credential_sink_volumes: Vec<String>,
+    /// `DEFAULT_CSI_DRIVERS`, then the file's.
+    pub credential_csi_drivers: Vec<String>,
+    pub api: ApiAccess,
 }
 
 impl FileConfig {
@@ -235,6 +274,24 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_SERIES),
             endpoints: file.endpoints,
             credential_sink_volumes: sinks,
+            api: match (
+                flags.api || file.api,
+                flags.api_allow_remote || file.api_allow_remote,
+            ) {
+                (false, _) => ApiAccess::Off,
+                (true, false) => ApiAccess::Loopback,
+                (true, true) => ApiAccess::Anyone,
+            },
+            credential_csi_drivers: DEFAULT_CSI_DRIVERS
+                .iter()
+                .map(|d| d.to_string())
+                .chain(file.credential_csi_drivers)
+                .fold(Vec::new(), |mut v, d| {
+                    if !v.contains(&d) {
+                        v.push(d);
+                    }
+                    v
+                }),
         }
     }
 }

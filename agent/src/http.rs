@@ -1,9 +1,11 @@
-//! The agent's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz`, `/readyz`,
-//! `/api/v1/credentials` and `/api/v1/readers` (JSON).
-use std::sync::Arc;
+//! The agent's HTTP endpoints: `/metrics` (OpenMetrics text), `/healthz`, `/readyz` on the
+//! scrape port; `/api/v1/credentials` and `/api/v1/readers` (JSON) only with `--api`, and then to
+//! loopback clients unless `--api-allow-remote`: they map every credential path, pod, service
+//! account, claim subject and reader process on the node.
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::State as AxumState,
+    extract::{ConnectInfo, State as AxumState},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -11,7 +13,10 @@ use axum::{
 };
 use prometheus_client::registry::Registry;
 
-use crate::state::{Credential, ReaderRecord, State};
+use crate::{
+    config::ApiAccess,
+    state::{Credential, ReaderRecord, State},
+};
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -19,16 +24,35 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 pub struct App {
     pub registry: Arc<Registry>,
     pub state: Arc<State>,
+    pub api: ApiAccess,
 }
 
+/// The routes; serve them with `into_make_service_with_connect_info::<SocketAddr>()` (the JSON
+/// API checks who asks).
 pub fn router(app: App) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/credentials", get(credentials))
         .route("/api/v1/readers", get(readers))
         .with_state(app)
+}
+
+/// Whether `peer` may use the JSON API; the refusal otherwise.
+fn api_allowed(app: &App, peer: SocketAddr) -> Result<(), (StatusCode, &'static str)> {
+    match app.api {
+        ApiAccess::Anyone => Ok(()),
+        ApiAccess::Loopback if peer.ip().is_loopback() => Ok(()),
+        ApiAccess::Loopback => Err((
+            StatusCode::FORBIDDEN,
+            "the JSON API answers loopback clients only (--api-allow-remote changes that)\n",
+        )),
+        ApiAccess::Off => Err((
+            StatusCode::NOT_FOUND,
+            "the JSON API is off: start the agent with --api\n",
+        )),
+    }
 }
 
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
@@ -43,6 +67,21 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
     }
 }
 
+/// Alive while every task the agent runs for good is running (a stopped ring reader or inventory
+/// watcher means the metrics no longer follow anything). Answered from memory: never waits on a
+/// scan or a lock held for I/O.
+async fn healthz(AxumState(app): AxumState<App>) -> Response {
+    let why = app.state.unhealthy();
+    if why.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("unhealthy: {}\n", why.join("; ")),
+    )
+        .into_response()
+}
+
 async fn readyz(AxumState(app): AxumState<App>) -> Response {
     let waiting = app.state.waiting_for();
     if waiting.is_empty() {
@@ -55,10 +94,47 @@ async fn readyz(AxumState(app): AxumState<App>) -> Response {
         .into_response()
 }
 
-async fn credentials(AxumState(app): AxumState<App>) -> Json<Vec<Credential>> {
-    Json(app.state.credentials())
+async fn credentials(
+    AxumState(app): AxumState<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<Vec<Credential>>, (StatusCode, &'static str)> {
+    api_allowed(&app, peer)?;
+    Ok(Json(app.state.credentials()))
 }
 
-async fn readers(AxumState(app): AxumState<App>) -> Json<Vec<ReaderRecord>> {
-    Json(app.state.readers())
+async fn readers(
+    AxumState(app): AxumState<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<Vec<ReaderRecord>>, (StatusCode, &'static str)> {
+    api_allowed(&app, peer)?;
+    Ok(Json(app.state.readers()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(api: ApiAccess) -> App {
+        App {
+            registry: Arc::new(Registry::default()),
+            state: Arc::new(State::default()),
+            api,
+        }
+    }
+
+    #[test]
+    fn the_json_api_is_opt_in_and_loopback_only_unless_allowed() {
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let local6: SocketAddr = "[::1]:40000".parse().unwrap();
+        let remote: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let status = |api, peer| match api_allowed(&app(api), peer) {
+            Ok(()) => StatusCode::OK,
+            Err((code, _)) => code,
+        };
+        assert_eq!(status(ApiAccess::Off, local), StatusCode::NOT_FOUND);
+        assert_eq!(status(ApiAccess::Loopback, local), StatusCode::OK);
+        assert_eq!(status(ApiAccess::Loopback, local6), StatusCode::OK);
+        assert_eq!(status(ApiAccess::Loopback, remote), StatusCode::FORBIDDEN);
+        assert_eq!(status(ApiAccess::Anyone, remote), StatusCode::OK);
+    }
 }

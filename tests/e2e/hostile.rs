@@ -45,7 +45,9 @@ fn a_file_name_with_quote_backslash_and_newline_is_escaped_everywhere() {
     std::fs::write(&cred, "x").unwrap();
     let agent = Agent::start(&[dir.path()], &[]);
     let (rel, _, id) = pod_container_cgroup();
-    Cgroup::new(&rel).read(&["open", cred.to_str().unwrap(), "2"]);
+    // The reader's cgroup lives on (as a container's does) while the agent describes it.
+    let cg = Cgroup::new(&rel);
+    cg.read(&["open", cred.to_str().unwrap(), "2"]);
     let m = agent.metrics();
     promtool_parses(&m);
     let escaped = r#"we\"ird\\na\nme} 1\nforged_series 7"#;

@@ -151,3 +151,52 @@ fn probes_are_reported_attached() {
         200
     );
 }
+
+#[test]
+fn the_json_api_is_off_unless_asked_for() {
+    require_e2e!();
+    let dir = TempDir::new("api");
+    let agent = Agent::start(&[dir.path()], &[]);
+    assert_eq!(
+        credwatch_e2e::http_get(agent.addr, "/api/v1/credentials")
+            .unwrap()
+            .0,
+        200,
+        "the harness starts the agent with --api"
+    );
+    // Without --api: the scrape port serves /metrics and health only.
+    let out = Command::new(agent_bin())
+        .args(["agent", "--no-default-watch", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killed(out);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("credwatch: serving http://")
+        .and_then(|s| s.strip_suffix("/metrics"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status, body) = credwatch_e2e::http_get(addr, "/api/v1/readers").unwrap();
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("--api"), "{body}");
+    assert_eq!(credwatch_e2e::http_get(addr, "/metrics").unwrap().0, 200);
+}
+
+/// Kills the child on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use credwatch_e2e::{
     agent_bin, cgroupfs_container_cgroup,
-    kubelet::{cert_chain, sa_claims, KubeletTree, Signer, PROJECTED, SECRET},
+    kubelet::{cert_chain, kubelet_resync, sa_claims, KubeletTree, Signer, PROJECTED, SECRET},
     random_container_id, random_pod_uid, sample, systemd_container_cgroup, Agent, Cgroup,
 };
 
@@ -381,5 +381,48 @@ fn bad_input_is_tracked_as_opaque_and_nothing_else_is_lost() {
         sample(&m, "credwatch_credential_reads_total", &big),
         Some(1.0),
         "{m}"
+    );
+}
+
+/// The README's "mounted and never read" query, evaluated on a scrape: the credential's reads
+/// summed over every reader but the kubelet.
+fn workload_reads(m: &str, volume: &str, file: &str) -> f64 {
+    m.lines()
+        .filter(|l| l.starts_with("credwatch_credential_reads_total{"))
+        .filter(|l| {
+            l.contains(&format!("volume=\"{volume}\",file=\"{file}\""))
+                && !l.contains("container=\"_kubelet\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn the_kubelets_own_reads_are_kubelet_and_do_not_hide_an_unused_credential() {
+    require_e2e!();
+    let mut tree = KubeletTree::new();
+    let uid = random_pod_uid();
+    let vol = tree.volume(&uid, SECRET, "db");
+    tree.write(&vol, &[("password", b"pw"), ("unused-key", b"k")]);
+    let root = tree.path().to_str().unwrap().to_owned();
+    let agent = Agent::start(&[], &["--kubelet-root", &root]);
+    let id = random_container_id();
+    let app = Cgroup::new(&systemd_container_cgroup(&uid, &id));
+    app.read(&["open", vol.join("password").to_str().unwrap(), "2"]);
+    assert_eq!(kubelet_resync(tree.path(), 3), 6, "2 files x 3 resyncs");
+    let m = agent.metrics();
+    for file in ["password", "unused-key"] {
+        let kubelet = [("volume", "db"), ("file", file), ("container", "_kubelet")];
+        assert_eq!(
+            sample(&m, "credwatch_credential_reads_total", &kubelet),
+            Some(3.0),
+            "{m}"
+        );
+    }
+    assert_eq!(workload_reads(&m, "db", "password"), 2.0, "{m}");
+    assert_eq!(
+        workload_reads(&m, "db", "unused-key"),
+        0.0,
+        "the kubelet's reads must not make it look used: {m}"
     );
 }

@@ -271,3 +271,41 @@ pub fn cert_chain(days: u32) -> (Vec<u8>, Vec<u8>, i64, i64) {
         date("-enddate"),
     )
 }
+
+/// The kubelet's own reads: every file of every volume under `root`, read `rounds` times from a
+/// `system.slice/kubelet.service` cgroup, as its atomic writer does on each resync (it compares
+/// the old content before writing). Returns the opens made.
+pub fn kubelet_resync(root: &Path, rounds: u32) -> u64 {
+    let cgroup = crate::Cgroup::new("system.slice/kubelet.service");
+    let mut files = Vec::new();
+    collect_files(&root.join("pods"), &mut files);
+    let mut opens = 0;
+    for _ in 0..rounds {
+        for f in &files {
+            opens += cgroup.read(&["open", f.to_str().expect("UTF-8 path"), "1"]);
+        }
+    }
+    opens
+}
+
+/// Regular files below `dir` (the visible names, through the volumes' symlinks), skipping the
+/// atomic writer's `..` entries.
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(".."))
+        {
+            continue;
+        }
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+}

@@ -111,7 +111,14 @@ impl Agent {
         let dir = TempDir::new("agent");
         let log = dir.join("agent.log");
         let mut cmd = Command::new(agent_bin());
-        cmd.args(["agent", "--listen", "127.0.0.1:0", "--no-default-watch"]);
+        // --api: the tests look at /api/v1/* (from loopback).
+        cmd.args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-default-watch",
+            "--api",
+        ]);
         for w in watch {
             cmd.arg("--watch").arg(w);
         }

@@ -63,31 +63,37 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         specs,
         kubelet_root: Some(cfg.kubelet_root.clone()),
         sink_volumes: cfg.credential_sink_volumes.clone(),
+        csi_drivers: cfg.credential_csi_drivers.clone(),
         grace: cfg.series_grace,
     };
     follow_inventory(sources, &state, &maps);
     follow_first_reads(ring, &state, &cgroups);
-    tokio::spawn(
-        ReaderGc::new(
-            state.clone(),
-            maps.clone(),
-            cgroups.clone(),
-            pods.clone(),
-            cfg.series_grace,
-        )
-        .run(),
+    let gc = ReaderGc::new(
+        state.clone(),
+        maps.clone(),
+        cgroups.clone(),
+        pods.clone(),
+        cfg.series_grace,
     );
+    supervise(&state, "reader GC", async move {
+        gc.run().await;
+        Ok(())
+    });
     let collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
     let app = http::router(http::App {
         registry: Arc::new(export::registry(collector)),
         state,
+        api: cfg.api,
     });
-    tracing::info!(%addr, "ready");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("HTTP server")?;
+    tracing::info!(%addr, api = ?cfg.api, "ready");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await
+    .context("HTTP server")?;
     tracing::info!("stopping; probes detach as the process exits");
     drop(loaded);
     Ok(())
@@ -134,23 +140,40 @@ fn follow_inventory(sources: Sources, state: &Arc<State>, maps: &Arc<KernelMaps>
     sync.apply(&first);
     tracing::info!(credentials = state.credential_count(), "inventory scanned");
     state.mark_inventory_done();
-    tokio::spawn(async move {
-        if let Err(e) = watcher.run(first.scan.dirs, |pass| sync.apply(pass)).await {
-            tracing::error!(error = %e, "inventory watcher stopped; credentials are no longer followed");
-        }
+    supervise(state, "inventory watcher", async move {
+        watcher.run(first.scan.dirs, |pass| sync.apply(pass)).await
     });
 }
 
 /// The event ring drained into a bounded queue, and the queue decoded into reader records.
 fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<CgroupResolver>) {
     let (tx, rx) = mpsc::channel(ring::QUEUE_CAPACITY);
-    tokio::spawn(first_reads::handle(rx, state.clone(), cgroups.clone()));
+    let handler = first_reads::handle(rx, state.clone(), cgroups.clone());
+    supervise(state, "first-read decoder", async move {
+        handler.await;
+        Ok(())
+    });
     let counted = state.clone();
+    supervise(state, "ring buffer reader", async move {
+        ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
+    });
+}
+
+/// Runs a task that should last as long as the agent; if it ends, says so in the log and in
+/// `/healthz`.
+fn supervise(
+    state: &Arc<State>,
+    task: &'static str,
+    run: impl std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+) {
+    let state = state.clone();
     tokio::spawn(async move {
-        let on_drop = || counted.count_lost(UserLoss::Channel, 1);
-        if let Err(e) = ring::drain(ring, tx, on_drop).await {
-            tracing::error!(error = %e, "ring buffer reader stopped");
-        }
+        let why = match run.await {
+            Ok(()) => "ended".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(task, error = %why, "a task of the agent stopped; /healthz reports it");
+        state.task_stopped(task, &why);
     });
 }
 

@@ -23,6 +23,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
         specs,
         kubelet_root: Some(cfg.kubelet_root.clone()),
         sink_volumes: cfg.credential_sink_volumes.clone(),
+        csi_drivers: cfg.credential_csi_drivers.clone(),
         grace: cfg.series_grace,
     };
     let scan = inventory::scan_all(&sources, &mut GenerationNumbers::default());

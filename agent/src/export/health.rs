@@ -24,6 +24,7 @@ pub fn encode(
         ("channel", state.lost(UserLoss::Channel)),
         ("decode", state.lost(UserLoss::Decode)),
         ("cardinality", state.lost(UserLoss::Cardinality)),
+        ("inotify_watch", state.lost(UserLoss::InotifyWatch)),
     ];
     w.counters(
         "events_lost",

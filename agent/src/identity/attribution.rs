@@ -4,6 +4,10 @@ use super::{podmeta::PodIndex, Reader};
 
 /// The `container` label of host processes.
 pub const NODE: &str = "_node";
+/// The `container` label of the kubelet: it re-reads every file of secret, configMap and
+/// projected volumes on each resync (its atomic writer compares before writing), which is no use
+/// by a workload.
+pub const KUBELET: &str = "_kubelet";
 /// The `container` label of a reader whose cgroup is gone and was never described (its event
 /// was dropped): counted, but not attributable.
 pub const UNKNOWN_READER: &str = "_unknown";
@@ -17,9 +21,18 @@ pub const SANDBOX: &str = "_sandbox";
 /// characters of the container id.
 pub fn fallback_label(reader: &Reader) -> String {
     match reader {
-        Reader::Node { .. } => NODE.to_owned(),
+        Reader::Node { .. } => node_label(reader),
         Reader::Container { container_id, .. } => short_id(container_id),
         Reader::PodSandbox { .. } => SANDBOX.to_owned(),
+    }
+}
+
+/// `_kubelet` for the kubelet's own cgroup, else `_node`.
+fn node_label(reader: &Reader) -> String {
+    if reader.is_kubelet() {
+        KUBELET.to_owned()
+    } else {
+        NODE.to_owned()
     }
 }
 
@@ -51,7 +64,7 @@ pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIn
         return OTHER_POD.to_owned();
     }
     match reader {
-        Reader::Node { .. } => NODE.to_owned(),
+        Reader::Node { .. } => node_label(reader),
         Reader::PodSandbox { .. } => SANDBOX.to_owned(),
         Reader::Container {
             container_id,
@@ -68,7 +81,7 @@ pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIn
 /// Labels that aggregate many readers and outlive any one of them: their counts are kept when a
 /// reader's cgroup is purged, so these counters never go down.
 pub fn is_aggregate_label(label: &str) -> bool {
-    [NODE, OTHER_POD, UNKNOWN_READER, SANDBOX].contains(&label)
+    [NODE, KUBELET, OTHER_POD, UNKNOWN_READER, SANDBOX].contains(&label)
 }
 
 /// What pod metadata says about a credential of a pod's volume.
@@ -121,6 +134,14 @@ mod tests {
     #[test]
     fn labels() {
         assert_eq!(fallback_label(&Reader::Node { unit: None }), "_node");
+        let kubelet = Reader::Node {
+            unit: Some("kubelet.service".into()),
+        };
+        assert_eq!(fallback_label(&kubelet), "_kubelet");
+        assert_eq!(
+            container_label("p1", Some(&kubelet), &PodIndex::default()),
+            "_kubelet"
+        );
         assert_eq!(
             fallback_label(&container(ID, "containerd", None)),
             "0123456789ab"

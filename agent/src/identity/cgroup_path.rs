@@ -99,6 +99,13 @@ fn container(runtime: &str, id: &str, pod_uid: Option<String>) -> Reader {
     }
 }
 
+impl Reader {
+    /// The kubelet's own cgroup: its systemd unit, or Talos' `podruntime/kubelet`.
+    pub fn is_kubelet(&self) -> bool {
+        matches!(self, Reader::Node { unit: Some(u) } if u == "kubelet.service")
+    }
+}
+
 /// A container id inside a name no runtime we know writes (`kata_<id>`, `<sandbox>-<id>.slice`):
 /// the one 64-hex word in it.
 fn embedded_id(component: &str) -> Option<(&'static str, &str)> {
@@ -111,6 +118,12 @@ fn embedded_id(component: &str) -> Option<(&'static str, &str)> {
 
 /// A host process: its unit is the deepest `.service`/`.scope` (or runtime monitor) component.
 fn node(parts: &[&str]) -> Reader {
+    if parts == ["podruntime", "kubelet"] {
+        // Talos runs the kubelet without systemd, in this cgroup.
+        return Reader::Node {
+            unit: Some("kubelet.service".to_owned()),
+        };
+    }
     let unit = parts
         .iter()
         .rev()
@@ -453,7 +466,7 @@ mod tests {
             (r"/system.slice/system-serial\x2dgetty.slice", host(None)),
             // coroot/coroot-node-agent cgroup/cgroup_test.go and siderolabs/talos pull request
             // #3950 (Talos: no systemd)
-            ("/podruntime/kubelet", host(None)),
+            ("/podruntime/kubelet", host(Some("kubelet.service"))),
             ("/init", host(None)),
             // open-telemetry/opentelemetry-ebpf-instrumentation statagg test
             ("system.slice/crio.service", host(Some("crio.service"))),

@@ -69,8 +69,17 @@ impl VolumeGenerations {
     }
 }
 
+/// Which volumes besides secret and projected ones hold credentials.
+#[derive(Clone, Copy, Debug)]
+pub struct VolumeKinds<'a> {
+    /// emptyDir volume names used as credential sinks (a Vault agent's `vault-secrets`).
+    pub sinks: &'a [String],
+    /// CSI drivers whose volumes hold credentials.
+    pub csi_drivers: &'a [String],
+}
+
 /// Adds every credential file under the kubelet root `root` to `out`.
-pub fn scan(root: &Path, sinks: &[String], numbers: &mut GenerationNumbers, out: &mut Scan) {
+pub fn scan(root: &Path, kinds: &VolumeKinds, numbers: &mut GenerationNumbers, out: &mut Scan) {
     let pods = root.join("pods");
     if !pods.is_dir() {
         return;
@@ -79,7 +88,7 @@ pub fn scan(root: &Path, sinks: &[String], numbers: &mut GenerationNumbers, out:
     out.dirs.insert(pods.clone());
     let mut seen_volumes = BTreeSet::new();
     for uid in sorted_entries(&pods) {
-        for volume in pod_volumes(&pods, &uid, sinks, out) {
+        for volume in pod_volumes(&pods, &uid, kinds, out) {
             seen_volumes.insert(volume.dir.clone());
             numbers.scan_volume(&uid, &volume, out);
         }
@@ -97,7 +106,7 @@ struct Volume {
 }
 
 /// The credential volumes of the pod directory `<pods>/<uid>`.
-fn pod_volumes(pods: &Path, uid: &str, sinks: &[String], out: &mut Scan) -> Vec<Volume> {
+fn pod_volumes(pods: &Path, uid: &str, kinds: &VolumeKinds, out: &mut Scan) -> Vec<Volume> {
     let pod = pods.join(uid);
     if !pod.is_dir() {
         return Vec::new();
@@ -125,10 +134,15 @@ fn pod_volumes(pods: &Path, uid: &str, sinks: &[String], out: &mut Scan) -> Vec<
                 SECRET => (vdir, "secret".to_owned()),
                 PROJECTED => (vdir, "projected".to_owned()),
                 CSI => {
+                    // Only credential drivers: a data disk is neither walked nor watched.
                     out.dirs.insert(vdir.clone());
-                    (vdir.join("mount"), format!("csi/{}", csi_driver(&vdir)))
+                    let driver = csi_driver(&vdir);
+                    if !kinds.csi_drivers.contains(&driver) {
+                        continue;
+                    }
+                    (vdir.join("mount"), format!("csi/{driver}"))
                 }
-                _ if sinks.contains(&name) => (vdir, "emptydir".to_owned()),
+                _ if kinds.sinks.contains(&name) => (vdir, "emptydir".to_owned()),
                 _ => continue,
             };
             if dir.is_dir() {
@@ -244,6 +258,11 @@ fn csi_driver(vdir: &Path) -> String {
 mod tests {
     use super::*;
 
+    const NONE: VolumeKinds = VolumeKinds {
+        sinks: &[],
+        csi_drivers: &[],
+    };
+
     #[test]
     fn generations_follow_directory_names() {
         let mut g = VolumeGenerations::default();
@@ -298,6 +317,15 @@ mod tests {
         )
         .unwrap();
         std::fs::write(csi.join("mount/db-pass"), "p").unwrap();
+        // A data disk: its driver is not a credential driver, its files are not credentials.
+        let disk = vols.join(CSI).join("pgdata");
+        std::fs::create_dir_all(disk.join("mount")).unwrap();
+        std::fs::write(
+            disk.join("vol_data.json"),
+            r#"{"driverName":"ebs.csi.aws.com"}"#,
+        )
+        .unwrap();
+        std::fs::write(disk.join("mount/table.dat"), "rows").unwrap();
         let ed = vols.join(EMPTY_DIR);
         std::fs::create_dir_all(ed.join("vault-secrets")).unwrap();
         std::fs::create_dir_all(ed.join("cache")).unwrap();
@@ -306,7 +334,13 @@ mod tests {
 
         let mut s = GenerationNumbers::default();
         let mut out = Scan::default();
-        scan(root.path(), &["vault-secrets".into()], &mut s, &mut out);
+        let sinks = ["vault-secrets".to_owned()];
+        let drivers = ["secrets-store.csi.k8s.io".to_owned()];
+        let kinds = VolumeKinds {
+            sinks: &sinks,
+            csi_drivers: &drivers,
+        };
+        scan(root.path(), &kinds, &mut s, &mut out);
         let ids: Vec<(String, String, String)> = out
             .found
             .iter()
@@ -342,7 +376,7 @@ mod tests {
         std::fs::create_dir_all(sa.join("..2026_01_01_01_00_00.2")).unwrap();
         std::fs::write(sa.join("..2026_01_01_01_00_00.2/token"), "t2").unwrap();
         let mut out = Scan::default();
-        scan(root.path(), &[], &mut s, &mut out);
+        scan(root.path(), &NONE, &mut s, &mut out);
         let g = out
             .found
             .iter()
@@ -361,7 +395,7 @@ mod tests {
         std::fs::rename(sa.join("..data_tmp"), sa.join("..data")).unwrap();
         std::fs::remove_dir_all(sa.join("..2026_01_01_00_00_00.1")).unwrap();
         let mut out = Scan::default();
-        scan(root.path(), &[], &mut s, &mut out);
+        scan(root.path(), &NONE, &mut s, &mut out);
         let token = out.found.iter().find(|f| f.file == "token").unwrap();
         let g = token.generations.clone().unwrap();
         assert_eq!((g.current, g.files.len()), (1, 1));
@@ -384,7 +418,7 @@ mod tests {
         let mut out = Scan::default();
         scan(
             root.path(),
-            &[],
+            &NONE,
             &mut GenerationNumbers::default(),
             &mut out,
         );
@@ -402,7 +436,7 @@ mod tests {
         let mut out = Scan::default();
         scan(
             &root.path().join("missing"),
-            &[],
+            &NONE,
             &mut GenerationNumbers::default(),
             &mut out,
         );

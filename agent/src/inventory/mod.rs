@@ -80,6 +80,8 @@ pub struct Sources {
     pub specs: Vec<WatchSpec>,
     pub kubelet_root: Option<PathBuf>,
     pub sink_volumes: Vec<String>,
+    /// CSI drivers whose volumes hold credentials.
+    pub csi_drivers: Vec<String>,
     /// How long series of a credential that is gone are kept.
     pub grace: Duration,
 }
@@ -89,7 +91,11 @@ pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers)
     let mut out = host::scan(&sources.specs);
     if let Some(root) = &sources.kubelet_root {
         let mut k = Scan::default();
-        kubelet::scan(root, &sources.sink_volumes, generations, &mut k);
+        let kinds = kubelet::VolumeKinds {
+            sinks: &sources.sink_volumes,
+            csi_drivers: &sources.csi_drivers,
+        };
+        kubelet::scan(root, &kinds, generations, &mut k);
         let host: HashSet<InodeKey> = out.found.iter().map(|f| f.inode).collect();
         out.found.extend(
             k.found

@@ -23,6 +23,9 @@ pub struct Pass {
     pub scan: Scan,
     /// Files the per-root caps skipped beyond those of the previous pass (each counted once).
     pub newly_skipped: u64,
+    /// Directories that could not be watched with inotify since the previous pass (out of
+    /// watches: `fs.inotify.max_user_watches`, shared with the kubelet and the runtime).
+    pub failed_watches: u64,
 }
 
 pub struct Watcher {
@@ -76,6 +79,7 @@ impl Watcher {
         Pass {
             scan,
             newly_skipped,
+            failed_watches: 0,
         }
     }
 
@@ -97,15 +101,32 @@ impl Watcher {
             | WatchMask::DELETE_SELF
             | WatchMask::MOVE_SELF;
         let mut watched: HashSet<PathBuf> = HashSet::new();
-        let mut add = |dirs: &BTreeSet<PathBuf>, known: &mut HashSet<PathBuf>| {
+        // Failures are logged once per directory and counted once each.
+        let mut failed: HashSet<PathBuf> = HashSet::new();
+        let mut add = |dirs: &BTreeSet<PathBuf>, known: &mut HashSet<PathBuf>| -> u64 {
             known.retain(|d| dirs.contains(d));
+            failed.retain(|d| dirs.contains(d));
+            let mut new_failures = 0;
             for d in dirs {
-                if !known.contains(d) && watches.add(d, mask).is_ok() {
-                    known.insert(d.clone());
+                if known.contains(d) {
+                    continue;
+                }
+                match watches.add(d, mask) {
+                    Ok(_) => {
+                        known.insert(d.clone());
+                        failed.remove(d);
+                    }
+                    Err(e) => {
+                        if failed.insert(d.clone()) {
+                            new_failures += 1;
+                            tracing::warn!(dir = ?d, error = %e, "cannot watch a directory with inotify; its changes are seen by the periodic rescan only");
+                        }
+                    }
                 }
             }
+            new_failures
         };
-        add(&first_dirs, &mut watched);
+        let mut pending_failures = add(&first_dirs, &mut watched);
         let mut stream = inotify.into_event_stream([0u8; 8192])?;
         // Rescan often enough that series of removed credentials go soon after their grace period.
         let period = RESCAN_INTERVAL
@@ -126,11 +147,12 @@ impl Watcher {
             // Scanning and parsing touch files on mounts that may hang (NFS, CSI): off the
             // async workers, so that /healthz and /metrics keep answering meanwhile.
             let pass = tokio::task::block_in_place(|| {
-                let pass = self.rescan();
+                let mut pass = self.rescan();
+                pass.failed_watches = std::mem::take(&mut pending_failures);
                 apply(&pass);
                 pass
             });
-            add(&pass.scan.dirs, &mut watched);
+            pending_failures = add(&pass.scan.dirs, &mut watched);
         }
     }
 }

@@ -38,6 +38,9 @@ pub enum UserLoss {
     WatchedMap,
     /// An event from the kernel did not decode.
     Decode,
+    /// A directory could not be watched with inotify (out of watches): changes there are seen
+    /// only by the periodic rescan.
+    InotifyWatch,
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +51,9 @@ pub struct State {
     /// those counters never go down: (credential id, label) -> reads.
     retired: Mutex<HashMap<(u32, String), ReaderReads>>,
     hooks: Mutex<Vec<HookStatus>>,
-    lost: [AtomicU64; 4],
+    /// Long-running tasks that ended (each should run for the life of the agent), and why.
+    stopped: Mutex<Vec<String>>,
+    lost: [AtomicU64; 5],
     inventory_done: AtomicBool,
     probes_attached: AtomicBool,
 }
@@ -176,6 +181,17 @@ impl State {
         self.lost[loss as usize].load(Ordering::Relaxed)
     }
 
+    /// Records that a task which should run for the life of the agent ended: the agent is then
+    /// unhealthy (`/healthz`), since what it exports is no longer followed.
+    pub fn task_stopped(&self, task: &str, why: &str) {
+        lock(&self.stopped).push(format!("{task} stopped: {why}"));
+    }
+
+    /// Why the agent is unhealthy, if it is.
+    pub fn unhealthy(&self) -> Vec<String> {
+        lock(&self.stopped).clone()
+    }
+
     pub fn mark_inventory_done(&self) {
         self.inventory_done.store(true, Ordering::Release);
     }
@@ -194,5 +210,18 @@ impl State {
             waiting.push("first inventory scan not done");
         }
         waiting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_task_makes_the_agent_unhealthy() {
+        let state = State::default();
+        assert!(state.unhealthy().is_empty());
+        state.task_stopped("ring buffer reader", "EBADF");
+        assert_eq!(state.unhealthy(), ["ring buffer reader stopped: EBADF"]);
     }
 }

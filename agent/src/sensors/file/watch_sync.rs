@@ -46,6 +46,8 @@ impl WatchSync {
     pub fn apply(&mut self, pass: &Pass) {
         self.state
             .count_lost(UserLoss::Cardinality, pass.newly_skipped);
+        self.state
+            .count_lost(UserLoss::InotifyWatch, pass.failed_watches);
         self.parse_new(&pass.scan.found);
         let parsed = &self.parsed;
         let ops = self.state.apply_scan(

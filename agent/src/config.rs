@@ -76,6 +76,11 @@ pub struct Flags {
     /// Watch only the --watch paths and the config file's, not the built-in host locations.
     #[arg(long, env = "CREDWATCH_NO_DEFAULT_WATCH")]
     pub no_default_watch: bool,
+
+    /// Where the node's root file system is: watch paths are the node's paths below it. In a
+    /// container, mount the host's / read-only (the DaemonSet uses /host) [default: /]
+    #[arg(long, env = "CREDWATCH_HOST_ROOT", value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
 }
 
 /// Options of `credwatch agent` only.
@@ -135,6 +140,7 @@ pub struct FileConfig {
     pub kubelet_root: Option<PathBuf>,
     pub watch: Vec<String>,
     pub no_default_watch: bool,
+    pub host_root: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: Option<u64>,
@@ -188,7 +194,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub kubelet_root: PathBuf,
     /// Built-in paths (unless disabled), then the file's, then the flags'; duplicates removed.
+    /// The node's paths: found below `host_root`.
     pub watch: Vec<String>,
+    pub host_root: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: std::time::Duration,
@@ -261,6 +269,12 @@ impl Config {
                 .or(file.kubelet_root)
                 .unwrap_or_else(|| DEFAULT_KUBELET_ROOT.into()),
             watch,
+            host_root: flags
+                .common
+                .host_root
+                .clone()
+                .or(file.host_root)
+                .unwrap_or_else(|| "/".into()),
             kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig),
             node_name: flags.node_name.clone().or(file.node_name),
             series_grace: flags

@@ -200,3 +200,58 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn the_built_in_watch_list_means_the_nodes_files_below_the_host_root() {
+    require_e2e!();
+    // A node's file system as a DaemonSet sees it at /host.
+    let host = TempDir::new("host-root");
+    for (path, content) in [
+        ("etc/kubernetes/admin.conf", "kubeconfig"),
+        ("run/secrets/db-password", "pw"),
+        ("home/alice/.ssh/id_ed25519", "key"),
+        ("home/alice/.ssh/id_ed25519.pub", "public"),
+    ] {
+        let p = host.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+    let root = host.path().to_str().unwrap();
+    let agent = Agent::start_args(&["--host-root", root], &[]);
+    let m = agent.metrics();
+    let info = |volume: &str, file: &str| {
+        sample(
+            &m,
+            "credwatch_credential_info",
+            &[("volume", volume), ("file", file)],
+        )
+    };
+    assert_eq!(info("/etc/kubernetes", "admin.conf"), Some(1.0), "{m}");
+    assert_eq!(info("/run/secrets", "db-password"), Some(1.0), "{m}");
+    assert_eq!(info("/home", "alice/.ssh/id_ed25519"), Some(1.0), "{m}");
+    let infos = m
+        .lines()
+        .filter(|l| l.starts_with("credwatch_credential_info{"))
+        .count();
+    assert_eq!(
+        infos, 3,
+        "only the node's files, nothing of the agent's own: {m}"
+    );
+    let (rel, _, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    cg.read(&[
+        "open",
+        host.join("etc/kubernetes/admin.conf").to_str().unwrap(),
+        "2",
+    ]);
+    let m = agent.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "credwatch_credential_reads_total",
+            &[("file", "admin.conf"), ("container", &id[..12])]
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}

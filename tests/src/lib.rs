@@ -108,21 +108,25 @@ impl Agent {
 
     /// `start` with extra environment variables.
     pub fn start_with_env(watch: &[&Path], extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        let mut args = vec!["--no-default-watch".to_owned()];
+        for w in watch {
+            args.push("--watch".to_owned());
+            args.push(w.to_str().expect("UTF-8 path").to_owned());
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_args(&args, env)
+    }
+
+    /// Starts `credwatch agent --listen 127.0.0.1:0 --api ARGS...` (the built-in watch list
+    /// stays on unless ARGS turn it off) and waits until /readyz says ready.
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let log = dir.join("agent.log");
         let mut cmd = Command::new(agent_bin());
         // --api: the tests look at /api/v1/* (from loopback).
-        cmd.args([
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-default-watch",
-            "--api",
-        ]);
-        for w in watch {
-            cmd.arg("--watch").arg(w);
-        }
-        cmd.args(extra)
+        cmd.args(["agent", "--listen", "127.0.0.1:0", "--api"]);
+        cmd.args(args)
             .envs(env.iter().copied())
             .env("CREDWATCH_LOG", "info")
             .stdout(Stdio::piped())

@@ -61,6 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Inventory first, so that reads are counted from the moment we report ready.
     let sources = Sources {
         specs,
+        host_root: cfg.host_root.clone(),
         kubelet_root: Some(cfg.kubelet_root.clone()),
         sink_volumes: cfg.credential_sink_volumes.clone(),
         csi_drivers: cfg.credential_csi_drivers.clone(),

@@ -21,6 +21,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
     }
     let sources = Sources {
         specs,
+        host_root: cfg.host_root.clone(),
         kubelet_root: Some(cfg.kubelet_root.clone()),
         sink_volumes: cfg.credential_sink_volumes.clone(),
         csi_drivers: cfg.credential_csi_drivers.clone(),

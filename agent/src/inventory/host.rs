@@ -62,6 +62,21 @@ impl WatchSpec {
         })
     }
 
+    /// The same entry as the agent finds it: below `host_root`, the node's `/` as the agent sees it.
+    fn below(&self, host_root: &Path) -> WatchSpec {
+        if host_root == Path::new("/") {
+            return self.clone();
+        }
+        let under = |p: &Path| host_root.join(p.strip_prefix("/").unwrap_or(p));
+        WatchSpec {
+            pattern: under(Path::new(&self.pattern))
+                .to_string_lossy()
+                .into_owned(),
+            glob: self.glob,
+            literal_prefix: under(&self.literal_prefix),
+        }
+    }
+
     /// Decided at each scan: a path that does not exist yet is taken as a file, and becomes its
     /// own root if it appears as a directory.
     pub fn root(&self) -> PathBuf {
@@ -76,16 +91,24 @@ impl WatchSpec {
 
 /// Every file under the watch entries; a file under two entries (a symlinked kubeconfig, say)
 /// is one credential, the first entry's.
-pub fn scan(specs: &[WatchSpec]) -> Scan {
+pub fn scan(specs: &[WatchSpec], host_root: &Path) -> Scan {
     let mut out = Scan::default();
     let mut inodes = HashSet::new();
     for spec in specs {
-        scan_spec(spec, &mut inodes, &mut out);
+        scan_spec(&spec.below(host_root), host_root, &mut inodes, &mut out);
     }
     out
 }
 
-fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
+/// The node's path of a path below `host_root`: what labels and logs show.
+fn node_path(host_root: &Path, p: &Path) -> String {
+    match p.strip_prefix(host_root) {
+        Ok(rel) if host_root != Path::new("/") => format!("/{}", rel.display()),
+        _ => p.to_string_lossy().into_owned(),
+    }
+}
+
+fn scan_spec(spec: &WatchSpec, host_root: &Path, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
     let root = spec.root();
     // Watch the nearest existing ancestor of the root so that its creation is seen.
     let mut anchor = root.as_path();
@@ -106,7 +129,7 @@ fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
             .map(|w| Beneath::new(pattern, w.rel))
             .collect()
     } else {
-        out.missing.push(spec.pattern.clone());
+        out.missing.push(node_path(host_root, pattern));
         Vec::new()
     };
     let mut tracked = 0;
@@ -127,7 +150,7 @@ fn scan_spec(spec: &WatchSpec, inodes: &mut HashSet<InodeKey>, out: &mut Scan) {
         let path = at.path();
         out.found.push(Found {
             pod_uid: String::new(),
-            volume: root.to_string_lossy().into_owned(),
+            volume: node_path(host_root, &root),
             file: path
                 .strip_prefix(&root)
                 .unwrap_or(&path)
@@ -244,7 +267,7 @@ mod tests {
             format!("{r}/not/there/yet"),
         ]);
         assert!(errs.is_empty());
-        let s = scan(&specs);
+        let s = scan(&specs, Path::new("/"));
         let got: Vec<(String, String)> = s
             .found
             .iter()
@@ -278,13 +301,43 @@ mod tests {
     }
 
     #[test]
+    fn watch_paths_are_the_nodes_below_the_host_root() {
+        let host = tempfile::tempdir().unwrap();
+        let h = host.path();
+        std::fs::create_dir_all(h.join("etc/kubernetes")).unwrap();
+        std::fs::write(h.join("etc/kubernetes/admin.conf"), "k").unwrap();
+        std::fs::create_dir_all(h.join("home/bob/.kube")).unwrap();
+        std::fs::write(h.join("home/bob/.kube/config"), "k").unwrap();
+        let (specs, _) = specs(&[
+            "/etc/kubernetes/*.conf".to_owned(),
+            "/home/*/.kube/config".to_owned(),
+            "/run/secrets".to_owned(),
+        ]);
+        let s = scan(&specs, h);
+        let got: Vec<(&str, &str)> = s
+            .found
+            .iter()
+            .map(|f| (f.volume.as_str(), f.file.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/etc/kubernetes", "admin.conf"),
+                ("/home", "bob/.kube/config")
+            ]
+        );
+        assert_eq!(s.found[0].at.path(), h.join("etc/kubernetes/admin.conf"));
+        assert_eq!(s.missing, ["/run/secrets"]);
+    }
+
+    #[test]
     fn scan_caps_files_per_watch() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..(MAX_FILES_PER_WATCH + 3) {
             std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
         }
         let (specs, _) = specs(&[dir.path().to_string_lossy().into_owned()]);
-        let s = scan(&specs);
+        let s = scan(&specs, Path::new("/"));
         assert_eq!(s.found.len(), MAX_FILES_PER_WATCH);
         assert_eq!(s.skipped, 3);
     }

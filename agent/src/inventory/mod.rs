@@ -78,6 +78,8 @@ pub struct Scan {
 #[derive(Clone, Debug)]
 pub struct Sources {
     pub specs: Vec<WatchSpec>,
+    /// The node's `/` as the agent sees it (`/host` in the DaemonSet): the specs' paths are below.
+    pub host_root: PathBuf,
     pub kubelet_root: Option<PathBuf>,
     pub sink_volumes: Vec<String>,
     /// CSI drivers whose volumes hold credentials.
@@ -88,7 +90,7 @@ pub struct Sources {
 
 /// Scans host watch paths and the kubelet root; a file under both is one credential (the host's).
 pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers) -> Scan {
-    let mut out = host::scan(&sources.specs);
+    let mut out = host::scan(&sources.specs, &sources.host_root);
     if let Some(root) = &sources.kubelet_root {
         let mut k = Scan::default();
         let kinds = kubelet::VolumeKinds {

@@ -259,3 +259,49 @@ fn canary_values_never_leave_the_agent() {
         );
     }
 }
+
+#[test]
+fn three_hundred_rotations_keep_the_kernel_map_bounded_and_counts_exact() {
+    require_e2e!();
+    let dir = TempDir::new("rotations");
+    let cred = dir.join("token");
+    std::fs::write(&cred, "gen-0").unwrap();
+    let agent = Agent::start(&[dir.path()], &[]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let mut made = cg.read(&["open", s(&cred), "1"]);
+    for i in 1..=300u32 {
+        // Atomic replacement: a new inode, a new generation.
+        let tmp = dir.join(".token.tmp");
+        std::fs::write(&tmp, format!("gen-{i}")).unwrap();
+        std::fs::rename(&tmp, &cred).unwrap();
+        agent.wait_metrics(&format!("rotation {i}"), |m| {
+            sample(
+                m,
+                "credwatch_credential_rotations_total",
+                &[("file", "token")],
+            ) == Some(f64::from(i))
+        });
+        made += cg.read(&["open", s(&cred), "1"]);
+    }
+    let m = agent.metrics();
+    assert_eq!(made, 301);
+    assert_eq!(
+        reads(&m, &[("file", "token"), ("container", &id[..12])]),
+        Some(301.0),
+        "every read of every generation, counted once: {m}"
+    );
+    let entries = sample(&m, "credwatch_kernel_map_entries", &[("map", "READS")]).unwrap();
+    assert!(
+        entries <= 2.0,
+        "READS holds {entries} entries after 300 rotations with one reader: {m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "credwatch_credential_reader_generation_lag",
+            &[("file", "token"), ("container", &id[..12])]
+        ),
+        Some(0.0)
+    );
+}

@@ -15,6 +15,7 @@ pub fn encode(
     maps: Option<&KernelMaps>,
     pod_metadata_up: bool,
     kernel: &str,
+    read_entries: usize,
 ) -> fmt::Result {
     let kernel_lost = |s| maps.map(|m| m.lost(s)).unwrap_or(0);
     let lost = [
@@ -41,6 +42,17 @@ pub fn encode(
             .into_iter()
             .map(|h| (vec![("probe", h.probe)], if h.attached { 1.0 } else { 0.0 }))
             .collect(),
+    )?;
+    w.gauges(
+        "kernel_map_entries",
+        "Entries in the kernel's maps (READS: one per reader cgroup, credential and generation still on disk; WATCHED: one per credential inode).",
+        vec![
+            (vec![("map", "READS".to_owned())], read_entries as f64),
+            (
+                vec![("map", "WATCHED".to_owned())],
+                state.watched_entries() as f64,
+            ),
+        ],
     )?;
     w.gauges(
         "pod_metadata_up",

@@ -90,6 +90,7 @@ impl prometheus_client::collector::Collector for Collector {
             self.maps.as_deref(),
             self.pods.up(),
             &self.kernel,
+            totals.len(),
         )
     }
 }

@@ -102,11 +102,20 @@ impl KernelMaps {
 
     /// Removes every counter of a reader cgroup and returns their last totals.
     pub fn take_cgroup_counters(&self, cgroup_id: u64) -> Vec<ReadTotal> {
+        self.take_counters(|k| k.cgroup_id == cgroup_id)
+    }
+
+    /// Removes every counter of one credential generation and returns their last totals.
+    pub fn take_generation_counters(&self, cred_id: u32, generation: u32) -> Vec<ReadTotal> {
+        self.take_counters(|k| k.cred_id == cred_id && k.generation == generation)
+    }
+
+    fn take_counters(&self, which: impl Fn(&ReadKey) -> bool) -> Vec<ReadTotal> {
         let mut reads = lock(&self.reads);
         let gone: Vec<ReadTotal> = reads
             .iter()
             .flatten()
-            .filter(|(k, _)| k.cgroup_id == cgroup_id)
+            .filter(|(k, _)| which(k))
             .map(|(key, per_cpu)| ReadTotal::new(key, &per_cpu))
             .collect();
         for t in &gone {

@@ -50,6 +50,12 @@ pub struct State {
     /// Reads of purged reader cgroups under aggregate labels (`_node`, `_other_pod`), kept so
     /// those counters never go down: (credential id, label) -> reads.
     retired: Mutex<HashMap<(u32, String), ReaderReads>>,
+    /// Reads of generations no longer on disk, folded out of the kernel's `READS` (which would
+    /// otherwise gain a key per live reader at every rotation): (reader cgroup, credential) ->
+    /// reads.
+    folded: Mutex<HashMap<(u64, u32), ReaderReads>>,
+    /// Entries of `WATCHED`, as the file sensor keeps it.
+    watched_entries: AtomicU64,
     hooks: Mutex<Vec<HookStatus>>,
     /// Long-running tasks that ended (each should run for the life of the agent), and why.
     stopped: Mutex<Vec<String>>,
@@ -86,6 +92,7 @@ impl State {
             .collect();
         if !purged.is_empty() {
             lock(&self.retired).retain(|(c, _), _| !purged.contains(c));
+            lock(&self.folded).retain(|(_, c), _| !purged.contains(c));
         }
         ops
     }
@@ -150,6 +157,43 @@ impl State {
             .entry((cred_id, label))
             .or_default()
             .add(reads);
+    }
+
+    /// Keeps the reads of a retired generation's counter, by reader cgroup.
+    pub fn fold(&self, cgroup_id: u64, cred_id: u32, reads: &ReaderReads) {
+        lock(&self.folded)
+            .entry((cgroup_id, cred_id))
+            .or_default()
+            .add(reads);
+    }
+
+    /// The folded reads: (reader cgroup, credential id) -> reads.
+    pub fn folded(&self) -> Vec<((u64, u32), ReaderReads)> {
+        lock(&self.folded)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
+    /// Removes and returns the folded reads of a reader cgroup that is gone.
+    pub fn take_folded_of_cgroup(&self, cgroup_id: u64) -> Vec<(u32, ReaderReads)> {
+        let mut folded = lock(&self.folded);
+        let keys: Vec<(u64, u32)> = folded
+            .keys()
+            .filter(|(g, _)| *g == cgroup_id)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| folded.remove(&k).map(|r| (k.1, r)))
+            .collect()
+    }
+
+    pub fn set_watched_entries(&self, n: u64) {
+        self.watched_entries.store(n, Ordering::Relaxed);
+    }
+
+    pub fn watched_entries(&self) -> u64 {
+        self.watched_entries.load(Ordering::Relaxed)
     }
 
     /// The kept reads: (credential id, label) -> reads.

@@ -49,6 +49,7 @@ impl ReaderGc {
             .read_totals()
             .iter()
             .map(|t| t.key.cgroup_id)
+            .chain(self.state.folded().iter().map(|((g, _), _)| *g))
             .collect();
         self.gone_since.retain(|id, _| ids.contains(id));
         let mut purged = 0;
@@ -69,14 +70,22 @@ impl ReaderGc {
     /// Removes a gone cgroup's counters, keeping the reads that aggregate labels show.
     fn purge(&mut self, cgroup_id: u64) {
         let reader = reader_of(&self.state, &self.cgroups, cgroup_id);
-        for t in self.maps.take_cgroup_counters(cgroup_id) {
-            let Some(c) = self.state.credential(t.key.cred_id) else {
+        let counters = self
+            .maps
+            .take_cgroup_counters(cgroup_id)
+            .into_iter()
+            .map(|t| {
+                let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+                (t.key.cred_id, reads)
+            });
+        let folded = self.state.take_folded_of_cgroup(cgroup_id);
+        for (cred_id, reads) in counters.chain(folded) {
+            let Some(c) = self.state.credential(cred_id) else {
                 continue;
             };
             let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
             if attribution::is_aggregate_label(&label) {
-                let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
-                self.state.retire(t.key.cred_id, label, &reads);
+                self.state.retire(cred_id, label, &reads);
             }
         }
         self.state.forget_reader(cgroup_id);

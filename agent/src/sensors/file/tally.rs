@@ -49,23 +49,24 @@ pub fn reads_by_label(
             reads.entry((cred_id, label)).or_default().add(&r);
         }
     }
+    // Live kernel counters and the folded counts of retired generations, by reader cgroup.
+    let by_cgroup = totals
+        .iter()
+        .map(|t| {
+            let r = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+            ((t.key.cgroup_id, t.key.cred_id), r)
+        })
+        .chain(state.folded());
     let mut readers: HashMap<u64, Option<Reader>> = HashMap::new();
-    for t in totals {
-        let Some(c) = by_id.get(&t.key.cred_id) else {
+    for ((cgroup_id, cred_id), r) in by_cgroup {
+        let Some(c) = by_id.get(&cred_id) else {
             continue; // purged
         };
         let reader = readers
-            .entry(t.key.cgroup_id)
-            .or_insert_with(|| reader_of(state, cgroups, t.key.cgroup_id));
+            .entry(cgroup_id)
+            .or_insert_with(|| reader_of(state, cgroups, cgroup_id));
         let label = attribution::container_label(&c.pod_uid, reader.as_ref(), pods);
-        reads
-            .entry((t.key.cred_id, label))
-            .or_default()
-            .add(&ReaderReads::of_counter(
-                t.count,
-                t.last_read_ns,
-                t.key.generation,
-            ));
+        reads.entry((cred_id, label)).or_default().add(&r);
     }
     reads
 }

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use credwatch_common::file::InodeKey;
+use credwatch_common::file::{CredentialGeneration, InodeKey};
 
 use crate::{
     inventory::{
@@ -14,7 +14,7 @@ use crate::{
         Beneath, Found,
     },
     kernel::maps::KernelMaps,
-    state::{MapOp, State, UserLoss},
+    state::{MapOp, ReaderReads, State, UserLoss},
     sys,
 };
 
@@ -27,6 +27,8 @@ pub struct WatchSync {
     /// What each inode on disk holds, parsed once: the state is updated from this, so no file is
     /// read while its lock is held.
     parsed: HashMap<InodeKey, Parsed>,
+    /// What `WATCHED` holds, as this put it there.
+    in_kernel: HashMap<InodeKey, CredentialGeneration>,
 }
 
 impl WatchSync {
@@ -37,6 +39,7 @@ impl WatchSync {
             grace,
             parser: Parser::default(),
             parsed: HashMap::new(),
+            in_kernel: HashMap::new(),
         }
     }
 
@@ -60,6 +63,7 @@ impl WatchSync {
         for op in &ops {
             self.apply_op(op);
         }
+        self.state.set_watched_entries(self.in_kernel.len() as u64);
     }
 
     /// Parses every inode of the pass not parsed yet; forgets inodes no longer on disk.
@@ -81,7 +85,7 @@ impl WatchSync {
         }
     }
 
-    fn apply_op(&self, op: &MapOp) {
+    fn apply_op(&mut self, op: &MapOp) {
         match *op {
             MapOp::Watch(inode, cred) => {
                 if let Some(r) = self.state.credential(cred.cred_id) {
@@ -90,10 +94,37 @@ impl WatchSync {
                 if let Err(e) = self.maps.watch(inode, cred) {
                     tracing::error!(error = %e, "cannot watch a credential: WATCHED map full?");
                     self.state.count_lost(UserLoss::WatchedMap, 1);
+                    return;
+                }
+                if let Some(old) = self.in_kernel.insert(inode, cred) {
+                    if old != cred {
+                        self.retire(old);
+                    }
                 }
             }
-            MapOp::Unwatch(inode) => self.maps.unwatch(inode),
-            MapOp::Purge(cred_id) => self.maps.forget_credential(cred_id),
+            MapOp::Unwatch(inode) => {
+                self.maps.unwatch(inode);
+                if let Some(old) = self.in_kernel.remove(&inode) {
+                    self.retire(old);
+                }
+            }
+            MapOp::Purge(cred_id) => {
+                self.in_kernel.retain(|_, c| c.cred_id != cred_id);
+                self.maps.forget_credential(cred_id);
+            }
+        }
+    }
+
+    /// A generation no longer watched can be read no more: its counters leave the kernel's
+    /// `READS` for the state, so that the map does not grow by a key per live reader at every
+    /// rotation, and no count goes down.
+    fn retire(&self, gen: CredentialGeneration) {
+        for t in self
+            .maps
+            .take_generation_counters(gen.cred_id, gen.generation)
+        {
+            let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+            self.state.fold(t.key.cgroup_id, t.key.cred_id, &reads);
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ConnectInfo, State as AxumState},
+    extract::{ConnectInfo, Query, State as AxumState},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -102,12 +102,31 @@ async fn credentials(
     Ok(Json(app.state.credentials()))
 }
 
+/// `?offset=N&limit=M` of `/api/v1/readers`, by cgroup id.
+#[derive(Debug, serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: usize,
+    limit: Option<usize>,
+}
+
+/// Readers per page by default, and at most: thousands of readers with their first reads would
+/// make one answer of hundreds of megabytes.
+const READERS_PAGE: usize = 500;
+const READERS_PAGE_MAX: usize = 5000;
+
 async fn readers(
     AxumState(app): AxumState<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Json<Vec<ReaderRecord>>, (StatusCode, &'static str)> {
+    Query(page): Query<Page>,
+) -> Result<Response, (StatusCode, &'static str)> {
     api_allowed(&app, peer)?;
-    Ok(Json(app.state.readers()))
+    let all = app.state.readers();
+    let total = all.len();
+    let limit = page.limit.unwrap_or(READERS_PAGE).min(READERS_PAGE_MAX);
+    let page: Vec<ReaderRecord> = all.into_iter().skip(page.offset).take(limit).collect();
+    // The total in a header, so that the body stays the plain list it always was.
+    Ok(([("x-total-count", total.to_string())], Json(page)).into_response())
 }
 
 #[cfg(test)]

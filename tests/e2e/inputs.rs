@@ -156,6 +156,7 @@ fn probes_are_reported_attached() {
 fn the_json_api_is_off_unless_asked_for() {
     require_e2e!();
     let dir = TempDir::new("api");
+    std::fs::write(dir.join("key"), "k").unwrap();
     let agent = Agent::start(&[dir.path()], &[]);
     assert_eq!(
         credwatch_e2e::http_get(agent.addr, "/api/v1/credentials")
@@ -164,6 +165,25 @@ fn the_json_api_is_off_unless_asked_for() {
         200,
         "the harness starts the agent with --api"
     );
+    // Readers come in pages.
+    let cgroups: Vec<Cgroup> = (0..2)
+        .map(|_| Cgroup::new(&pod_container_cgroup().0))
+        .collect();
+    for cg in &cgroups {
+        cg.read(&["open", dir.join("key").to_str().unwrap(), "1"]);
+    }
+    let count = |path: &str| agent.get(path).matches("\"cgroup_id\"").count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count("/api/v1/readers") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readers not described"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(count("/api/v1/readers?limit=1"), 1);
+    assert_eq!(count("/api/v1/readers?offset=1&limit=5"), 1);
+    assert_eq!(agent.get("/api/v1/readers?offset=1000"), "[]");
     // Without --api: the scrape port serves /metrics and health only.
     let out = Command::new(agent_bin())
         .args(["agent", "--no-default-watch", "--listen", "127.0.0.1:0"])

@@ -18,6 +18,9 @@ pub struct CgroupResolver {
     misses: DashMap<u64, std::time::Instant>,
 }
 
+/// Paths (and misses) remembered at most.
+const MAX_CACHED: usize = 32_768;
+
 /// How long a failed lookup is remembered before the tree is walked again for that id.
 const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -37,7 +40,7 @@ impl CgroupResolver {
             return Some(p.clone());
         }
         if let Some(p) = tgid.and_then(|t| self.via_proc(cgroup_id, t)) {
-            self.cache.insert(cgroup_id, p.clone());
+            self.remember(cgroup_id, p.clone());
             return Some(p);
         }
         if self
@@ -50,10 +53,13 @@ impl CgroupResolver {
         let found = self.walk(cgroup_id);
         match &found {
             Some(p) => {
-                self.cache.insert(cgroup_id, p.clone());
+                self.remember(cgroup_id, p.clone());
                 self.misses.remove(&cgroup_id);
             }
             None => {
+                if self.misses.len() >= MAX_CACHED {
+                    self.misses.clear();
+                }
                 self.misses.insert(cgroup_id, std::time::Instant::now());
             }
         }
@@ -87,9 +93,9 @@ impl CgroupResolver {
                 continue;
             };
             let rel_str = rel.to_string_lossy().into_owned();
-            self.cache
-                .entry(meta.ino())
-                .or_insert_with(|| rel_str.clone());
+            if !self.cache.contains_key(&meta.ino()) {
+                self.remember(meta.ino(), rel_str.clone());
+            }
             if meta.ino() == cgroup_id {
                 return Some(rel_str);
             }
@@ -109,6 +115,15 @@ impl CgroupResolver {
     /// never resolved).
     pub fn reader(&self, cgroup_id: u64) -> Option<Reader> {
         self.path_of(cgroup_id, None).map(|p| parse_cgroup_path(&p))
+    }
+
+    /// Caches a path; the cache is bounded (a node's cgroup tree, walked whole, could fill it
+    /// with directories no reader uses): past `MAX_CACHED` it starts over.
+    fn remember(&self, cgroup_id: u64, path: String) {
+        if self.cache.len() >= MAX_CACHED {
+            self.cache.clear();
+        }
+        self.cache.insert(cgroup_id, path);
     }
 
     pub fn root(&self) -> &Path {

@@ -90,8 +90,8 @@ fn jwt_claims(claims: &Map<String, Value>) -> Parsed {
             parsed.namespace = string(claims.get("kubernetes.io/serviceaccount/namespace"));
         }
     }
-    // Names that become labels must be what the API server allows; anything else is not a
-    // Kubernetes service-account token, whatever its claims say.
+    // Names that become labels must be what the API server allows; a token whose claims name
+    // anything else is no Kubernetes service-account token: a plain JWT, without those names.
     let bad_name =
         |n: &Option<String>, valid: fn(&str) -> bool| n.as_deref().is_some_and(|n| !valid(n));
     if bad_name(&parsed.service_account, is_dns1123_subdomain)
@@ -99,12 +99,39 @@ fn jwt_claims(claims: &Map<String, Value>) -> Parsed {
     {
         parsed.service_account = None;
         parsed.namespace = None;
-        parsed.problem = Some(
-            "its kubernetes.io claims name a service account or namespace that is not a valid Kubernetes name".to_owned(),
-        );
     }
     if parsed.service_account.is_some() {
         parsed.kind = Kind::ServiceaccountToken;
     }
     parsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_names_that_could_not_be_kubernetes_names_are_dropped() {
+        let claims = |sa: &str, ns: &str| -> Map<String, Value> {
+            serde_json::from_value(serde_json::json!({
+                "exp": 2000000000,
+                "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa}}
+            }))
+            .unwrap()
+        };
+        let ok = jwt_claims(&claims("builder", "shop"));
+        assert_eq!(ok.kind, Kind::ServiceaccountToken);
+        assert_eq!(ok.service_account.as_deref(), Some("builder"));
+        for (sa, ns) in [
+            ("b\"} 1\nforged 7", "shop"),
+            ("builder", "Shop"),
+            ("a b", "x"),
+        ] {
+            let bad = jwt_claims(&claims(sa, ns));
+            assert_eq!(bad.kind, Kind::Jwt, "{sa:?} {ns:?}");
+            assert_eq!((bad.service_account, bad.namespace), (None, None));
+            assert!(bad.problem.is_none());
+            assert_eq!(bad.expiry, Some(2000000000.0));
+        }
+    }
 }

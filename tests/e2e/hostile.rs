@@ -3,8 +3,8 @@ use std::process::{Command, Stdio};
 
 use credwatch_e2e::{
     kubelet::{KubeletTree, EMPTY_DIR, SECRET},
-    pod_container_cgroup, random_container_id, random_pod_uid, reads, systemd_container_cgroup,
-    Agent, Cgroup, TempDir,
+    pod_container_cgroup, random_container_id, random_pod_uid, reads, sample,
+    systemd_container_cgroup, Agent, Cgroup, TempDir,
 };
 
 /// Runs `promtool check metrics` (a real Prometheus text parser) on `metrics`: parse errors fail,
@@ -209,4 +209,52 @@ fn a_pod_writable_sink_cannot_wedge_blind_or_redirect_the_agent() {
         Some(2.0)
     );
     answers_within_a_second(&agent, "/healthz");
+}
+
+#[test]
+fn one_file_under_two_pods_counts_for_the_first_and_says_so() {
+    require_e2e!();
+    let tree = KubeletTree::new();
+    // Two pods mounting the same ReadWriteMany volume: one inode under two identities (here a
+    // hard link, which is what the kernel sees either way).
+    let mut uids = [random_pod_uid(), random_pod_uid()];
+    uids.sort();
+    let [first, second] = uids;
+    let a = tree.csi_volume(&first, "shared", "secrets-store.csi.k8s.io");
+    std::fs::write(a.join("api-key"), "k").unwrap();
+    let b = tree.csi_volume(&second, "shared", "secrets-store.csi.k8s.io");
+    std::fs::hard_link(a.join("api-key"), b.join("api-key")).unwrap();
+    let root = tree.path().to_str().unwrap().to_owned();
+    let agent = Agent::start(&[], &["--kubelet-root", &root]);
+    let id = random_container_id();
+    let reader = Cgroup::new(&systemd_container_cgroup(&first, &id));
+    reader.read(&["open", a.join("api-key").to_str().unwrap(), "4"]);
+    let m = agent.metrics();
+    assert_eq!(
+        reads(
+            &m,
+            &[
+                ("pod", &first),
+                ("file", "api-key"),
+                ("container", &id[..12])
+            ]
+        ),
+        Some(4.0),
+        "the first pod's own reads are its own: {m}"
+    );
+    assert!(
+        !m.lines()
+            .any(|l| l.contains(&format!("pod=\"{second}\"")) && l.contains("_other_pod")),
+        "nothing counted as the second pod's: {m}"
+    );
+    assert_eq!(
+        sample(&m, "credwatch_credential_shared_files", &[]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        agent.log_text().contains("is the same file as"),
+        "{}",
+        agent.log_text()
+    );
 }

@@ -55,6 +55,11 @@ pub fn encode(
         ],
     )?;
     w.gauges(
+        "credential_shared_files",
+        "Credential files found under a second identity (a volume two pods mount, a hard link): their reads count for the first.",
+        vec![(vec![], state.shared_files() as f64)],
+    )?;
+    w.gauges(
         "pod_metadata_up",
         "1 while the Kubernetes pod watch works; 0 without an API or while it fails (pods are then labelled by uid).",
         vec![(vec![], if pod_metadata_up { 1.0 } else { 0.0 })],

@@ -72,6 +72,8 @@ pub struct Scan {
     pub skipped: u64,
     /// Odd things worth a log line (each is logged once while it lasts).
     pub problems: Vec<String>,
+    /// Files found under a second identity (see `one_identity_per_inode`).
+    pub shared: u64,
 }
 
 /// Where credentials are looked for.
@@ -108,7 +110,52 @@ pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers)
         out.skipped += k.skipped;
         out.problems.extend(k.problems);
     }
+    one_identity_per_inode(&mut out);
     out
+}
+
+/// One inode, one credential: the first identity that holds a file (host entries, then pods in
+/// uid order) counts its reads; the same inode under another identity (a ReadWriteMany volume
+/// two pods mount, a hard link) is tracked there but not watched, logged and counted in
+/// `Scan::shared`. Without this the kernel map would hold whichever came last, and one pod's
+/// reads would be counted as another's.
+fn one_identity_per_inode(scan: &mut Scan) {
+    let mut owner: std::collections::HashMap<InodeKey, String> = std::collections::HashMap::new();
+    for f in &mut scan.found {
+        let me = format!("{}/{}/{}", f.pod_uid, f.volume, f.file);
+        let inodes = std::iter::once(f.inode).chain(
+            f.generations
+                .iter()
+                .flat_map(|g| g.files.iter().map(|gf| gf.inode)),
+        );
+        let taken: Vec<(InodeKey, String)> = inodes
+            .filter(|i| *i != InodeKey::default())
+            .filter_map(|i| owner.get(&i).filter(|o| **o != me).map(|o| (i, o.clone())))
+            .collect();
+        if let Some((_, first)) = taken.first() {
+            scan.problems.push(format!(
+                "{me:?} is the same file as {first:?} (a volume two pods mount, or a hard link): its reads are counted for the first"
+            ));
+            scan.shared += 1;
+            if taken.iter().any(|(i, _)| *i == f.inode) {
+                f.inode = InodeKey::default();
+            }
+            if let Some(g) = &mut f.generations {
+                g.files
+                    .retain(|gf| !taken.iter().any(|(i, _)| *i == gf.inode));
+            }
+        }
+        for i in std::iter::once(f.inode)
+            .chain(
+                f.generations
+                    .iter()
+                    .flat_map(|g| g.files.iter().map(|gf| gf.inode)),
+            )
+            .filter(|i| *i != InodeKey::default())
+        {
+            owner.entry(i).or_insert_with(|| me.clone());
+        }
+    }
 }
 
 /// A regular file's identity and write time, reached without following a symlink below its

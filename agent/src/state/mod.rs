@@ -56,6 +56,8 @@ pub struct State {
     folded: Mutex<HashMap<(u64, u32), ReaderReads>>,
     /// Entries of `WATCHED`, as the file sensor keeps it.
     watched_entries: AtomicU64,
+    /// Files found under a second identity at the last scan.
+    shared_files: AtomicU64,
     hooks: Mutex<Vec<HookStatus>>,
     /// Long-running tasks that ended (each should run for the life of the agent), and why.
     stopped: Mutex<Vec<String>>,
@@ -190,6 +192,14 @@ impl State {
 
     pub fn set_watched_entries(&self, n: u64) {
         self.watched_entries.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_shared_files(&self, n: u64) {
+        self.shared_files.store(n, Ordering::Relaxed);
+    }
+
+    pub fn shared_files(&self) -> u64 {
+        self.shared_files.load(Ordering::Relaxed)
     }
 
     pub fn watched_entries(&self) -> u64 {

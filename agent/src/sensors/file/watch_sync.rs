@@ -29,6 +29,8 @@ pub struct WatchSync {
     parsed: HashMap<InodeKey, Parsed>,
     /// What `WATCHED` holds, as this put it there.
     in_kernel: HashMap<InodeKey, CredentialGeneration>,
+    /// Watches the kernel refused (the map was full): tried again on every pass, counted once.
+    pending: HashMap<InodeKey, CredentialGeneration>,
 }
 
 impl WatchSync {
@@ -40,6 +42,7 @@ impl WatchSync {
             parser: Parser::default(),
             parsed: HashMap::new(),
             in_kernel: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -51,6 +54,7 @@ impl WatchSync {
             .count_lost(UserLoss::Cardinality, pass.newly_skipped);
         self.state
             .count_lost(UserLoss::InotifyWatch, pass.failed_watches);
+        self.state.set_shared_files(pass.scan.shared);
         self.parse_new(&pass.scan.found);
         let parsed = &self.parsed;
         let ops = self.state.apply_scan(
@@ -62,6 +66,9 @@ impl WatchSync {
         );
         for op in &ops {
             self.apply_op(op);
+        }
+        for (inode, cred) in std::mem::take(&mut self.pending) {
+            self.watch(inode, cred, false);
         }
         self.state.set_watched_entries(self.in_kernel.len() as u64);
     }
@@ -91,18 +98,10 @@ impl WatchSync {
                 if let Some(r) = self.state.credential(cred.cred_id) {
                     tracing::info!(pod_uid = ?r.pod_uid, volume = ?r.volume, file = ?r.file, kind = r.kind.as_str(), generation = cred.generation, "watching credential");
                 }
-                if let Err(e) = self.maps.watch(inode, cred) {
-                    tracing::error!(error = %e, "cannot watch a credential: WATCHED map full?");
-                    self.state.count_lost(UserLoss::WatchedMap, 1);
-                    return;
-                }
-                if let Some(old) = self.in_kernel.insert(inode, cred) {
-                    if old != cred {
-                        self.retire(old);
-                    }
-                }
+                self.watch(inode, cred, true);
             }
             MapOp::Unwatch(inode) => {
+                self.pending.remove(&inode);
                 self.maps.unwatch(inode);
                 if let Some(old) = self.in_kernel.remove(&inode) {
                     self.retire(old);
@@ -110,7 +109,27 @@ impl WatchSync {
             }
             MapOp::Purge(cred_id) => {
                 self.in_kernel.retain(|_, c| c.cred_id != cred_id);
+                self.pending.retain(|_, c| c.cred_id != cred_id);
                 self.maps.forget_credential(cred_id);
+            }
+        }
+    }
+
+    /// Puts an inode in `WATCHED`; a refusal (the map is full) is counted on the first try and
+    /// the watch is tried again on the next pass, so a credential is never recorded as watched
+    /// while the kernel does not count it.
+    fn watch(&mut self, inode: InodeKey, cred: CredentialGeneration, first_try: bool) {
+        if let Err(e) = self.maps.watch(inode, cred) {
+            if first_try {
+                tracing::error!(error = %e, "cannot watch a credential: WATCHED map full? (tried again on every scan)");
+                self.state.count_lost(UserLoss::WatchedMap, 1);
+            }
+            self.pending.insert(inode, cred);
+            return;
+        }
+        if let Some(old) = self.in_kernel.insert(inode, cred) {
+            if old != cred {
+                self.retire(old);
             }
         }
     }

@@ -24,6 +24,9 @@ use kube::{
 /// How long a deleted pod's metadata is kept, so that late events and series still resolve.
 pub const DELETED_POD_TTL: Duration = Duration::from_secs(600);
 
+/// How often deleted pods past their TTL are looked for, at most.
+const EVICTION_PERIOD: Duration = Duration::from_secs(30);
+
 /// What the agent needs of a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PodMeta {
@@ -155,6 +158,11 @@ impl PodIndex {
                 p.deleted_at.get_or_insert(now);
             }
         }
+        self.evict_deleted(now);
+    }
+
+    /// Forgets pods deleted longer than `DELETED_POD_TTL` ago.
+    fn evict_deleted(&self, now: Instant) {
         self.pods.retain(|_, p| {
             p.deleted_at
                 .is_none_or(|t| now.duration_since(t) < DELETED_POD_TTL)
@@ -237,7 +245,13 @@ pub async fn run(cfg: ApiConfig, index: Arc<PodIndex>) {
         .timeout(290);
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut listing: HashSet<String> = HashSet::new();
+    let mut last_eviction = Instant::now();
     while let Some(item) = stream.next().await {
+        // Deleted pods go after their TTL even when no relist comes (a watch can last hours).
+        if last_eviction.elapsed() >= EVICTION_PERIOD {
+            index.evict_deleted(Instant::now());
+            last_eviction = Instant::now();
+        }
         match item {
             Ok(watcher::Event::Init) => listing.clear(),
             Ok(watcher::Event::InitApply(pod)) => {
@@ -361,6 +375,11 @@ mod tests {
             "not relisted: deleted, still resolvable"
         );
         idx.delete("a", t0);
+        idx.evict_deleted(t0 + DELETED_POD_TTL);
+        assert!(
+            idx.get("a").is_none(),
+            "evicted without a relist once its TTL passed"
+        );
         idx.resync(&HashSet::new(), t0 + DELETED_POD_TTL);
         assert!(idx.is_empty());
     }

@@ -149,6 +149,11 @@ impl State {
         })
     }
 
+    /// The cgroup ids of every described reader.
+    pub fn reader_cgroups(&self) -> Vec<u64> {
+        self.readers.iter().map(|r| *r.key()).collect()
+    }
+
     pub fn forget_reader(&self, cgroup_id: u64) {
         self.readers.remove(&cgroup_id);
     }

@@ -50,6 +50,8 @@ impl ReaderGc {
             .iter()
             .map(|t| t.key.cgroup_id)
             .chain(self.state.folded().iter().map(|((g, _), _)| *g))
+            // Readers whose counters all went with a purged credential: their records too.
+            .chain(self.state.reader_cgroups())
             .collect();
         self.gone_since.retain(|id, _| ids.contains(id));
         let mut purged = 0;

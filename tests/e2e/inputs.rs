@@ -120,6 +120,13 @@ fn check_passes_on_this_kernel() {
     let out = Command::new(agent_bin()).arg("check").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    for map in ["map READS", "map WATCHED", "map EVENTS"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(map) && l.contains("MiB")),
+            "check states the memory of each map: {text}"
+        );
+    }
     for hook in credwatch::sensors::file::HOOKS {
         let probe = hook.label();
         assert!(

@@ -125,7 +125,10 @@ fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
         Err(e) => return vec![item("eBPF object", false, true, format!("{e}"))],
     };
     let any = loaded.any_attached();
-    let mut items = Vec::new();
+    let mut items: Vec<Item> = crate::kernel::maps::memory()
+        .into_iter()
+        .map(|(map, detail)| item(format!("map {map}"), true, false, detail))
+        .collect();
     if any {
         items.push(item(
             "descriptor to inode",

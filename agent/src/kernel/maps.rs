@@ -13,6 +13,67 @@ use credwatch_common::{
 
 use super::{Error, Result};
 
+/// What `READS` may take of the agent's memory (charged to its memory cgroup from 5.11): its
+/// entries are preallocated, each with a value per possible CPU, so a fixed entry count would be
+/// about 100 MiB on a 96-CPU node.
+pub const READS_BUDGET_BYTES: u64 = 32 << 20;
+/// What one hash entry costs beyond its key and value (the kernel's `htab_elem`, rounded up).
+const HASH_ENTRY_OVERHEAD: u64 = 64;
+
+/// Bytes one `READS` entry takes on a node with `cpus` possible CPUs.
+fn reads_entry_bytes(cpus: u64) -> u64 {
+    let key = std::mem::size_of::<ReadKey>() as u64;
+    let value = std::mem::size_of::<ReadStats>() as u64;
+    key + value * cpus + HASH_ENTRY_OVERHEAD
+}
+
+/// `READS` entries for a node with `cpus` possible CPUs: what fits the budget, between 4,096 and
+/// the object's 65,536.
+pub fn reads_entries(cpus: u64) -> u32 {
+    let fit = READS_BUDGET_BYTES / reads_entry_bytes(cpus.max(1));
+    fit.clamp(4096, u64::from(file::READS_MAX_ENTRIES)) as u32
+}
+
+/// Possible CPUs: per-CPU map values are allocated for each.
+pub fn possible_cpus() -> u64 {
+    aya::util::nr_cpus().map_or(1, |n| n as u64)
+}
+
+/// Each map and the memory it takes on this node, for `credwatch check`.
+pub fn memory() -> Vec<(&'static str, String)> {
+    let cpus = possible_cpus();
+    let reads = u64::from(reads_entries(cpus));
+    let watched_entry = (std::mem::size_of::<InodeKey>()
+        + std::mem::size_of::<CredentialGeneration>()) as u64
+        + HASH_ENTRY_OVERHEAD;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    vec![
+        (
+            file::maps::READS,
+            format!(
+                "{reads} entries x {} B ({cpus} possible CPUs) = {:.1} MiB, preallocated",
+                reads_entry_bytes(cpus),
+                mib(reads * reads_entry_bytes(cpus))
+            ),
+        ),
+        (
+            file::maps::WATCHED,
+            format!(
+                "{} entries x {watched_entry} B = {:.1} MiB, preallocated",
+                file::WATCHED_MAX_ENTRIES,
+                mib(u64::from(file::WATCHED_MAX_ENTRIES) * watched_entry)
+            ),
+        ),
+        (
+            maps::EVENTS,
+            format!(
+                "{:.2} MiB ring buffer",
+                mib(u64::from(credwatch_common::EVENTS_BYTE_SIZE))
+            ),
+        ),
+    ]
+}
+
 /// The summed read counter of one (cgroup, credential, generation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadTotal {
@@ -130,5 +191,23 @@ impl KernelMaps {
             .get(&(stage as u32), 0)
             .map(|v| v.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_is_sized_to_the_node() {
+        assert_eq!(
+            reads_entries(2),
+            65_536,
+            "small nodes keep the object's size"
+        );
+        let big = reads_entries(96);
+        assert!((4096..65_536).contains(&big), "{big}");
+        assert!(u64::from(big) * reads_entry_bytes(96) <= READS_BUDGET_BYTES);
+        assert_eq!(reads_entries(100_000), 4096, "never below the floor");
     }
 }

@@ -18,7 +18,9 @@ pub static FLOOR_OBJECT: &[u8] =
 pub fn load(btf: &ProbeBtf, agent_tgid: u32) -> Result<Ebpf> {
     raise_memlock_limit();
     let object = patch_kfunc_calls(EBPF_OBJECT, btf.rdonly_cast.map(|c| c.func))?;
+    let reads = super::maps::reads_entries(super::maps::possible_cpus());
     Ok(EbpfLoader::new()
+        .map_max_entries(credwatch_common::file::maps::READS, reads)
         .override_global(
             credwatch_common::file::globals::KERNEL_OFFSETS,
             &btf.globals(),

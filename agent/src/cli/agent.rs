@@ -15,7 +15,7 @@ use crate::{
     config::Config,
     export, http,
     identity::{podmeta, CgroupResolver, PodIndex},
-    inventory::{self, watcher::Watcher, Sources},
+    inventory::{watcher::Watcher, Sources},
     kernel::{self, btf, compat::Loaded, maps::KernelMaps, ring},
     sensors::file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
     state::{State, UserLoss},
@@ -28,10 +28,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if let Some(why) = sys::missing_privileges() {
         bail!("{why}");
     }
-    let (specs, errors) = inventory::specs(&cfg.watch);
-    if !errors.is_empty() {
-        bail!("bad watch entries: {}", errors.join("; "));
-    }
+    // Bad watch entries fail before anything is loaded.
+    let sources = Sources::from_config(&cfg).map_err(anyhow::Error::msg)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -59,14 +57,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods.clone(),
     ));
     // Inventory first, so that reads are counted from the moment we report ready.
-    let sources = Sources {
-        specs,
-        host_root: cfg.host_root.clone(),
-        kubelet_root: Some(cfg.kubelet_root.clone()),
-        sink_volumes: cfg.credential_sink_volumes.clone(),
-        csi_drivers: cfg.credential_csi_drivers.clone(),
-        grace: cfg.series_grace,
-    };
     follow_inventory(sources, &state, &maps);
     follow_first_reads(ring, &state, &cgroups);
     let gc = ReaderGc::new(

@@ -1,8 +1,6 @@
 //! `credwatch inventory`: the credentials on this host, as a table or JSON, without eBPF.
 use std::time::Instant;
 
-use anyhow::bail;
-
 use crate::{
     config::{AgentFlags, Config, Flags},
     inventory::{self, content, kubelet::GenerationNumbers, Sources},
@@ -15,18 +13,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
         common: flags,
         ..Default::default()
     })?;
-    let (specs, errors) = inventory::specs(&cfg.watch);
-    if !errors.is_empty() {
-        bail!("bad watch entries: {}", errors.join("; "));
-    }
-    let sources = Sources {
-        specs,
-        host_root: cfg.host_root.clone(),
-        kubelet_root: Some(cfg.kubelet_root.clone()),
-        sink_volumes: cfg.credential_sink_volumes.clone(),
-        csi_drivers: cfg.credential_csi_drivers.clone(),
-        grace: cfg.series_grace,
-    };
+    let sources = Sources::from_config(&cfg).map_err(anyhow::Error::msg)?;
     let scan = inventory::scan_all(&sources, &mut GenerationNumbers::default());
     for p in &scan.problems {
         eprintln!("note: {p}");

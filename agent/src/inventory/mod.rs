@@ -90,6 +90,24 @@ pub struct Sources {
     pub grace: Duration,
 }
 
+impl Sources {
+    /// Where the configuration says to look; a bad watch entry is an error naming each.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self, String> {
+        let (specs, errors) = specs(&cfg.watch);
+        if !errors.is_empty() {
+            return Err(format!("bad watch entries: {}", errors.join("; ")));
+        }
+        Ok(Sources {
+            specs,
+            host_root: cfg.host_root.clone(),
+            kubelet_root: Some(cfg.kubelet_root.clone()),
+            sink_volumes: cfg.credential_sink_volumes.clone(),
+            csi_drivers: cfg.credential_csi_drivers.clone(),
+            grace: cfg.series_grace,
+        })
+    }
+}
+
 /// Scans host watch paths and the kubelet root; a file under both is one credential (the host's).
 pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers) -> Scan {
     let mut out = host::scan(&sources.specs, &sources.host_root);

@@ -6,8 +6,9 @@ use crate::identity::Reader;
 /// Distinct reader cgroups remembered; beyond this new readers are still counted in the kernel
 /// but not described (counted as `events_lost_total{stage="cardinality"}`).
 pub const MAX_READERS: usize = 16_384;
-/// First-read records kept per reader, newest last.
-pub const MAX_FIRST_READS_PER_READER: usize = 64;
+/// First-read records kept per reader, newest last (16,384 readers x 16 records of a few short
+/// strings each: tens of megabytes at worst).
+pub const MAX_FIRST_READS_PER_READER: usize = 16;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FirstRead {

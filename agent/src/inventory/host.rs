@@ -182,7 +182,15 @@ fn glob_files(spec: &WatchSpec, root: &Path, dirs: &mut BTreeSet<PathBuf>) -> Ve
         let prefix: PathBuf = parts[..n].iter().collect();
         let prefix = prefix.to_string_lossy();
         if has_glob(&prefix) {
-            dirs.extend(matches(&prefix).into_iter().filter(|m| m.is_dir()));
+            // Real directories only: a user's symlink at a glob level is not followed, even to
+            // watch it.
+            dirs.extend(matches(&prefix).into_iter().filter(|m| {
+                m.strip_prefix(root).is_ok_and(|rel| {
+                    Beneath::new(root, rel)
+                        .metadata()
+                        .is_some_and(|md| md.is_dir())
+                })
+            }));
         }
     }
     let mut found = matches(&spec.pattern);
@@ -328,6 +336,21 @@ mod tests {
         );
         assert_eq!(s.found[0].at.path(), h.join("etc/kubernetes/admin.conf"));
         assert_eq!(s.missing, ["/run/secrets"]);
+    }
+
+    #[test]
+    fn a_symlinked_home_is_neither_walked_nor_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = dir.path();
+        std::fs::create_dir_all(r.join("elsewhere/.ssh")).unwrap();
+        std::fs::write(r.join("elsewhere/.ssh/id_rsa"), "k").unwrap();
+        std::fs::create_dir_all(r.join("home")).unwrap();
+        std::os::unix::fs::symlink(r.join("elsewhere"), r.join("home/eve")).unwrap();
+        let (specs, _) = specs(&[format!("{}/home/*/.ssh/id_*", r.display())]);
+        let s = scan(&specs, Path::new("/"));
+        assert!(s.found.is_empty(), "{:?}", s.found);
+        assert!(!s.dirs.contains(&r.join("home/eve")), "{:?}", s.dirs);
+        assert!(!s.dirs.contains(&r.join("home/eve/.ssh")), "{:?}", s.dirs);
     }
 
     #[test]

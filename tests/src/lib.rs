@@ -28,7 +28,7 @@ pub fn e2e_enabled() -> bool {
     if std::env::var("CREDWATCH_E2E").as_deref() == Ok("required") {
         panic!("{msg}, and CREDWATCH_E2E=required");
     }
-    eprintln!("SKIPPED: {msg}; run `sudo cargo xtask test`");
+    eprintln!("SKIPPED: {msg}; run `cargo xtask test` (it runs the test binaries through sudo)");
     false
 }
 

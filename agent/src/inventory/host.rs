@@ -126,7 +126,7 @@ fn scan_spec(spec: &WatchSpec, host_root: &Path, inodes: &mut HashSet<InodeKey>,
         // The operator named this path: it may be a symlink; nothing below it is followed.
         WALK.files(pattern, &mut out.dirs)
             .into_iter()
-            .map(|w| Beneath::new(pattern, w.rel))
+            .map(|rel| Beneath::new(pattern, rel))
             .collect()
     } else {
         out.missing.push(node_path(host_root, pattern));
@@ -204,10 +204,10 @@ fn glob_files(spec: &WatchSpec, root: &Path, dirs: &mut BTreeSet<PathBuf>) -> Ve
             continue; // a symlink on the way
         }
         files.extend(WALK.files(&m, dirs).into_iter().map(|w| {
-            let below = if w.rel.as_os_str().is_empty() {
+            let below = if w.as_os_str().is_empty() {
                 rel.to_owned()
             } else {
-                rel.join(w.rel)
+                rel.join(w)
             };
             Beneath::new(root, below)
         }));

@@ -172,7 +172,7 @@ impl GenerationNumbers {
             out.skipped += (files.len() - MAX_FILES_PER_VOLUME) as u64;
             files.truncate(MAX_FILES_PER_VOLUME);
         }
-        for rel in files.into_iter().map(|f| f.rel) {
+        for rel in files {
             let at = match &generations {
                 Some((cur, by_gen)) => Beneath::new(dir, Path::new(&by_gen[cur]).join(&rel)),
                 None => Beneath::new(dir, &rel),

@@ -7,7 +7,6 @@
 //! is opened and identified through `Beneath`, which holds even if the tree changes meanwhile.
 use std::{
     collections::BTreeSet,
-    fs::Metadata,
     path::{Path, PathBuf},
 };
 
@@ -22,25 +21,17 @@ pub struct Walk {
     pub keep_symlinks: bool,
 }
 
-/// A file the walk found.
-#[derive(Debug)]
-pub struct Walked {
-    pub path: PathBuf,
-    /// The path below the root (empty when the root is the file).
-    pub rel: PathBuf,
-    /// `None` for a symlink.
-    pub meta: Option<Metadata>,
-}
-
 impl Walk {
-    /// The regular files at or below `root`, in name order; every directory listed goes to `dirs`.
-    pub fn files(&self, root: &Path, dirs: &mut BTreeSet<PathBuf>) -> Vec<Walked> {
+    /// The regular files at or below `root` (and symlinks, with `keep_symlinks`), as paths below
+    /// it (empty when the root is the file), in name order; every directory listed goes to
+    /// `dirs`. Callers identify and open what it found through `Beneath`.
+    pub fn files(&self, root: &Path, dirs: &mut BTreeSet<PathBuf>) -> Vec<PathBuf> {
         let mut out = Vec::new();
         self.visit(root, Path::new(""), &mut out, dirs);
         out
     }
 
-    fn visit(&self, root: &Path, rel: &Path, out: &mut Vec<Walked>, dirs: &mut BTreeSet<PathBuf>) {
+    fn visit(&self, root: &Path, rel: &Path, out: &mut Vec<PathBuf>, dirs: &mut BTreeSet<PathBuf>) {
         // `join("")` would add a trailing slash, which a file's path cannot take.
         let path = if rel.as_os_str().is_empty() {
             root.to_owned()
@@ -58,21 +49,13 @@ impl Walk {
         };
         if meta.file_type().is_symlink() {
             if self.keep_symlinks {
-                out.push(Walked {
-                    path,
-                    rel: rel.to_owned(),
-                    meta: None,
-                });
+                out.push(rel.to_owned());
             }
             return;
         }
         if meta.is_file() {
             if !(self.skip_public_keys && path.extension().is_some_and(|e| e == "pub")) {
-                out.push(Walked {
-                    path,
-                    rel: rel.to_owned(),
-                    meta: Some(meta),
-                });
+                out.push(rel.to_owned());
             }
             return;
         }

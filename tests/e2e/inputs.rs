@@ -93,10 +93,18 @@ fn without_root_the_agent_and_check_say_why() {
         let mut cmd = Command::new(&bin);
         std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
         std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
-        cmd.args(args)
-            .env("HOME", dir.path())
-            .output()
-            .expect("run as nobody")
+        cmd.args(args).env("HOME", dir.path());
+        // Another test thread that forks while the copy is open for writing holds it for a
+        // moment: exec fails with ETXTBSY until that child has exec'd too.
+        for _ in 0..100 {
+            match cmd.output() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.expect("run as nobody"),
+            }
+        }
+        panic!("{} stays busy (ETXTBSY)", bin.display());
     };
     let out = run(&["agent", "--no-default-watch", "--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());

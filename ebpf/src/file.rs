@@ -38,6 +38,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_sb: 0,
     sb_s_dev: 0,
     files_fd_array: 0,
+    file_private_data: 0,
+    socket_sk: 0,
     file_slot_btf_id: 0,
 };
 
@@ -105,7 +107,7 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
 /// Reads the offsets through a volatile load so the compiler cannot fold the zero placeholder;
 /// the verifier sees the loader's values as constants (the global lives in frozen `.rodata`).
 #[inline(always)]
-fn offsets() -> KernelOffsets {
+pub(crate) fn offsets() -> KernelOffsets {
     unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 

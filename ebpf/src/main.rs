@@ -1,8 +1,9 @@
-//! credwatch's kernel programs, one module per sensor (`file`; `auth` comes with the auth-call
-//! sensor), and what they share: the event ring, the drop counters, the agent's own tgid.
+//! credwatch's kernel programs, one module per sensor (`file`, `auth`), and what they share: the
+//! event ring, the drop counters, the agent's own tgid.
 #![no_std]
 #![no_main]
 
+mod auth;
 mod file;
 
 use aya_ebpf::{

@@ -16,8 +16,11 @@ use crate::{
     export, http,
     identity::{podmeta, CgroupResolver, PodIndex},
     inventory::{watcher::Watcher, Sources},
-    kernel::{self, btf, compat::Loaded, maps::KernelMaps, ring},
-    sensors::file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
+    kernel::{self, auth_maps::AuthMaps, btf, compat::Loaded, maps::KernelMaps, ring},
+    sensors::{
+        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints},
+        file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
+    },
     state::{State, UserLoss},
     sys,
 };
@@ -30,6 +33,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     // Bad watch entries fail before anything is loaded.
     let sources = Sources::from_config(&cfg).map_err(anyhow::Error::msg)?;
+    let catalog = Arc::new(Catalog::from_config(&cfg)?);
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -40,14 +44,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     mount_pseudo_filesystems();
     let mut loaded = attach_file_sensor()?;
     let state = Arc::new(State::default());
-    state.set_hooks(loaded.hooks.clone());
+    let auth_hooks = attach_auth_sensor(&mut loaded);
+    state.set_hooks(loaded.hooks.iter().chain(&auth_hooks).cloned().collect());
     let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
+    let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
     let ring: RingBuf<MapData> =
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
     let cgroups = Arc::new(CgroupResolver::new(
         sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
     ));
-    note_unimplemented(&cfg);
     let pods = Arc::new(PodIndex::default());
     tokio::spawn(podmeta::run(
         podmeta::ApiConfig {
@@ -70,8 +75,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         gc.run().await;
         Ok(())
     });
-    let collector =
+    let connects = ConnectFold {
+        state: state.clone(),
+        maps: auth_maps.clone(),
+        cgroups: cgroups.clone(),
+        pods: pods.clone(),
+        catalog: catalog.clone(),
+    };
+    follow_endpoints(&catalog, &auth_maps, &connects);
+    let mut collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
+    collector.connects = Some(connects);
     let app = http::router(http::App {
         registry: Arc::new(export::registry(collector)),
         state,
@@ -121,6 +135,35 @@ fn attach_file_sensor() -> anyhow::Result<Loaded> {
         bail!("no file probe could be attached; run `credwatch check` for details");
     }
     Ok(loaded)
+}
+
+/// The auth-call sensor's hooks on the same object; failures are logged, never fatal.
+fn attach_auth_sensor(loaded: &mut Loaded) -> Vec<kernel::HookStatus> {
+    let hooks = auth::attach(&mut loaded.ebpf);
+    for s in &hooks {
+        match &s.error {
+            None => tracing::debug!(probe = %s.probe, "probe attached"),
+            Some(e) => tracing::warn!(probe = %s.probe, error = %e, "auth-call probe not attached"),
+        }
+    }
+    let attached = hooks.iter().filter(|h| h.attached).count();
+    tracing::info!(attached, of = hooks.len(), "auth-call probes attached");
+    hooks
+}
+
+/// The catalog's addresses in the kernel now (hostnames follow from the resolver task), and the
+/// connect counters folded every few seconds so cgroups are described while they live.
+fn follow_endpoints(catalog: &Arc<Catalog>, maps: &Arc<AuthMaps>, connects: &ConnectFold) {
+    endpoints::sync(catalog, maps, |_, _| {
+        Err(std::io::Error::other("resolved in the background"))
+    });
+    let (c, m) = (catalog.clone(), maps.clone());
+    tokio::spawn(endpoints::run(c, m));
+    let fold = connects.clone();
+    supervise(&connects.state, "connect fold", async move {
+        fold.run(std::time::Duration::from_secs(5)).await;
+        Ok(())
+    });
 }
 
 /// The first inventory pass now (the agent is ready after it), then the watcher's, for good.
@@ -174,12 +217,5 @@ async fn shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-/// Says plainly which configured features this build does not act on yet.
-fn note_unimplemented(cfg: &Config) {
-    if !cfg.endpoints.is_empty() {
-        tracing::warn!(endpoints = cfg.endpoints.len(), "outbound auth-call tracing is not supported by this build yet: `endpoints` are validated but not used");
     }
 }

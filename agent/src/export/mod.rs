@@ -2,6 +2,7 @@
 //! state at scrape time (nothing is mirrored) and renders them; attribution is decided upstream
 //! (`identity::attribution`, `sensors::file::tally`). Names and labels follow the catalog in
 //! docs/architecture.md.
+mod auth;
 mod credentials;
 mod health;
 mod reads;
@@ -14,7 +15,7 @@ use prometheus_client::{encoding::DescriptorEncoder, registry::Registry};
 use crate::{
     identity::{CgroupResolver, PodIndex},
     kernel::maps::KernelMaps,
-    sensors::file::tally,
+    sensors::{auth::connects::ConnectFold, file::tally},
     state::{Credential, State},
 };
 use series::{Families, SeriesCap};
@@ -30,6 +31,8 @@ pub struct Collector {
     /// The running kernel's release, for `build_info`.
     pub kernel: String,
     cap: SeriesCap,
+    /// The auth-call sensor's connect counters, folded in at every scrape.
+    pub connects: Option<ConnectFold>,
 }
 
 impl Collector {
@@ -47,6 +50,7 @@ impl Collector {
             pods,
             kernel: crate::sys::kernel_release(),
             cap: SeriesCap::new(max_series),
+            connects: None,
         }
     }
 }
@@ -84,6 +88,10 @@ impl prometheus_client::collector::Collector for Collector {
         };
         credentials::encode(&mut w, &creds)?;
         reads::encode(&mut w, &creds, &tally)?;
+        if let Some(fold) = &self.connects {
+            fold.fold();
+        }
+        auth::encode(&mut w, &self.state)?;
         health::encode(
             &mut w,
             &self.state,

@@ -118,6 +118,48 @@ impl Families<'_, '_> {
     }
 }
 
+/// A histogram's state at scrape time: per-bucket (not cumulative) counts with their upper
+/// bounds, the +Inf bucket last as `f64::MAX`, as prometheus-client's encoder takes them.
+#[derive(Debug)]
+pub struct ConstHistogram {
+    pub sum: f64,
+    pub count: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: prometheus_client::encoding::MetricEncoder) -> fmt::Result {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Families<'_, '_> {
+    pub fn histograms(
+        &mut self,
+        name: &str,
+        help: &str,
+        mut rows: Vec<(Labels, ConstHistogram)>,
+    ) -> fmt::Result {
+        escape_rows(&mut rows);
+        let mut m = self
+            .enc
+            .encode_descriptor(name, help, None, MetricType::Histogram)?;
+        for (labels, h) in &rows {
+            h.encode(m.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

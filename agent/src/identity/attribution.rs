@@ -84,6 +84,51 @@ pub fn is_aggregate_label(label: &str) -> bool {
     [NODE, KUBELET, OTHER_POD, UNKNOWN_READER, SANDBOX].contains(&label)
 }
 
+/// Who made a call: the `namespace`, `pod` and `container` labels of the auth metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Workload {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// The workload of a process by its cgroup's reader: host processes are `_node` (or `_kubelet`)
+/// with empty namespace and pod; a container is its pod's namespace and name and its own name
+/// when pod metadata knows them, else the pod uid and the container id's first 12 characters;
+/// a gone, never-described cgroup is `_unknown`.
+pub fn workload(reader: Option<&Reader>, pods: &PodIndex) -> Workload {
+    let Some(reader) = reader else {
+        return Workload {
+            container: UNKNOWN_READER.to_owned(),
+            ..Workload::default()
+        };
+    };
+    let (pod_uid, container) = match reader {
+        Reader::Node { .. } => {
+            return Workload {
+                container: node_label(reader),
+                ..Workload::default()
+            }
+        }
+        Reader::PodSandbox { pod_uid } => (Some(pod_uid.as_str()), SANDBOX.to_owned()),
+        Reader::Container { pod_uid, .. } => {
+            (pod_uid.as_deref(), container_label("", Some(reader), pods))
+        }
+    };
+    match pod_uid.and_then(|uid| pods.get(uid)) {
+        Some(m) => Workload {
+            namespace: m.namespace,
+            pod: m.name,
+            container,
+        },
+        None => Workload {
+            namespace: String::new(),
+            pod: pod_uid.unwrap_or_default().to_owned(),
+            container,
+        },
+    }
+}
+
 /// What pod metadata says about a credential of a pod's volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNames {

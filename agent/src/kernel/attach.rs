@@ -26,6 +26,15 @@ impl Hook {
         }
     }
 
+    /// `<category>/<name>`, run by the program of the same name.
+    pub const fn tracepoint(category: &'static str, name: &'static str) -> Hook {
+        Hook::Tracepoint {
+            program: name,
+            category,
+            name,
+        }
+    }
+
     pub fn program(&self) -> &'static str {
         match self {
             Hook::Tracepoint { program, .. } => program,

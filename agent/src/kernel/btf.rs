@@ -205,6 +205,8 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         inode_i_sb: field("inode", "i_sb")?,
         sb_s_dev: field("super_block", "s_dev")?,
         files_fd_array: field("files_struct", "fd_array")?,
+        file_private_data: field("file", "private_data")?,
+        socket_sk: field("socket", "sk")?,
         file_slot_btf_id: 0,
     })
 }

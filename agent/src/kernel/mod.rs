@@ -1,6 +1,7 @@
 //! The kernel side as aya sees it: the eBPF object and its kfunc patching, the kernel's BTF,
 //! attaching hooks of any kind, the per-kernel choice of what to load (`compat`), typed map
 //! handles and the event ring. Nothing here knows about Kubernetes, agent state or metrics.
+pub mod auth_maps;
 pub mod btf;
 pub mod compat;
 pub mod maps;

@@ -2,6 +2,7 @@
 //! (`readers`), reads kept for readers that are gone, hook status, userspace drops and readiness.
 //! Kernel counters are not mirrored here; the exporter reads them at scrape time. Everything goes
 //! through `State`'s methods: no caller holds a lock.
+pub mod auth;
 pub mod credentials;
 pub mod readers;
 
@@ -64,6 +65,7 @@ pub struct State {
     lost: [AtomicU64; 5],
     inventory_done: AtomicBool,
     probes_attached: AtomicBool,
+    auth: Mutex<auth::AuthStats>,
 }
 
 /// A lock; a panic elsewhere while holding it leaves plain data behind, still usable.
@@ -72,6 +74,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl State {
+    // ---- auth calls ----
+
+    /// The auth-call sensor's counts, for one short update or read (no I/O under it).
+    pub fn with_auth<R>(&self, f: impl FnOnce(&mut auth::AuthStats) -> R) -> R {
+        f(&mut lock(&self.auth))
+    }
+
     // ---- credentials ----
 
     /// Applies a complete scan (see `CredentialTable::apply`); returns the kernel map changes.

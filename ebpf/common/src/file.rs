@@ -44,12 +44,15 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
     pub files_fd_array: u32,
+    /// `file.private_data` and `socket.sk`: from a socket's descriptor to its `struct sock`.
+    pub file_private_data: u32,
+    pub socket_sk: u32,
     /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),
     /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
     /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
     pub file_slot_btf_id: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 44);
+const _: () = assert!(size_of::<KernelOffsets>() == 52);
 
 /// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
 /// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into

@@ -1,6 +1,5 @@
-//! Types shared by the kernel programs and the agent, one module per sensor (`file`; `auth` comes
-//! with the auth-call sensor), plus what every sensor shares: the event ring, its header and the
-//! drop counters.
+//! Types shared by the kernel programs and the agent, one module per sensor (`file`, `auth`), plus
+//! what every sensor shares: the event ring, its header and the drop counters.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so that both sides agree on the layout byte for
 //! byte; the size asserts catch any implicit padding. The `user` feature adds what userspace needs
@@ -11,6 +10,7 @@
 //! the built object has every one of them.
 #![cfg_attr(not(test), no_std)]
 
+pub mod auth;
 pub mod file;
 
 /// Maps shared by every sensor.
@@ -40,14 +40,22 @@ pub enum LostStage {
     RingBuf = 0,
     /// `READS` was full: the read could not be counted.
     ReadsMap = 1,
+    /// `CONNECTS` was full: a connect outcome could not be counted.
+    ConnectsMap = 2,
+    /// `SOCKS` or `FDS` was full: an endpoint socket is not followed.
+    SocksMap = 3,
+    /// `AUTH_EVENTS` was full: bytes of an endpoint socket were dropped.
+    AuthRingBuf = 4,
 }
-pub const LOST_STAGES: u32 = 2;
+pub const LOST_STAGES: u32 = 5;
 
 /// Kinds of events on the ring buffer; every event starts with one, as a `u32`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     FirstRead = 1,
+    /// `auth::DataEvent`, on `AUTH_EVENTS`.
+    AuthData = 2,
 }
 
 #[cfg(feature = "user")]

@@ -1,0 +1,190 @@
+//! The auth-call sensor: which sockets go to catalogued auth endpoints (`ENDPOINTS`), how their
+//! connects end (exact counters in `CONNECTS`), and the bytes written to and read from them
+//! (`DataEvent`s on their own ring, `AUTH_EVENTS`).
+use core::mem::size_of;
+
+/// The auth-call sensor's maps.
+pub mod maps {
+    /// LPM trie `EndpointKey -> Endpoint`: the catalog as addresses. Written by userspace only.
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// Per-CPU `ConnectKey -> u64`: connects to endpoints by (cgroup, endpoint, result), counted exactly.
+    pub const CONNECTS: &str = "CONNECTS";
+    /// `u64` (the `struct sock *`) `-> SockInfo`: the endpoint sockets alive now.
+    pub const SOCKS: &str = "SOCKS";
+    /// `u64` pid_tgid `-> u32` fd: a connect to an endpoint in progress, until its `SYN_SENT`.
+    pub const CONNECTING: &str = "CONNECTING";
+    /// `FdKey -> u64` (the `struct sock *`): endpoint sockets by the descriptor that connected them.
+    pub const FDS: &str = "FDS";
+    /// `u64` pid_tgid `-> PendingIo`: an I/O syscall on an endpoint socket, between enter and exit.
+    pub const PENDING_IO: &str = "PENDING_IO";
+    /// Ring buffer of `DataEvent`s (apart from `EVENTS`, so that a chatty endpoint cannot crowd
+    /// out first reads of credentials).
+    pub const AUTH_EVENTS: &str = "AUTH_EVENTS";
+}
+
+pub const ENDPOINTS_MAX_ENTRIES: u32 = 1024;
+pub const CONNECTS_MAX_ENTRIES: u32 = 16_384;
+pub const SOCKS_MAX_ENTRIES: u32 = 16_384;
+pub const AUTH_EVENTS_BYTE_SIZE: u32 = 1024 * 1024;
+
+/// Bytes of one write or read kept in a `DataEvent`; the rest is skipped (its length is known).
+pub const DATA_CAPTURE: usize = 4000;
+
+/// `TCP_ESTABLISHED`, `TCP_SYN_SENT`, `TCP_CLOSE` from `include/net/tcp_states.h`.
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_CLOSE: i32 = 7;
+/// `AF_INET`, `AF_INET6`.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Key of the `ENDPOINTS` LPM trie, after the trie's `u32` prefix length: the port (network
+/// order) then the address as IPv6 (IPv4 mapped to `::ffff:a.b.c.d`). A prefix length of
+/// `16 + n` matches the port exactly and the first `n` bits of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub port: [u8; 2],
+    pub addr: [u8; 16],
+    /// Never compared (beyond every prefix length), always zero.
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EndpointKey>() == 20);
+
+impl EndpointKey {
+    /// Bits of the key the trie compares: all of the port and all of the address.
+    pub const FULL_PREFIX: u32 = 16 + 128;
+
+    pub const fn v4(addr: [u8; 4], port_be: [u8; 2]) -> Self {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12] = addr[0];
+        a[13] = addr[1];
+        a[14] = addr[2];
+        a[15] = addr[3];
+        Self {
+            port: port_be,
+            addr: a,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// What a catalogued address is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The catalog's index of the endpoint (its name lives in userspace).
+    pub id: u32,
+    /// `ENDPOINT_*` flags.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Endpoint>() == 8);
+
+/// Capture the bytes of plaintext I/O on this endpoint's sockets (HTTP without TLS).
+pub const ENDPOINT_PLAINTEXT: u32 = 1;
+
+/// How a connect ended.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectResult {
+    Established = 0,
+    /// The peer answered the SYN with a reset: nothing listens there.
+    Refused = 1,
+    /// No answer, an ICMP error, or the connect was given up.
+    Failed = 2,
+}
+
+/// Key of the connect counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnectKey {
+    /// The connecting process's cgroup v2 id.
+    pub cgroup_id: u64,
+    pub endpoint: u32,
+    /// A `ConnectResult`.
+    pub result: u32,
+}
+const _: () = assert!(size_of::<ConnectKey>() == 16);
+
+/// An endpoint socket, from its `SYN_SENT` to its `CLOSE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub cgroup_id: u64,
+    pub endpoint: u32,
+    pub flags: u32,
+    pub tgid: u32,
+    /// The descriptor it was connected through (`u32::MAX` when unknown).
+    pub fd: u32,
+}
+const _: () = assert!(size_of::<SockInfo>() == 24);
+
+/// `SockInfo::flags`: the connect was answered with a reset.
+pub const SOCK_RESET: u32 = 1;
+/// `SockInfo::flags`: the connect's outcome is counted.
+pub const SOCK_COUNTED: u32 = 2;
+
+/// A descriptor of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(size_of::<FdKey>() == 8);
+
+/// An I/O syscall on an endpoint socket between its enter and its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingIo {
+    pub sock: u64,
+    /// The user buffer.
+    pub buf: u64,
+    /// A `Direction`.
+    pub direction: u32,
+    pub fd: u32,
+}
+const _: () = assert!(size_of::<PendingIo>() == 24);
+
+/// Which way bytes went, seen from the client.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Written by the client: a request.
+    Request = 0,
+    /// Read by the client: a response.
+    Response = 1,
+    /// The socket closed: no bytes, the connection's end.
+    Close = 2,
+}
+
+/// Bytes written to or read from an endpoint socket, or its close.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataEvent {
+    /// Always `EventKind::AuthData as u32`.
+    pub kind: u32,
+    /// A `Direction`.
+    pub direction: u32,
+    /// The socket (`struct sock *`), which names the connection while it lives.
+    pub sock: u64,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub endpoint: u32,
+    pub tgid: u32,
+    /// Bytes the syscall moved.
+    pub len: u32,
+    /// Bytes of them in `data` (at most `DATA_CAPTURE`).
+    pub captured: u32,
+    pub data: [u8; DATA_CAPTURE],
+}
+const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE);
+/// The fixed part of a `DataEvent`.
+pub const DATA_HEADER: usize = 48;
+
+#[cfg(feature = "user")]
+mod user;
+#[cfg(feature = "user")]
+pub use user::{decode_data, Data};

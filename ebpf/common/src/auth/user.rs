@@ -1,0 +1,95 @@
+//! Userspace side of the auth-call sensor's types: Pod impls and the `DataEvent` decoder.
+use super::{ConnectKey, DataEvent, Endpoint, EndpointKey, DATA_HEADER};
+use crate::{DecodeError, EventKind};
+
+// SAFETY: repr(C), integers and byte arrays only, no padding (sizes asserted beside each type).
+unsafe impl aya::Pod for EndpointKey {}
+unsafe impl aya::Pod for Endpoint {}
+unsafe impl aya::Pod for ConnectKey {}
+
+/// A `DataEvent` as read off the ring, borrowing its captured bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Data<'a> {
+    /// A `Direction` as its number.
+    pub direction: u32,
+    pub sock: u64,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub endpoint: u32,
+    pub tgid: u32,
+    /// Bytes the syscall moved; `bytes.len()` of them were captured.
+    pub len: u32,
+    pub bytes: &'a [u8],
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Decodes one `AUTH_EVENTS` record: checks kind and lengths, never panics on kernel bytes.
+pub fn decode_data(b: &[u8]) -> Result<Data<'_>, DecodeError> {
+    if b.len() < DATA_HEADER {
+        return Err(DecodeError::Short(b.len(), DATA_HEADER));
+    }
+    let kind = u32_at(b, 0);
+    if kind != EventKind::AuthData as u32 {
+        return Err(DecodeError::UnknownKind(kind));
+    }
+    let captured = u32_at(b, 44) as usize;
+    let end = DATA_HEADER + captured.min(core::mem::size_of::<DataEvent>() - DATA_HEADER);
+    let bytes = b
+        .get(DATA_HEADER..end)
+        .ok_or(DecodeError::Short(b.len(), end))?;
+    Ok(Data {
+        direction: u32_at(b, 4),
+        sock: u64_at(b, 8),
+        cgroup_id: u64_at(b, 16),
+        ts_ns: u64_at(b, 24),
+        endpoint: u32_at(b, 32),
+        tgid: u32_at(b, 36),
+        len: u32_at(b, 40),
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(captured: u32, data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; DATA_HEADER];
+        b[0..4].copy_from_slice(&(EventKind::AuthData as u32).to_ne_bytes());
+        b[4..8].copy_from_slice(&1u32.to_ne_bytes());
+        b[8..16].copy_from_slice(&0xabcdu64.to_ne_bytes());
+        b[32..36].copy_from_slice(&3u32.to_ne_bytes());
+        b[40..44].copy_from_slice(&9000u32.to_ne_bytes());
+        b[44..48].copy_from_slice(&captured.to_ne_bytes());
+        b.extend_from_slice(data);
+        b
+    }
+
+    #[test]
+    fn decodes_the_captured_bytes_only() {
+        let b = record(5, b"HTTP/1.1 200 OK");
+        let d = decode_data(&b).unwrap();
+        assert_eq!(
+            (d.direction, d.sock, d.endpoint, d.len),
+            (1, 0xabcd, 3, 9000)
+        );
+        assert_eq!(d.bytes, b"HTTP/");
+    }
+
+    #[test]
+    fn short_or_lying_records_are_errors() {
+        assert_eq!(decode_data(&[0; 10]), Err(DecodeError::Short(10, 48)));
+        let b = record(100, b"abc");
+        assert_eq!(decode_data(&b), Err(DecodeError::Short(51, 148)));
+        let mut b = record(0, b"");
+        b[0] = 1;
+        assert_eq!(decode_data(&b), Err(DecodeError::UnknownKind(1)));
+    }
+}

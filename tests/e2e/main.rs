@@ -7,6 +7,7 @@
 #[macro_use]
 extern crate credwatch_e2e;
 
+mod auth;
 mod files;
 mod hostile;
 mod inputs;

@@ -6,6 +6,7 @@
 
 pub mod kubeapi;
 pub mod kubelet;
+pub mod netns;
 
 use std::{
     io::{BufRead, BufReader, Read, Write},

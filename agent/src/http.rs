@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use crate::{
     config::ApiAccess,
-    state::{Credential, ReaderRecord, State},
+    state::{auth::AuthFailure, Credential, ReaderRecord, State},
 };
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -36,6 +36,7 @@ pub fn router(app: App) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/credentials", get(credentials))
         .route("/api/v1/readers", get(readers))
+        .route("/api/v1/auth-failures", get(auth_failures))
         .with_state(app)
 }
 
@@ -127,6 +128,16 @@ async fn readers(
     let page: Vec<ReaderRecord> = all.into_iter().skip(page.offset).take(limit).collect();
     // The total in a header, so that the body stays the plain list it always was.
     Ok(([("x-total-count", total.to_string())], Json(page)).into_response())
+}
+
+/// The recent 401/403s joined to the caller's reads, newest first (at most
+/// `state::auth::MAX_FAILURES`).
+async fn auth_failures(
+    AxumState(app): AxumState<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<Vec<AuthFailure>>, (StatusCode, &'static str)> {
+    api_allowed(&app, peer)?;
+    Ok(Json(app.state.with_auth(|a| a.failures())))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::{
     inventory::{watcher::Watcher, Sources},
     kernel::{self, auth_maps::AuthMaps, btf, compat::Loaded, maps::KernelMaps, ring},
     sensors::{
-        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints},
+        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints, requests::Requests},
         file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
     },
     state::{State, UserLoss},
@@ -48,6 +48,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     state.set_hooks(loaded.hooks.iter().chain(&auth_hooks).cloned().collect());
     let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
     let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
+    let auth_ring: RingBuf<MapData> =
+        kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
     let ring: RingBuf<MapData> =
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
     let cgroups = Arc::new(CgroupResolver::new(
@@ -83,6 +85,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         catalog: catalog.clone(),
     };
     follow_endpoints(&catalog, &auth_maps, &connects);
+    let requests = Requests::new(state.clone(), cgroups.clone(), pods.clone(), catalog.clone());
+    follow_auth_bytes(auth_ring, requests, &state);
     let mut collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
     collector.connects = Some(connects);
@@ -189,6 +193,19 @@ fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<
     });
     let counted = state.clone();
     supervise(state, "ring buffer reader", async move {
+        ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
+    });
+}
+
+/// The bytes of endpoint sockets, drained into their own bounded queue and decoded.
+fn follow_auth_bytes(ring: RingBuf<MapData>, requests: Requests, state: &Arc<State>) {
+    let (tx, rx) = mpsc::channel(ring::QUEUE_CAPACITY);
+    supervise(state, "auth-call decoder", async move {
+        requests.handle(rx).await;
+        Ok(())
+    });
+    let counted = state.clone();
+    supervise(state, "auth ring buffer reader", async move {
         ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
     });
 }

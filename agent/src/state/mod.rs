@@ -128,6 +128,11 @@ impl State {
         self.readers.get(&cgroup_id).map(|r| r.reader.clone())
     }
 
+    /// The record of a reader cgroup, with its first reads.
+    pub fn reader_record(&self, cgroup_id: u64) -> Option<ReaderRecord> {
+        self.readers.get(&cgroup_id).map(|r| r.value().clone())
+    }
+
     /// Every reader described, by cgroup id.
     pub fn readers(&self) -> Vec<ReaderRecord> {
         let mut v: Vec<ReaderRecord> = self.readers.iter().map(|r| r.value().clone()).collect();

@@ -9,6 +9,8 @@
 pub mod catalog;
 pub mod connects;
 pub mod endpoints;
+pub mod failures;
+pub mod requests;
 
 use aya::Ebpf;
 

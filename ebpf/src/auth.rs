@@ -7,8 +7,9 @@
 //!   failed (timeout, ICMP error, given up).
 //! - `syscalls/sys_enter_connect` notes the descriptor of a connect to an endpoint, so that the
 //!   socket can be found again by descriptor (`FDS`).
-//! - `write`/`sendto` and `read`/`recvfrom`: on an endpoint socket the bytes moved go to
-//!   userspace on `AUTH_EVENTS` (first `DATA_CAPTURE` bytes, and the true length). Any other I/O
+//! - `write`/`sendto` and `read`/`recvfrom`: on a plaintext endpoint socket the bytes moved go
+//!   to userspace on `AUTH_EVENTS` (first `DATA_CAPTURE` bytes, and the true length); on a TLS
+//!   one, the TLS library call the thread is in is tied to the socket (`tls`). Any other I/O
 //!   costs one hash lookup at enter and one at exit.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -24,8 +25,8 @@ use aya_ebpf::{
 use credwatch_common::{
     auth::{
         ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, FdKey, PendingIo,
-        SockInfo, AF_INET, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
-        ENDPOINTS_MAX_ENTRIES, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_RESET, TCP_CLOSE,
+        SockInfo, ENDPOINT_PLAINTEXT, AF_INET, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
+        ENDPOINTS_MAX_ENTRIES, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_DATA, SOCK_PLAINTEXT, SOCK_RESET, TCP_CLOSE,
         TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     file::KernelOffsets,
@@ -42,7 +43,7 @@ static ENDPOINTS: LpmTrie<EndpointKey, Endpoint> =
 static CONNECTS: PerCpuHashMap<ConnectKey, u64> =
     PerCpuHashMap::with_max_entries(CONNECTS_MAX_ENTRIES, 0);
 #[map]
-static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
+pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
 /// LRU: a connect that never reaches `SYN_SENT` (UDP, an early error) leaves its entry behind.
 #[map]
 static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
@@ -54,8 +55,6 @@ static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(409
 #[map]
 static AUTH_EVENTS: RingBuf = RingBuf::with_byte_size(AUTH_EVENTS_BYTE_SIZE, 0);
 
-/// `SockInfo::flags`: bytes of this socket went to userspace, so its close does too.
-const SOCK_DATA: u32 = 4;
 const IPPROTO_TCP: u16 = 6;
 
 /// Syscall tracepoint records: arguments from offset 16, 8 bytes each; `ret` of an exit at 16.
@@ -195,7 +194,11 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
     let info = SockInfo {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         endpoint: ep.id,
-        flags: 0,
+        flags: if ep.flags & ENDPOINT_PLAINTEXT != 0 {
+            SOCK_PLAINTEXT
+        } else {
+            0
+        },
         tgid,
         fd,
     };
@@ -288,11 +291,19 @@ fn io_enter(ctx: &TracePointContext, direction: Direction) -> u32 {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    let Some(sock) = (unsafe { FDS.get(&key) }) else {
+    let Some(sock) = (unsafe { FDS.get(&key) }).copied() else {
         return 0;
     };
+    let Some(info) = (unsafe { SOCKS.get(&sock) }) else {
+        return 0;
+    };
+    if info.flags & SOCK_PLAINTEXT == 0 {
+        // TLS records: inside a TLS library call this ties its `SSL *` to the socket.
+        crate::tls::bind(pid_tgid, key.tgid, sock);
+        return 0;
+    }
     let pending = PendingIo {
-        sock: *sock,
+        sock,
         buf: arg(ctx, 1),
         direction: direction as u32,
         fd,
@@ -350,7 +361,7 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
 }
 
 #[inline(always)]
-fn emit_data(pending: &PendingIo, info: &SockInfo, len: u64) {
+pub(crate) fn emit_data(pending: &PendingIo, info: &SockInfo, len: u64) {
     let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent>(0) else {
         lost(LostStage::AuthRingBuf);
         return;

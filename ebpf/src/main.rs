@@ -5,6 +5,7 @@
 
 mod auth;
 mod file;
+mod tls;
 
 use aya_ebpf::{
     macros::map,

@@ -131,3 +131,322 @@ fn connect_outcomes_are_counted_exactly_per_workload_and_endpoint() {
     );
     drop(cg);
 }
+
+/// An IMDSv2-shaped metadata server: `PUT /latest/api/token` issues a session token, `GET
+/// /latest/meta-data/iam/security-credentials/<role>` answers 200 with that token, 401 once the
+/// file `argv[2]` exists. `argv[1]` is the canary the token and the credentials carry.
+const IMDS: &str = r#"
+import http.server, os, sys
+canary, deny = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self, code, body):
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_PUT(self):
+        if self.path == "/latest/api/token":
+            self.answer(200, ("token-" + canary).encode())
+        else:
+            self.answer(404, b"")
+    def do_GET(self):
+        ok = self.headers.get("X-aws-ec2-metadata-token") == "token-" + canary
+        if not self.path.startswith("/latest/meta-data/iam/security-credentials/"):
+            self.answer(404, b"")
+        elif ok and not os.path.exists(deny):
+            self.answer(200, ('{"SecretAccessKey": "%s"}' % canary).encode())
+        else:
+            self.answer(401, b"")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("169.254.169.254", 80), H).serve_forever()
+"#;
+
+/// The AWS SDK's dance against the metadata service, over one keep-alive connection: a token,
+/// then `n` credential fetches with it. Prints the status codes.
+const IMDS_CLIENT: &str = r#"
+import http.client, sys
+n = int(sys.argv[1])
+c = http.client.HTTPConnection("169.254.169.254", 80, timeout=5)
+c.request("PUT", "/latest/api/token", headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+r = c.getresponse(); token = r.read().decode(); codes = [r.status]
+for _ in range(n):
+    c.request("GET", "/latest/meta-data/iam/security-credentials/node-role",
+              headers={"X-aws-ec2-metadata-token": token})
+    r = c.getresponse(); r.read(); codes.append(r.status)
+print(" ".join(map(str, codes)))
+"#;
+
+#[test]
+fn metadata_calls_are_classified_and_a_401_names_the_credential_read_before() {
+    require_e2e!();
+    let _one = METADATA_ADDRESS.lock().unwrap_or_else(|e| e.into_inner());
+    let canary = format!("CANARY{}", credwatch_e2e::random_container_id());
+    let ns = NetNs::new("169.254.1.1/16", "169.254.169.254/16");
+    let dir = TempDir::new("imds");
+    let deny = dir.join("deny");
+    let mut server = ns.spawn("python3", &["-c", IMDS, &canary, deny.to_str().unwrap()]);
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("aws-web-identity-token"), format!("opaque-{canary}")).unwrap();
+    let agent = Agent::start(&[&secrets], &[]);
+    let (rel, uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    // The caller reads its web identity token first, as an SDK would.
+    cg.read(&["open", secrets.join("aws-web-identity-token").to_str().unwrap(), "1"]);
+    let client = |n: &str| -> String {
+        for _ in 0..50 {
+            let out = cg
+                .command("ip")
+                .args(["netns", "exec", &ns.name, "python3", "-c", IMDS_CLIENT, n])
+                .output()
+                .expect("client");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            // The server may not listen yet.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the metadata client never got through");
+    };
+    assert_eq!(client("2"), "200 200 200");
+    std::fs::write(&deny, "").unwrap();
+    assert_eq!(client("3"), "200 401 401 401");
+    let endpoint = credwatch::sensors::auth::catalog::metadata_name(
+        &std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default(),
+    );
+    let count = |m: &str, operation: &str, code: &str| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[
+                ("pod", &uid),
+                ("container", &id[..12]),
+                ("endpoint", endpoint),
+                ("operation", operation),
+                ("code", code),
+            ],
+        )
+    };
+    let m = agent.wait_metrics("the 401s", |m| {
+        count(m, "metadata_credentials", "401") == Some(3.0)
+    });
+    assert_eq!(count(&m, "metadata_token", "200"), Some(2.0), "{m}");
+    assert_eq!(count(&m, "metadata_credentials", "200"), Some(2.0), "{m}");
+    let established = sample(
+        &m,
+        "credwatch_auth_connections_total",
+        &[("pod", &uid), ("endpoint", endpoint), ("result", "established")],
+    );
+    assert_eq!(established, Some(2.0), "{m}");
+    assert!(
+        m.contains("credwatch_auth_request_duration_seconds_count{endpoint=\""),
+        "{m}"
+    );
+    // One failure event for the burst, naming what the caller read before.
+    let failures = agent.get("/api/v1/auth-failures");
+    let v: serde_json::Value = serde_json::from_str(&failures).unwrap();
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{failures}");
+    assert_eq!(list[0]["code"], 401);
+    assert_eq!(list[0]["operation"], "metadata_credentials");
+    assert_eq!(list[0]["workload"]["pod"], uid.as_str());
+    assert_eq!(
+        list[0]["credentials"][0]["file"], "aws-web-identity-token",
+        "{failures}"
+    );
+    let log = agent.log_text();
+    assert!(log.contains("auth failure"), "{log}");
+    for (what, text) in [("metrics", &m), ("failures", &failures), ("log", &log)] {
+        assert!(!text.contains(&canary), "the canary leaked into the {what}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(cg);
+}
+
+/// A real OpenBao in dev mode with its own TLS on a loopback port, userpass enabled with user
+/// `alice`; stopped on drop.
+struct OpenBao {
+    child: std::process::Child,
+    port: u16,
+    ca: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+fn bao_bin() -> std::path::PathBuf {
+    credwatch_e2e::project_root().join("target/tools/python/bin/bao")
+}
+
+impl OpenBao {
+    fn start() -> OpenBao {
+        let dir = TempDir::new("openbao");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bao_bin())
+            .args(["server", "-dev", "-dev-tls", "-dev-root-token-id=root"])
+            .arg(format!("-dev-tls-cert-dir={}", dir.path().display()))
+            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask setup installs it)", bao_bin().display()));
+        let bao = OpenBao {
+            child,
+            port,
+            ca: dir.join("vault-ca.pem"),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while bao.cli(&["status"]).is_err() {
+            assert!(std::time::Instant::now() < deadline, "OpenBao did not start");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        bao.cli(&["auth", "enable", "userpass"]).unwrap();
+        bao.cli(&["write", "auth/userpass/users/alice", "password=right"])
+            .unwrap();
+        bao
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<(), String> {
+        let out = std::process::Command::new(bao_bin())
+            .args(args)
+            .env("BAO_ADDR", format!("https://127.0.0.1:{}", self.port))
+            .env("BAO_CACERT", &self.ca)
+            .env("BAO_TOKEN", "root")
+            .output()
+            .map_err(|e| e.to_string())?;
+        out.status
+            .success()
+            .then_some(())
+            .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The five calls every client makes: (method, path, token header, body), with the code
+/// OpenBao answers and the operation credwatch must classify it as.
+fn vault_calls(canary: &str) -> Vec<(&'static str, &'static str, String, String, &'static str, &'static str)> {
+    vec![
+        ("GET", "/v1/auth/token/lookup-self", "root".into(), String::new(), "lookup", "200"),
+        ("GET", "/v1/auth/token/lookup-self", format!("bad-{canary}"), String::new(), "lookup", "403"),
+        ("POST", "/v1/auth/userpass/login/alice", String::new(), r#"{"password":"right"}"#.into(), "login", "200"),
+        ("POST", "/v1/auth/userpass/login/alice", String::new(), format!(r#"{{"password":"{canary}"}}"#), "login", "400"),
+        (
+            "POST",
+            "/v1/identity/oidc/provider/default/token",
+            String::new(),
+            format!("grant_type=authorization_code&code=x&client_id=app&client_secret={canary}"),
+            "oidc_token",
+            "401",
+        ),
+    ]
+}
+
+const PY_CLIENT: &str = r#"
+import json, ssl, sys, urllib.request, urllib.error
+base, ca = sys.argv[1], sys.argv[2]
+ctx = ssl.create_default_context(cafile=ca)
+for method, path, token, body in json.loads(sys.argv[3]):
+    req = urllib.request.Request(base + path, method=method, data=body.encode() or None)
+    if token:
+        req.add_header("X-Vault-Token", token)
+    try:
+        code = urllib.request.urlopen(req, context=ctx).status
+    except urllib.error.HTTPError as e:
+        code = e.code
+    print(code)
+"#;
+
+#[test]
+fn vault_calls_over_tls_are_counted_once_each_for_curl_h2_curl_h1_and_python() {
+    require_e2e!();
+    let bao = OpenBao::start();
+    let canary = format!("CANARY{}", &credwatch_e2e::random_container_id()[..24]);
+    let dir = TempDir::new("vault");
+    let cfg = config(&dir, &[("openbao", "127.0.0.1", bao.port, true, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let base = format!("https://127.0.0.1:{}", bao.port);
+    let calls = vault_calls(&canary);
+    let mut clients = Vec::new();
+    for client in ["curl-h2", "curl-h1", "python"] {
+        let (rel, uid, id) = pod_container_cgroup();
+        let cg = Cgroup::new(&rel);
+        let mut codes = Vec::new();
+        if client == "python" {
+            let list: Vec<(&str, &str, &str, &str)> = calls
+                .iter()
+                .map(|(m, p, t, b, _, _)| (*m, *p, t.as_str(), b.as_str()))
+                .collect();
+            let out = cg
+                .command("python3")
+                .args(["-c", PY_CLIENT, &base, bao.ca.to_str().unwrap()])
+                .arg(serde_json::to_string(&list).unwrap())
+                .output()
+                .unwrap();
+            codes.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+        } else {
+            for (method, path, token, body, _, _) in &calls {
+                let mut cmd = cg.command("curl");
+                cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+                    .arg("--cacert")
+                    .arg(&bao.ca)
+                    .arg(format!("{base}{path}"));
+                if client == "curl-h1" {
+                    cmd.arg("--http1.1");
+                }
+                if !token.is_empty() {
+                    cmd.args(["-H", &format!("X-Vault-Token: {token}")]);
+                }
+                if !body.is_empty() {
+                    cmd.args(["--data", body]);
+                }
+                codes.push(String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned());
+            }
+        }
+        let want: Vec<&str> = calls.iter().map(|c| c.5).collect();
+        assert_eq!(codes, want, "{client}: OpenBao answered otherwise than planned");
+        clients.push((client, uid, id, cg));
+    }
+    let count = |m: &str, uid: &str, operation: &str, code: &str| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[("pod", uid), ("endpoint", "openbao"), ("operation", operation), ("code", code)],
+        )
+    };
+    let last = &clients[2];
+    agent.wait_metrics("python's OIDC call", |m| {
+        count(m, &last.1, "oidc_token", "401").is_some()
+    });
+    let m = agent.metrics();
+    for (client, uid, id, _) in &clients {
+        for (_, _, _, _, operation, code) in &calls {
+            let n = count(&m, uid, operation, code);
+            assert_eq!(n, Some(1.0), "{client} {operation} {code}:\n{m}");
+        }
+        let all: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("credwatch_auth_requests_total{") && l.contains(uid.as_str()))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert_eq!(all, calls.len() as f64, "{client}: each request once:\n{m}");
+        assert!(m.contains(&format!("container=\"{}\"", &id[..12])), "{m}");
+    }
+    let failures = agent.get("/api/v1/auth-failures");
+    let log = agent.log_text();
+    for (what, text) in [("metrics", &m), ("failures", &failures), ("log", &log)] {
+        assert!(!text.contains(&canary), "the canary leaked into the {what}");
+    }
+    drop(clients);
+}

@@ -44,6 +44,14 @@ macro_rules! require_e2e {
 }
 
 /// The agent binary: `$CREDWATCH_BIN` (set by `cargo xtask test`), else the debug build.
+/// The repository's root.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("CREDWATCH_BIN")
         .map(PathBuf::from)

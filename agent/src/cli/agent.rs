@@ -18,7 +18,10 @@ use crate::{
     inventory::{watcher::Watcher, Sources},
     kernel::{self, auth_maps::AuthMaps, btf, compat::Loaded, maps::KernelMaps, ring},
     sensors::{
-        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints, requests::Requests},
+        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints,
+            requests::Requests,
+            tls::{self, TlsProbes},
+        },
         file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
     },
     state::{State, UserLoss},
@@ -52,6 +55,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
     let ring: RingBuf<MapData> =
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
+    // The TLS probes attach to libraries as processes map them: the object goes to that task.
+    let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
+    let mut tls = TlsProbes::new(ebpf.clone());
+    let tls_hooks = tls.load();
+    state.set_hooks(state.hooks().into_iter().chain(tls_hooks).collect());
+    tls::log_libraries(&tls.scan(Path::new("/proc")));
+    tokio::spawn(tls.run("/proc".into()));
     let cgroups = Arc::new(CgroupResolver::new(
         sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
     ));
@@ -104,7 +114,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("HTTP server")?;
     tracing::info!("stopping; probes detach as the process exits");
-    drop(loaded);
+    drop(ebpf);
     Ok(())
 }
 

@@ -1,7 +1,14 @@
 //! `credwatch check`: what the kernel and this process's privileges allow, probe by probe.
 use std::path::Path;
 
-use crate::{kernel::btf, sensors::file, sys};
+use crate::{
+    kernel::btf,
+    sensors::{
+        auth::{self, catalog::Catalog, tls},
+        file,
+    },
+    sys,
+};
 
 #[derive(Debug, Clone)]
 pub struct Item {
@@ -22,7 +29,7 @@ fn item(name: impl Into<String>, ok: bool, required: bool, detail: impl Into<Str
 }
 
 /// Runs every check. Probes are really loaded and attached (then detached) when privileges allow.
-pub fn run() -> Vec<Item> {
+pub fn run(catalog: &Catalog) -> Vec<Item> {
     let mut items = Vec::new();
     let privileged = sys::missing_privileges();
     items.push(match &privileged {
@@ -85,7 +92,50 @@ pub fn run() -> Vec<Item> {
             "not tried: needs the privileges and BTF above",
         )),
     }
+    items.extend(endpoint_items(catalog));
+    items.extend(tls_library_items(Path::new("/proc")));
     items
+}
+
+/// The catalog as it resolves now: what the kernel's endpoint map would hold.
+pub fn endpoint_items(catalog: &Catalog) -> Vec<Item> {
+    let (_, resolved) = catalog.routes(auth::catalog::system_resolve);
+    resolved
+        .into_iter()
+        .map(|r| {
+            let name = format!("endpoint {} :{}", r.name, r.port);
+            match r.error {
+                None => item(name, true, false, r.addresses.join(", ")),
+                Some(e) => item(name, false, false, format!("does not resolve: {e}")),
+            }
+        })
+        .collect()
+}
+
+/// The distinct OpenSSL libraries processes have mapped now (the agent attaches to each).
+fn tls_library_items(proc_root: &Path) -> Vec<Item> {
+    let mut seen = std::collections::BTreeSet::new();
+    let pids = std::fs::read_dir(proc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
+    for pid in pids {
+        for (_, path) in tls::ssl_mappings(proc_root, pid) {
+            seen.insert(path);
+        }
+    }
+    if seen.is_empty() {
+        return vec![item(
+            "TLS libraries",
+            true,
+            false,
+            "no process has libssl mapped now; the agent attaches as they appear",
+        )];
+    }
+    seen.into_iter()
+        .map(|p| item("TLS library", true, false, p))
+        .collect()
 }
 
 /// Whether pseudo-filesystem `fstype` is at `path`, mounting it as the agent would when we may.
@@ -137,7 +187,9 @@ fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
             loaded.btf.file_walk(),
         ));
     }
-    for s in loaded.hooks {
+    let mut loaded = loaded;
+    let auth_hooks = auth::attach(&mut loaded.ebpf);
+    for s in loaded.hooks.into_iter().chain(auth_hooks) {
         // openat is what every libc uses; without it the agent is blind.
         let required = s.probe == file::REQUIRED_HOOK || !any;
         let detail = s.error.unwrap_or_else(|| "attached".to_owned());

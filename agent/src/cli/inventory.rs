@@ -4,6 +4,7 @@ use std::time::Instant;
 use crate::{
     config::{AgentFlags, Config, Flags},
     inventory::{self, content, kubelet::GenerationNumbers, Sources},
+    sensors::auth::catalog::{kind_label, system_resolve, Catalog},
     state::{Credential, State},
     sys,
 };
@@ -36,7 +37,26 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
         eprintln!("note: watch path {m} does not exist");
     }
     eprintln!("{} credentials", creds.len());
+    print_endpoints(&Catalog::from_config(&cfg)?);
     Ok(())
+}
+
+/// The auth endpoint catalog as it resolves now.
+fn print_endpoints(catalog: &Catalog) {
+    let (_, resolved) = catalog.routes(system_resolve);
+    println!("\nAUTH ENDPOINT       PORT   KIND        ADDRESSES");
+    for (e, r) in catalog.entries.iter().zip(resolved) {
+        let addresses = match r.error {
+            None => r.addresses.join(", "),
+            Some(err) => format!("(does not resolve: {err})"),
+        };
+        println!(
+            "{:18}  {:5}  {:10}  {addresses}",
+            r.name,
+            r.port,
+            kind_label(e.kind)
+        );
+    }
 }
 
 fn print_table(creds: &[Credential]) {

@@ -8,7 +8,10 @@ use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{AgentFlags, Config, Flags};
+use crate::{
+    config::{AgentFlags, Config, Flags},
+    sensors::auth::catalog::Catalog,
+};
 
 /// credwatch: which processes read which credential files, as Prometheus metrics.
 ///
@@ -36,9 +39,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Report what the kernel and permissions allow (BTF, tracefs, bpffs, each probe); exits
-    /// non-zero if the agent cannot run.
-    Check,
+    /// Report what the kernel and permissions allow (BTF, tracefs, bpffs, each probe), the auth
+    /// endpoint catalog as resolved now and the TLS libraries in use; exits non-zero if the agent
+    /// cannot run.
+    Check {
+        #[command(flatten)]
+        flags: Flags,
+    },
 }
 
 fn init_logging() {
@@ -59,8 +66,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(flags) => run_agent(flags),
         Command::Inventory { flags, json } => inventory::run(flags, json),
-        Command::Check => {
-            return if check::print(&check::run()) {
+        Command::Check { flags } => {
+            let catalog = match catalog_of(flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("credwatch: error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return if check::print(&check::run(&catalog)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -74,6 +88,15 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The endpoint catalog the agent would use with these flags.
+fn catalog_of(flags: Flags) -> anyhow::Result<Catalog> {
+    let cfg = Config::from_agent_flags(&AgentFlags {
+        common: flags,
+        ..Default::default()
+    })?;
+    Ok(Catalog::from_config(&cfg)?)
 }
 
 fn run_agent(flags: AgentFlags) -> anyhow::Result<()> {

@@ -183,6 +183,15 @@ mod tests {
             credwatch_common::maps::LOST,
             credwatch_common::file::maps::WATCHED,
             credwatch_common::file::maps::READS,
+            credwatch_common::auth::maps::ENDPOINTS,
+            credwatch_common::auth::maps::CONNECTS,
+            credwatch_common::auth::maps::SOCKS,
+            credwatch_common::auth::maps::CONNECTING,
+            credwatch_common::auth::maps::FDS,
+            credwatch_common::auth::maps::PENDING_IO,
+            credwatch_common::auth::maps::TLS_CALLS,
+            credwatch_common::auth::maps::TLS_SOCKS,
+            credwatch_common::auth::maps::AUTH_EVENTS,
         ] {
             assert!(names.contains(&want), "{want} not in {names:?}");
         }

@@ -17,6 +17,10 @@ pub mod maps {
     pub const FDS: &str = "FDS";
     /// `u64` pid_tgid `-> PendingIo`: an I/O syscall on an endpoint socket, between enter and exit.
     pub const PENDING_IO: &str = "PENDING_IO";
+    /// LRU `u64` pid_tgid `-> TlsCall`: a TLS read or write in progress on this thread.
+    pub const TLS_CALLS: &str = "TLS_CALLS";
+    /// LRU `TlsKey -> u64` (the `struct sock *`): TLS connections of endpoint sockets.
+    pub const TLS_SOCKS: &str = "TLS_SOCKS";
     /// Ring buffer of `DataEvent`s (apart from `EVENTS`, so that a chatty endpoint cannot crowd
     /// out first reads of credentials).
     pub const AUTH_EVENTS: &str = "AUTH_EVENTS";
@@ -125,6 +129,35 @@ const _: () = assert!(size_of::<SockInfo>() == 24);
 pub const SOCK_RESET: u32 = 1;
 /// `SockInfo::flags`: the connect's outcome is counted.
 pub const SOCK_COUNTED: u32 = 2;
+/// `SockInfo::flags`: bytes of this socket went to userspace, so its close does too.
+pub const SOCK_DATA: u32 = 4;
+/// `SockInfo::flags`: the endpoint speaks plaintext: its syscall bytes are the protocol. (Else
+/// they are TLS records, and the plaintext comes from the TLS library's uprobes.)
+pub const SOCK_PLAINTEXT: u32 = 8;
+
+/// A TLS connection object (`SSL *`) of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<TlsKey>() == 16);
+
+/// A call of `SSL_write`/`SSL_read` (or their `_ex` forms) between its entry and its return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *written` / `*readbytes` of the `_ex` forms, else 0.
+    pub out: u64,
+    /// A `Direction`.
+    pub direction: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
 
 /// A descriptor of a process.
 #[repr(C)]

@@ -11,6 +11,7 @@ pub mod connects;
 pub mod endpoints;
 pub mod failures;
 pub mod requests;
+pub mod tls;
 
 use aya::Ebpf;
 

@@ -1,0 +1,269 @@
+//! Finding every OpenSSL in use and putting the TLS uprobes on it.
+//!
+//! Each process's `/proc/<pid>/maps` names the libraries it mapped; a `libssl.so*` found there is
+//! attached through `/proc/<pid>/map_files/<range>`, a magic link to the very file mapped (so a
+//! copy inside a container image, in another mount namespace, is reached without resolving any
+//! path or symlink of that image). Each distinct file (device, inode) is attached once. Processes
+//! are looked at when the agent starts and then every `RESCAN_EVERY` (new pids only).
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aya::{
+    programs::{ProgramError, UProbe},
+    Ebpf,
+};
+use aya::programs::uprobe::UProbeScope;
+
+use crate::kernel::HookStatus;
+
+pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// (program, function): entry probes, then the one return probe on each function, then `SSL_free`.
+const ENTRIES: [(&str, &str); 4] = [
+    ("ssl_write", "SSL_write"),
+    ("ssl_write_ex", "SSL_write_ex"),
+    ("ssl_read", "SSL_read"),
+    ("ssl_read_ex", "SSL_read_ex"),
+];
+const RETURN: &str = "ssl_return";
+const FREE: (&str, &str) = ("ssl_free", "SSL_free");
+
+/// A TLS library attached, or why not.
+#[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
+pub struct Library {
+    /// The path as the first process that mapped it sees it.
+    pub path: String,
+    pub pid: u32,
+    pub error: Option<String>,
+}
+
+pub struct TlsProbes {
+    ebpf: Arc<Mutex<Ebpf>>,
+    /// Files attached (or refused), by (device, inode).
+    files: HashMap<(u64, u64), Library>,
+    /// Processes already looked at, by (pid, start time).
+    seen: HashSet<(u32, u64)>,
+    loaded: bool,
+}
+
+impl TlsProbes {
+    pub fn new(ebpf: Arc<Mutex<Ebpf>>) -> Self {
+        Self {
+            ebpf,
+            files: HashMap::new(),
+            seen: HashSet::new(),
+            loaded: false,
+        }
+    }
+
+    /// Loads the programs (once); the statuses say whether the kernel took them.
+    pub fn load(&mut self) -> Vec<HookStatus> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let names = ENTRIES.iter().map(|(p, _)| *p).chain([RETURN, FREE.0]);
+        let statuses: Vec<HookStatus> = names
+            .map(|name| {
+                let r = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| format!("program {name} missing from the object"))
+                    .and_then(|p| {
+                        let p: &mut UProbe = p.try_into().map_err(|e: ProgramError| e.to_string())?;
+                        p.load().map_err(|e| e.to_string())
+                    });
+                HookStatus {
+                    probe: format!("uprobe/libssl/{name}"),
+                    attached: r.is_ok(),
+                    error: r.err(),
+                }
+            })
+            .collect();
+        self.loaded = statuses.iter().all(|s| s.attached);
+        statuses
+    }
+
+    /// Libraries attached or refused so far.
+    pub fn libraries(&self) -> Vec<Library> {
+        let mut v: Vec<Library> = self.files.values().cloned().collect();
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        v
+    }
+
+    /// Looks at processes not seen before; attaches to libraries not attached before. Returns
+    /// the libraries newly attached or refused.
+    pub fn scan(&mut self, proc_root: &Path) -> Vec<Library> {
+        if !self.loaded {
+            return Vec::new();
+        }
+        let Ok(dir) = std::fs::read_dir(proc_root) else {
+            return Vec::new();
+        };
+        let mut live = HashSet::new();
+        let mut new = Vec::new();
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Some(start) = start_time(proc_root, pid) else {
+                continue;
+            };
+            live.insert((pid, start));
+            if self.seen.contains(&(pid, start)) {
+                continue;
+            }
+            self.seen.insert((pid, start));
+            for (range, path) in ssl_mappings(proc_root, pid) {
+                new.extend(self.attach_mapping(proc_root, pid, &range, &path));
+            }
+        }
+        self.seen.retain(|k| live.contains(k));
+        new
+    }
+
+    fn attach_mapping(&mut self, proc_root: &Path, pid: u32, range: &str, path: &str) -> Option<Library> {
+        let link = proc_root.join(format!("{pid}/map_files/{range}"));
+        let meta = std::fs::metadata(&link).ok()?;
+        let id = (meta.dev(), meta.ino());
+        if self.files.contains_key(&id) {
+            return None;
+        }
+        let error = self.attach_file(&link).err();
+        let lib = Library {
+            path: path.to_owned(),
+            pid,
+            error,
+        };
+        self.files.insert(id, lib.clone());
+        Some(lib)
+    }
+
+    fn attach_file(&self, target: &Path) -> Result<(), String> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut attach = |program: &str, function: &str| -> Result<(), String> {
+            let p: &mut UProbe = ebpf
+                .program_mut(program)
+                .ok_or("program missing")?
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
+            p.attach(function, target, UProbeScope::AllProcesses)
+                .map(|_| ())
+                .map_err(|e| format!("{function}: {e}"))
+        };
+        // SSL_write is the one every OpenSSL has: without its symbol the library is not usable.
+        for (program, function) in ENTRIES {
+            attach(program, function)?;
+            attach(RETURN, function)?;
+        }
+        attach(FREE.0, FREE.1)
+    }
+
+    /// Scans every `RESCAN_EVERY` until the process ends.
+    pub async fn run(mut self, proc_root: PathBuf) {
+        let mut tick = tokio::time::interval(RESCAN_EVERY);
+        loop {
+            tick.tick().await;
+            let root = proc_root.clone();
+            let (this, new) = match tokio::task::spawn_blocking(move || {
+                let new = self.scan(&root);
+                (self, new)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            self = this;
+            log_libraries(&new);
+        }
+    }
+}
+
+pub fn log_libraries(libs: &[Library]) {
+    for l in libs {
+        match &l.error {
+            None => tracing::info!(path = ?l.path, pid = l.pid, "TLS library attached"),
+            Some(e) => tracing::warn!(path = ?l.path, pid = l.pid, error = ?e, "TLS library not attached (its calls are seen at L4 only)"),
+        }
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: tells a reused pid from its predecessor.
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The mappings of files named `libssl.so*`: (address range as `map_files` names it, path).
+pub fn ssl_mappings(proc_root: &Path, pid: u32) -> Vec<(String, String)> {
+    let Ok(maps) = std::fs::read_to_string(proc_root.join(format!("{pid}/maps"))) else {
+        return Vec::new();
+    };
+    parse_ssl_mappings(&maps)
+}
+
+fn parse_ssl_mappings(maps: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_ino)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path: String = f.collect::<Vec<_>>().join(" ");
+        let name = path.rsplit('/').next().unwrap_or("");
+        if name.starts_with("libssl.so") && !out.iter().any(|(_, p)| *p == path) {
+            out.push((range.to_owned(), path));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libssl_mappings_are_found_once_each() {
+        let maps = "\
+7f0000000000-7f0000001000 r--p 00000000 fe:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000001000-7f0000002000 r-xp 00001000 fe:01 123 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f0000003000-7f0000004000 r--p 00000000 fe:01 124 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f0000005000-7f0000006000 rw-p 00000000 00:00 0
+7f0000007000-7f0000008000 r--p 00000000 fe:01 125 /opt/my app/libssl.so.1.1 (deleted)
+";
+        assert_eq!(
+            parse_ssl_mappings(maps),
+            [
+                (
+                    "7f0000000000-7f0000001000".to_owned(),
+                    "/usr/lib/x86_64-linux-gnu/libssl.so.3".to_owned()
+                ),
+                (
+                    "7f0000007000-7f0000008000".to_owned(),
+                    "/opt/my app/libssl.so.1.1 (deleted)".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("42")).unwrap();
+        let mut fields = vec!["S"];
+        fields.extend(std::iter::repeat_n("0", 18));
+        fields.push("777");
+        std::fs::write(
+            dir.path().join("42/stat"),
+            format!("42 (a) b (c) {}", fields.join(" ")),
+        )
+        .unwrap();
+        assert_eq!(start_time(dir.path(), 42), Some(777));
+    }
+}

@@ -4,14 +4,45 @@
 //! ```text
 //! catalog (built-in + endpoints:, hostnames re-resolved) --endpoints--> ENDPOINTS trie (kernel)
 //! TCP state changes --exact per-CPU counters--> CONNECTS (kernel) --connects--> State --> export
-//! I/O on endpoint sockets --bytes--> AUTH_EVENTS ring --> decoders --> State requests, failures
+//! plaintext endpoint I/O (syscalls) ----bytes--> AUTH_EVENTS ring --requests--> decoders
+//! OpenSSL SSL_write/SSL_read (uprobes, tls) --^       --> State requests, durations, failures
 //! ```
+//!
+//! The protocol decoders are pure code that turns the plaintext captured on one socket into
+//! classified exchanges, importing nothing else of the crate:
+//!
+//! - [`Connection`] (`wire`): one per socket. [`Connection::new`] takes the endpoint's
+//!   [`EndpointKind`]; [`Connection::feed`]`(dir, ns, captured, total_len)` takes each captured
+//!   chunk in order (`captured` = its first bytes, `total_len` = its true length; the rest is
+//!   skipped, never guessed) and returns the [`Exchange`]s it completed; [`Connection::close`]
+//!   returns those still waiting, with [`Code::Unknown`]. The first request bytes choose HTTP/2
+//!   (the client preface), HTTP/1.x (a request line) or neither (then nothing is parsed).
+//! - `http1`: request/status lines, the headers that delimit bodies, pipelining.
+//! - `http2`, `hpack`, `huffman`: frames, header blocks (RFC 7541, a decoder of our own that keeps
+//!   no header value and survives lost capture), the Huffman code.
+//! - `classify`: [`Operation`] from the endpoint kind, method and path (+ STS form body).
+//!
+//! An [`Exchange`] holds labels and times only: no path, query, header value or body byte is
+//! kept past the call that classifies it, and no `Debug` output shows one.
 pub mod catalog;
 pub mod connects;
 pub mod endpoints;
 pub mod failures;
 pub mod requests;
 pub mod tls;
+
+mod classify;
+mod hpack;
+mod http1;
+mod http2;
+mod huffman;
+mod wire;
+
+pub use classify::{EndpointKind, Operation};
+pub use wire::{Code, Connection, Direction, Exchange};
+
+#[cfg(test)]
+mod tests;
 
 use aya::Ebpf;
 

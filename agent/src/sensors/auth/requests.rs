@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 
 use super::{
     catalog::Catalog,
-    classify::EndpointKind as Kind,
+    EndpointKind as Kind,
     failures::{self, Bursts},
-    wire::{Code, Connection, Direction, Exchange},
+    Code, Connection, Direction, Exchange,
 };
 use crate::{
     config::EndpointKind,

@@ -60,6 +60,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut tls = TlsProbes::new(ebpf.clone());
     let tls_hooks = tls.load();
     state.set_hooks(state.hooks().into_iter().chain(tls_hooks).collect());
+    tls::log_libraries(&tls.attach_system(&cfg.host_root));
     tls::log_libraries(&tls.scan(Path::new("/proc")));
     tokio::spawn(tls.run("/proc".into()));
     let cgroups = Arc::new(CgroupResolver::new(

@@ -23,6 +23,17 @@ use crate::kernel::HookStatus;
 
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 
+/// Where distributions keep their shared libraries.
+const SYSTEM_LIB_DIRS: [&str; 7] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib64",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+];
+
 /// (program, function): entry probes, then the one return probe on each function, then `SSL_free`.
 const ENTRIES: [(&str, &str); 4] = [
     ("ssl_write", "SSL_write"),
@@ -46,8 +57,9 @@ pub struct TlsProbes {
     ebpf: Arc<Mutex<Ebpf>>,
     /// Files attached (or refused), by (device, inode).
     files: HashMap<(u64, u64), Library>,
-    /// Processes already looked at, by (pid, start time).
-    seen: HashSet<(u32, u64)>,
+    /// Processes already looked at: pid -> start time. A pid reused between two scans is not
+    /// looked at again (the price of not reading every process's stat on every scan).
+    seen: HashMap<u32, u64>,
     loaded: bool,
 }
 
@@ -56,7 +68,7 @@ impl TlsProbes {
         Self {
             ebpf,
             files: HashMap::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             loaded: false,
         }
     }
@@ -92,6 +104,46 @@ impl TlsProbes {
         v
     }
 
+    /// Attaches to the system's own OpenSSL (below `host_root`), whether or not a process maps
+    /// it now: short-lived clients (curl, a CronJob) come and go between two scans, and every
+    /// process that loads the same file is covered by one attachment (uprobes are per inode).
+    pub fn attach_system(&mut self, host_root: &Path) -> Vec<Library> {
+        if !self.loaded {
+            return Vec::new();
+        }
+        let mut new = Vec::new();
+        for dir in SYSTEM_LIB_DIRS {
+            let dir = host_root.join(dir.trim_start_matches('/'));
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if !name.to_string_lossy().starts_with("libssl.so") {
+                    continue;
+                }
+                let path = e.path();
+                // Host directories, root's: a symlink there (libssl.so -> libssl.so.3) is the
+                // distribution's, and the inode check makes each file one attachment.
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    continue;
+                };
+                let id = (meta.dev(), meta.ino());
+                if !meta.is_file() || self.files.contains_key(&id) {
+                    continue;
+                }
+                let lib = Library {
+                    path: path.display().to_string(),
+                    pid: 0,
+                    error: self.attach_file(&path).err(),
+                };
+                self.files.insert(id, lib.clone());
+                new.push(lib);
+            }
+        }
+        new
+    }
+
     /// Looks at processes not seen before; attaches to libraries not attached before. Returns
     /// the libraries newly attached or refused.
     pub fn scan(&mut self, proc_root: &Path) -> Vec<Library> {
@@ -107,19 +159,19 @@ impl TlsProbes {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
+            live.insert(pid);
+            if self.seen.contains_key(&pid) {
+                continue;
+            }
             let Some(start) = start_time(proc_root, pid) else {
                 continue;
             };
-            live.insert((pid, start));
-            if self.seen.contains(&(pid, start)) {
-                continue;
-            }
-            self.seen.insert((pid, start));
+            self.seen.insert(pid, start);
             for (range, path) in ssl_mappings(proc_root, pid) {
                 new.extend(self.attach_mapping(proc_root, pid, &range, &path));
             }
         }
-        self.seen.retain(|k| live.contains(k));
+        self.seen.retain(|pid, _| live.contains(pid));
         new
     }
 

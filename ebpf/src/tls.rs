@@ -27,7 +27,11 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    let out = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
+    let out = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
     let call = TlsCall {
         ssl,
         buf,

@@ -189,12 +189,20 @@ fn metadata_calls_are_classified_and_a_401_names_the_credential_read_before() {
     let mut server = ns.spawn("python3", &["-c", IMDS, &canary, deny.to_str().unwrap()]);
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(secrets.join("aws-web-identity-token"), format!("opaque-{canary}")).unwrap();
+    std::fs::write(
+        secrets.join("aws-web-identity-token"),
+        format!("opaque-{canary}"),
+    )
+    .unwrap();
     let agent = Agent::start(&[&secrets], &[]);
     let (rel, uid, id) = pod_container_cgroup();
     let cg = Cgroup::new(&rel);
     // The caller reads its web identity token first, as an SDK would.
-    cg.read(&["open", secrets.join("aws-web-identity-token").to_str().unwrap(), "1"]);
+    cg.read(&[
+        "open",
+        secrets.join("aws-web-identity-token").to_str().unwrap(),
+        "1",
+    ]);
     let client = |n: &str| -> String {
         for _ in 0..50 {
             let out = cg
@@ -237,7 +245,11 @@ fn metadata_calls_are_classified_and_a_401_names_the_credential_read_before() {
     let established = sample(
         &m,
         "credwatch_auth_connections_total",
-        &[("pod", &uid), ("endpoint", endpoint), ("result", "established")],
+        &[
+            ("pod", &uid),
+            ("endpoint", endpoint),
+            ("result", "established"),
+        ],
     );
     assert_eq!(established, Some(2.0), "{m}");
     assert!(
@@ -294,7 +306,12 @@ impl OpenBao {
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("log")).unwrap())
             .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e} (cargo xtask setup installs it)", bao_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (cargo xtask setup installs it)",
+                    bao_bin().display()
+                )
+            });
         let bao = OpenBao {
             child,
             port,
@@ -303,7 +320,10 @@ impl OpenBao {
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while bao.cli(&["status"]).is_err() {
-            assert!(std::time::Instant::now() < deadline, "OpenBao did not start");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "OpenBao did not start"
+            );
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
         bao.cli(&["auth", "enable", "userpass"]).unwrap();
@@ -336,12 +356,49 @@ impl Drop for OpenBao {
 
 /// The five calls every client makes: (method, path, token header, body), with the code
 /// OpenBao answers and the operation credwatch must classify it as.
-fn vault_calls(canary: &str) -> Vec<(&'static str, &'static str, String, String, &'static str, &'static str)> {
+fn vault_calls(
+    canary: &str,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    String,
+    String,
+    &'static str,
+    &'static str,
+)> {
     vec![
-        ("GET", "/v1/auth/token/lookup-self", "root".into(), String::new(), "lookup", "200"),
-        ("GET", "/v1/auth/token/lookup-self", format!("bad-{canary}"), String::new(), "lookup", "403"),
-        ("POST", "/v1/auth/userpass/login/alice", String::new(), r#"{"password":"right"}"#.into(), "login", "200"),
-        ("POST", "/v1/auth/userpass/login/alice", String::new(), format!(r#"{{"password":"{canary}"}}"#), "login", "400"),
+        (
+            "GET",
+            "/v1/auth/token/lookup-self",
+            "root".into(),
+            String::new(),
+            "lookup",
+            "200",
+        ),
+        (
+            "GET",
+            "/v1/auth/token/lookup-self",
+            format!("bad-{canary}"),
+            String::new(),
+            "lookup",
+            "403",
+        ),
+        (
+            "POST",
+            "/v1/auth/userpass/login/alice",
+            String::new(),
+            r#"{"password":"right"}"#.into(),
+            "login",
+            "200",
+        ),
+        (
+            "POST",
+            "/v1/auth/userpass/login/alice",
+            String::new(),
+            format!(r#"{{"password":"{canary}"}}"#),
+            "login",
+            "400",
+        ),
         (
             "POST",
             "/v1/identity/oidc/provider/default/token",
@@ -394,7 +451,11 @@ fn vault_calls_over_tls_are_counted_once_each_for_curl_h2_curl_h1_and_python() {
                 .arg(serde_json::to_string(&list).unwrap())
                 .output()
                 .unwrap();
-            codes.extend(String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned));
+            codes.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .map(str::to_owned),
+            );
         } else {
             for (method, path, token, body, _, _) in &calls {
                 let mut cmd = cg.command("curl");
@@ -415,14 +476,22 @@ fn vault_calls_over_tls_are_counted_once_each_for_curl_h2_curl_h1_and_python() {
             }
         }
         let want: Vec<&str> = calls.iter().map(|c| c.5).collect();
-        assert_eq!(codes, want, "{client}: OpenBao answered otherwise than planned");
+        assert_eq!(
+            codes, want,
+            "{client}: OpenBao answered otherwise than planned"
+        );
         clients.push((client, uid, id, cg));
     }
     let count = |m: &str, uid: &str, operation: &str, code: &str| {
         sample(
             m,
             "credwatch_auth_requests_total",
-            &[("pod", uid), ("endpoint", "openbao"), ("operation", operation), ("code", code)],
+            &[
+                ("pod", uid),
+                ("endpoint", "openbao"),
+                ("operation", operation),
+                ("code", code),
+            ],
         )
     };
     let last = &clients[2];

@@ -18,7 +18,11 @@ use crate::{
     inventory::{watcher::Watcher, Sources},
     kernel::{self, auth_maps::AuthMaps, btf, compat::Loaded, maps::KernelMaps, ring},
     sensors::{
-        auth::{self, catalog::Catalog, connects::ConnectFold, endpoints,
+        auth::{
+            self,
+            catalog::Catalog,
+            connects::ConnectFold,
+            endpoints,
             requests::Requests,
             tls::{self, TlsProbes},
         },
@@ -45,24 +49,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("credwatch: serving http://{addr}/metrics");
 
     mount_pseudo_filesystems();
-    let mut loaded = attach_file_sensor()?;
     let state = Arc::new(State::default());
-    let auth_hooks = attach_auth_sensor(&mut loaded);
-    state.set_hooks(loaded.hooks.iter().chain(&auth_hooks).cloned().collect());
-    let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
-    let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
-    let auth_ring: RingBuf<MapData> =
-        kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
-    let ring: RingBuf<MapData> =
-        kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
-    // The TLS probes attach to libraries as processes map them: the object goes to that task.
-    let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
-    let mut tls = TlsProbes::new(ebpf.clone());
-    let tls_hooks = tls.load();
-    state.set_hooks(state.hooks().into_iter().chain(tls_hooks).collect());
-    tls::log_libraries(&tls.attach_system(&cfg.host_root));
-    tls::log_libraries(&tls.scan(Path::new("/proc")));
-    tokio::spawn(tls.run("/proc".into()));
+    let kernel = load_kernel(&state, &cfg.host_root)?;
+    let (maps, auth_maps) = (kernel.maps.clone(), kernel.auth_maps.clone());
     let cgroups = Arc::new(CgroupResolver::new(
         sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
     ));
@@ -76,7 +65,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
     // Inventory first, so that reads are counted from the moment we report ready.
     follow_inventory(sources, &state, &maps);
-    follow_first_reads(ring, &state, &cgroups);
+    follow_first_reads(kernel.ring, &state, &cgroups);
     let gc = ReaderGc::new(
         state.clone(),
         maps.clone(),
@@ -96,8 +85,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         catalog: catalog.clone(),
     };
     follow_endpoints(&catalog, &auth_maps, &connects);
-    let requests = Requests::new(state.clone(), cgroups.clone(), pods.clone(), catalog.clone());
-    follow_auth_bytes(auth_ring, requests, &state);
+    let requests = Requests::new(
+        state.clone(),
+        cgroups.clone(),
+        pods.clone(),
+        catalog.clone(),
+    );
+    follow_auth_bytes(kernel.auth_ring, requests, &state);
     let mut collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
     collector.connects = Some(connects);
@@ -115,8 +109,51 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await
     .context("HTTP server")?;
     tracing::info!("stopping; probes detach as the process exits");
-    drop(ebpf);
+    drop(kernel.ebpf);
     Ok(())
+}
+
+/// The loaded object's handles: maps, rings, and the object itself (the TLS task attaches more
+/// uprobes to it as libraries appear; the probes live as long as it does).
+struct Kernel {
+    maps: Arc<KernelMaps>,
+    auth_maps: Arc<AuthMaps>,
+    ring: RingBuf<MapData>,
+    auth_ring: RingBuf<MapData>,
+    ebpf: Arc<std::sync::Mutex<aya::Ebpf>>,
+}
+
+/// Loads the object, attaches the file and auth-call sensors and the TLS probes (on the
+/// system's libssl and every one mapped now, then as processes map them), takes the maps.
+fn load_kernel(state: &Arc<State>, host_root: &Path) -> anyhow::Result<Kernel> {
+    let mut loaded = attach_file_sensor()?;
+    let auth_hooks = attach_auth_sensor(&mut loaded);
+    let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
+    let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
+    let auth_ring =
+        kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
+    let ring = kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
+    let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
+    let mut tls = TlsProbes::new(ebpf.clone());
+    let tls_hooks = tls.load();
+    state.set_hooks(
+        loaded
+            .hooks
+            .into_iter()
+            .chain(auth_hooks)
+            .chain(tls_hooks)
+            .collect(),
+    );
+    tls::log_libraries(&tls.attach_system(host_root));
+    tls::log_libraries(&tls.scan(Path::new("/proc")));
+    tokio::spawn(tls.run("/proc".into()));
+    Ok(Kernel {
+        maps,
+        auth_maps,
+        ring,
+        auth_ring,
+        ebpf,
+    })
 }
 
 /// tracefs (aya finds tracepoint ids through it) and bpffs, which fresh hosts often lack.

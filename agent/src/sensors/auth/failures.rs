@@ -26,7 +26,12 @@ impl Bursts {
     /// True when this failure opens a burst: the first of its key, or the first after `QUIET`.
     pub fn opens_burst(&mut self, key: (Workload, String, &'static str), now: Instant) -> bool {
         if self.last.len() >= MAX_KEYS && !self.last.contains_key(&key) {
-            if let Some(oldest) = self.last.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+            if let Some(oldest) = self
+                .last
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            {
                 self.last.remove(&oldest);
             }
         }
@@ -47,7 +52,9 @@ pub fn held_credentials(
     };
     let mut newest: HashMap<u32, (u32, f64)> = HashMap::new();
     for r in &reader.first_reads {
-        let e = newest.entry(r.credential_id).or_insert((r.generation, r.at));
+        let e = newest
+            .entry(r.credential_id)
+            .or_insert((r.generation, r.at));
         if r.generation >= e.0 {
             *e = (r.generation, r.at.max(e.1));
         }
@@ -72,7 +79,11 @@ pub fn held_credentials(
         })
         .collect();
     // Most recently read first.
-    held.sort_by(|a, b| b.last_read.partial_cmp(&a.last_read).unwrap_or(std::cmp::Ordering::Equal));
+    held.sort_by(|a, b| {
+        b.last_read
+            .partial_cmp(&a.last_read)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
     held
 }
 
@@ -104,10 +115,7 @@ pub fn summary(f: &AuthFailure, now: f64) -> String {
     } else {
         format!("{} in pod {pod}", w.container)
     };
-    let mut s = format!(
-        "{who} got {} from {} ({})",
-        f.code, f.endpoint, f.operation
-    );
+    let mut s = format!("{who} got {} from {} ({})", f.code, f.endpoint, f.operation);
     match f.credentials.first() {
         None => s.push_str("; it read no watched credential"),
         Some(c) => {

@@ -12,9 +12,8 @@ use tokio::sync::mpsc;
 
 use super::{
     catalog::Catalog,
-    EndpointKind as Kind,
     failures::{self, Bursts},
-    Code, Connection, Direction, Exchange,
+    Code, Connection, Direction, EndpointKind as Kind, Exchange,
 };
 use crate::{
     config::EndpointKind,
@@ -139,7 +138,11 @@ impl Requests {
         if self.sockets.len() < MAX_CONNECTIONS {
             return;
         }
-        let oldest = self.sockets.iter().min_by_key(|(_, s)| s.opened).map(|(k, _)| *k);
+        let oldest = self
+            .sockets
+            .iter()
+            .min_by_key(|(_, s)| s.opened)
+            .map(|(k, _)| *k);
         if let Some(s) = oldest.and_then(|k| self.sockets.remove(&k)) {
             let exchanges = s.conn.close();
             self.record(s.cgroup_id, s.endpoint, exchanges);

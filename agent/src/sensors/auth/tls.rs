@@ -13,11 +13,11 @@ use std::{
     time::Duration,
 };
 
+use aya::programs::uprobe::UProbeScope;
 use aya::{
     programs::{ProgramError, UProbe},
     Ebpf,
 };
-use aya::programs::uprobe::UProbeScope;
 
 use crate::kernel::HookStatus;
 
@@ -83,7 +83,8 @@ impl TlsProbes {
                     .program_mut(name)
                     .ok_or_else(|| format!("program {name} missing from the object"))
                     .and_then(|p| {
-                        let p: &mut UProbe = p.try_into().map_err(|e: ProgramError| e.to_string())?;
+                        let p: &mut UProbe =
+                            p.try_into().map_err(|e: ProgramError| e.to_string())?;
                         p.load().map_err(|e| e.to_string())
                     });
                 HookStatus {
@@ -175,7 +176,13 @@ impl TlsProbes {
         new
     }
 
-    fn attach_mapping(&mut self, proc_root: &Path, pid: u32, range: &str, path: &str) -> Option<Library> {
+    fn attach_mapping(
+        &mut self,
+        proc_root: &Path,
+        pid: u32,
+        range: &str,
+        path: &str,
+    ) -> Option<Library> {
         let link = proc_root.join(format!("{pid}/map_files/{range}"));
         let meta = std::fs::metadata(&link).ok()?;
         let id = (meta.dev(), meta.ino());
@@ -237,7 +244,9 @@ pub fn log_libraries(libs: &[Library]) {
     for l in libs {
         match &l.error {
             None => tracing::info!(path = ?l.path, pid = l.pid, "TLS library attached"),
-            Some(e) => tracing::warn!(path = ?l.path, pid = l.pid, error = ?e, "TLS library not attached (its calls are seen at L4 only)"),
+            Some(e) => {
+                tracing::warn!(path = ?l.path, pid = l.pid, error = ?e, "TLS library not attached (its calls are seen at L4 only)")
+            }
         }
     }
 }

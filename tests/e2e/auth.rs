@@ -519,3 +519,154 @@ fn vault_calls_over_tls_are_counted_once_each_for_curl_h2_curl_h1_and_python() {
     }
     drop(clients);
 }
+
+/// Runs in a private mount namespace with its own copy of libssl on a tmpfs only it sees, and a
+/// file named like libssl that has no OpenSSL symbols (a copy of libz); waits for the agent's
+/// next scan of /proc, then makes one bad-token lookup. Prints the libssl it mapped, then the code.
+const PRIVATE_LIBSSL: &str = r#"
+set -e
+mount -t tmpfs private "$1"
+cp /usr/lib/x86_64-linux-gnu/libssl.so.3 "$1/"
+cp /usr/lib/x86_64-linux-gnu/libz.so.1 "$1/libssl.so.0.9.8"
+LD_LIBRARY_PATH="$1" exec python3 -c '
+import ctypes, ssl, sys, time, urllib.request, urllib.error
+ctypes.CDLL(sys.argv[1] + "/libssl.so.0.9.8")
+print([l.split()[-1] for l in open("/proc/self/maps") if "libssl.so.3" in l][0])
+sys.stdout.flush()
+time.sleep(4)
+req = urllib.request.Request(sys.argv[2] + "/v1/auth/token/lookup-self", headers={"X-Vault-Token": "nope"})
+try:
+    print(urllib.request.urlopen(req, context=ssl.create_default_context(cafile=sys.argv[3])).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+' "$1" "$2" "$3"
+"#;
+
+#[test]
+fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_and_a_fake_one_is_not() {
+    require_e2e!();
+    if !std::path::Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3").exists() {
+        panic!("this test needs Debian's libssl3 (x86_64) to copy");
+    }
+    let bao = OpenBao::start();
+    let dir = TempDir::new("libssl");
+    let cfg = config(&dir, &[("openbao", "127.0.0.1", bao.port, true, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let private = dir.join("private");
+    std::fs::create_dir_all(&private).unwrap();
+    let (rel, uid, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let out = cg
+        .command("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", PRIVATE_LIBSSL, "sh"])
+        .arg(&private)
+        .arg(format!("https://127.0.0.1:{}", bao.port))
+        .arg(&bao.ca)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    let copy = format!("{}/libssl.so.3", private.display());
+    assert_eq!(lines, [copy.as_str(), "403"], "the client did not use its own copy");
+    assert!(
+        std::fs::read_dir(&private).unwrap().next().is_none(),
+        "the copy must be invisible outside its mount namespace"
+    );
+    let m = agent.wait_metrics("the lookup through the private copy", |m| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[("pod", &uid), ("operation", "lookup"), ("code", "403")],
+        ) == Some(1.0)
+    });
+    let log = agent.log_text();
+    assert!(
+        log.contains("TLS library attached") && log.contains(&copy),
+        "{log}"
+    );
+    assert!(
+        log.contains("TLS library not attached") && log.contains("libssl.so.0.9.8"),
+        "a library without OpenSSL's symbols is reported, not fatal:\n{log}"
+    );
+    assert_eq!(agent.get("/healthz").trim(), "ok", "{m}");
+    drop(cg);
+}
+
+/// Garbage both ways on a plaintext endpoint's socket, then a request split over three writes
+/// whose response is larger than the capture, on the same connection.
+const GARBAGE_CLIENT: &str = r#"
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(os.urandom(3000) + sys.argv[2].encode())
+s.recv(65536)
+s.close()
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for part in (b"GET /v1/auth/tok", b"en/lookup-self HTTP/1.1\r\nHost: x\r\nX-Vault-Token: " + sys.argv[2].encode(), b"\r\n\r\n"):
+    s.sendall(part)
+got = b""
+while not got.endswith(b"END"):
+    got += s.recv(65536)
+print(got.split(b" ")[1].decode())
+"#;
+
+const GARBAGE_SERVER: &str = r#"
+import os, socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 0)); l.listen(); print(l.getsockname()[1]); sys.stdout.flush()
+c, _ = l.accept(); c.recv(65536); c.sendall(os.urandom(5000)); c.close()
+c, _ = l.accept(); data = b""
+while not data.endswith(b"\r\n\r\n"):
+    data += c.recv(65536)
+body = b"x" * 20000 + b"END"
+c.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+c.close()
+"#;
+
+#[test]
+fn garbage_and_oversized_responses_on_an_endpoint_socket_are_survived_and_classified() {
+    require_e2e!();
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", GARBAGE_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port: u16 = port.trim().parse().unwrap();
+    let dir = TempDir::new("garbage");
+    let cfg = config(&dir, &[("junk", "127.0.0.1", port, false, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let canary = format!("CANARY{}", &credwatch_e2e::random_container_id()[..24]);
+    let (rel, uid, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let out = cg
+        .command("python3")
+        .args(["-c", GARBAGE_CLIENT, &port.to_string(), &canary])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "403");
+    let _ = server.wait();
+    let m = agent.wait_metrics("the split request", |m| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[("pod", &uid), ("endpoint", "junk"), ("operation", "lookup"), ("code", "403")],
+        ) == Some(1.0)
+    });
+    let garbage: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("credwatch_auth_requests_total{") && l.contains(&uid))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(garbage, 1.0, "the garbage connection is no request:\n{m}");
+    assert_eq!(agent.get("/healthz").trim(), "ok");
+    for (what, text) in [("metrics", m), ("log", agent.log_text())] {
+        assert!(!text.contains(&canary), "the canary leaked into the {what}");
+    }
+    drop(cg);
+}

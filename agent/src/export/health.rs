@@ -26,6 +26,9 @@ pub fn encode(
         ("decode", state.lost(UserLoss::Decode)),
         ("cardinality", state.lost(UserLoss::Cardinality)),
         ("inotify_watch", state.lost(UserLoss::InotifyWatch)),
+        ("kernel_connects_map", kernel_lost(LostStage::ConnectsMap)),
+        ("kernel_socks_map", kernel_lost(LostStage::SocksMap)),
+        ("kernel_auth_ringbuf", kernel_lost(LostStage::AuthRingBuf)),
     ];
     w.counters(
         "events_lost",

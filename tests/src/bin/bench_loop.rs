@@ -3,6 +3,7 @@
 //!   credwatch-bench-loop open PATH N           openat(O_RDONLY) + close, N times
 //!   credwatch-bench-loop open-expanded PATH N  the same with an expanded descriptor table
 //!   credwatch-bench-loop getppid N             getppid, N times (a syscall no probe sees)
+//!   credwatch-bench-loop tcp N                 64-byte send + recv over a loopback TCP pair, N times
 //!
 //! A process's descriptor table lives inside `files_struct` until a descriptor above 63 is used
 //! (or inherited: a child's table is sized at fork from its parent's highest open descriptor).
@@ -38,6 +39,27 @@ fn open_close(path: &CString, n: u64) -> Result<(), String> {
         }
         // SAFETY: fd was just opened by this loop.
         unsafe { libc::close(fd) };
+    }
+    Ok(())
+}
+
+/// A connected loopback TCP pair (no auth endpoint: what every other socket pays).
+fn tcp_pair() -> Result<(std::net::TcpStream, std::net::TcpStream), String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let a = std::net::TcpStream::connect(l.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let (b, _) = l.accept().map_err(|e| e.to_string())?;
+    a.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok((a, b))
+}
+
+fn tcp_ping(a: &mut std::net::TcpStream, b: &mut std::net::TcpStream, n: u64) -> Result<(), String> {
+    use std::io::{Read as _, Write as _};
+    let out = [7u8; 64];
+    let mut buf = [0u8; 64];
+    for _ in 0..n {
+        a.write_all(&out).map_err(|e| e.to_string())?;
+        b.read_exact(&mut buf).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -86,9 +108,18 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
             getppid(n);
             Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
         }
-        _ => {
-            Err("usage: credwatch-bench-loop open PATH N | open-expanded PATH N | getppid N".into())
+        Some("tcp") => {
+            let n = count(args.get(1))?;
+            let (mut a, mut b) = tcp_pair()?;
+            tcp_ping(&mut a, &mut b, warmup(n))?;
+            let t = Instant::now();
+            tcp_ping(&mut a, &mut b, n)?;
+            Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
         }
+        _ => Err(
+            "usage: credwatch-bench-loop open PATH N | open-expanded PATH N | getppid N | tcp N"
+                .into(),
+        ),
     }
 }
 

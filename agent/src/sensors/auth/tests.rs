@@ -718,13 +718,7 @@ fn http2_header_table_size_setting_is_honoured() {
 
 #[test]
 fn http2_rfc7541_c4_and_c6_verbatim() {
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use super::hpack::tests::hex;
     let c4 = [
         hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
         hex("8286 84be 5886 a8eb 1064 9cbf"),

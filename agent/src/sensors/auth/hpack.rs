@@ -604,11 +604,12 @@ impl Decoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sensors::auth::classify::Operation;
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// Bytes written as hex pairs, spaces ignored (as RFC 7541's examples print them).
+    pub(in crate::sensors::auth) fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
         (0..s.len())
             .step_by(2)

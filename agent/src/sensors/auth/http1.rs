@@ -86,6 +86,8 @@ trait Sink {
     fn body_lost(&mut self, n: usize);
     /// The head was cut by lost bytes: the message ends with the chunk.
     fn cut(&mut self);
+    /// A message started in lost bytes: keeps requests and responses in step.
+    fn lost_message(&mut self, ns: u64);
 }
 
 /// One direction's reader.
@@ -171,7 +173,7 @@ impl Reader {
             }
         }
         if lost > 0 {
-            self.lose(lost, sink);
+            self.lose(lost, ns, sink);
         }
     }
 
@@ -379,10 +381,19 @@ impl Reader {
     }
 
     /// `n` bytes after the captured ones were not captured.
-    fn lose(&mut self, n: usize, sink: &mut impl Sink) {
+    fn lose(&mut self, n: usize, ns: u64, sink: &mut impl Sink) {
         let n64 = n as u64;
         match self.state {
-            State::Body(left) if n64 <= left => {
+            State::Body(left) if n64 > left => {
+                sink.body_lost(usize::try_from(left).unwrap_or(usize::MAX));
+                sink.lost_message(ns);
+                self.resync();
+            }
+            State::Idle => {
+                sink.lost_message(ns);
+                self.resync();
+            }
+            State::Body(left) => {
                 sink.body_lost(n);
                 self.state = if n64 == left {
                     State::Idle
@@ -451,7 +462,25 @@ fn request_line(line: &[u8], overflow: bool) -> Option<(Method, Option<&[u8]>)> 
     if !(version == b"HTTP/1.1" || version == b"HTTP/1.0") || sp2 == 0 {
         return None;
     }
-    Some((Method::parse(method), Some(&rest[..sp2])))
+    Some((Method::parse(method), Some(origin_form(&rest[..sp2]))))
+}
+
+/// The path and query of a target in absolute form (`http://host/path`, as sent to proxies).
+fn origin_form(target: &[u8]) -> &[u8] {
+    let Some(after) = target
+        .strip_prefix(b"http://")
+        .or_else(|| target.strip_prefix(b"https://"))
+    else {
+        return target;
+    };
+    let authority = after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len());
+    match &after[authority..] {
+        [] => b"/",
+        path => path,
+    }
 }
 
 impl Sink for Requests<'_> {
@@ -500,6 +529,16 @@ impl Sink for Requests<'_> {
         if let Some(request) = self.current.take() {
             self.push(request);
         }
+    }
+
+    fn lost_message(&mut self, ns: u64) {
+        self.push(Request {
+            method: Method::Other,
+            class: PathClass::Unknown,
+            auth: false,
+            body: BodyScan::default(),
+            ns,
+        });
     }
 }
 
@@ -571,6 +610,12 @@ impl Sink for Responses<'_> {
             if let Some((_, r)) = self.queue.pop_front() {
                 self.out.push(r.exchange(code, Some(ns)));
             }
+        }
+    }
+
+    fn lost_message(&mut self, _ns: u64) {
+        if let Some((_, r)) = self.queue.pop_front() {
+            self.out.push(r.exchange(Code::Unknown, None));
         }
     }
 }

@@ -16,7 +16,11 @@
 //!   chunk in order (`captured` = its first bytes, `total_len` = its true length; the rest is
 //!   skipped, never guessed) and returns the [`Exchange`]s it completed; [`Connection::close`]
 //!   returns those still waiting, with [`Code::Unknown`]. The first request bytes choose HTTP/2
-//!   (the client preface), HTTP/1.x (a request line) or neither (then nothing is parsed).
+//!   (the client preface), HTTP/1.x (a request line) or neither (then nothing is parsed);
+//!   response bytes seen before any request byte are ignored (clients write first).
+//!   Uncaptured bytes inside a body or frame of known length cost nothing; past it, reading
+//!   resumes at the next chunk that starts a message or a plausible frame, and what could not be
+//!   read comes out as [`Code::Unknown`] or [`Operation::Other`].
 //! - `http1`: request/status lines, the headers that delimit bodies, pipelining.
 //! - `http2`, `hpack`, `huffman`: frames, header blocks (RFC 7541, a decoder of our own that keeps
 //!   no header value and survives lost capture), the Huffman code.

@@ -203,6 +203,61 @@ fn http1_response_larger_than_the_capture_then_keep_alive() {
 }
 
 #[test]
+fn http1_messages_lost_whole_keep_requests_and_responses_in_step() {
+    let req =
+        |path: &str| format!("GET /v1/auth/token/{path} HTTP/1.1\r\nX-Vault-Token: t\r\n\r\n");
+    let mut r = Run::new(EndpointKind::Vault);
+    let reqs = [req("lookup-self"), req("renew-self"), req("revoke-self")].concat();
+    r.feed(Req, reqs.as_bytes());
+    // One read: a response whose body runs past the capture, and a whole second response.
+    let read = [
+        response("200 OK", &"x".repeat(3950)),
+        response("204 No Content", ""),
+    ]
+    .concat();
+    r.feed_cut(Resp, read.as_bytes(), 4000);
+    r.feed(Resp, response("403 Forbidden", "{}").as_bytes());
+    let out = r.close();
+    assert_eq!(
+        ops(&out),
+        [("lookup", "200"), ("renew", "unknown"), ("revoke", "403")]
+    );
+
+    // The same on the request side: a write whose second request was not captured.
+    let body = "y".repeat(3950);
+    let login = format!(
+        "POST /v1/auth/approle/login HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = [login, req("create")].concat();
+    let mut r = Run::new(EndpointKind::Vault);
+    r.feed_cut(Req, write.as_bytes(), 4000);
+    r.feed(Req, req("lookup-self").as_bytes());
+    let resps = [
+        response("200 OK", "{}"),
+        response("204 No Content", ""),
+        response("403 Forbidden", "{}"),
+    ]
+    .concat();
+    r.feed(Resp, resps.as_bytes());
+    let out = r.close();
+    assert_eq!(
+        ops(&out),
+        [("login", "200"), ("other", "204"), ("lookup", "403")]
+    );
+}
+
+#[test]
+fn http1_absolute_form_target() {
+    let get =
+        "GET http://169.254.169.254/latest/meta-data/iam/security-credentials/r HTTP/1.1\r\n\r\n";
+    let mut r = Run::new(EndpointKind::AwsImds);
+    r.feed(Req, get.as_bytes())
+        .feed(Resp, response("200 OK", "{}").as_bytes());
+    assert_eq!(ops(&r.close()), [("metadata_credentials", "200")]);
+}
+
+#[test]
 fn http1_pipelined_requests_head_and_no_body_statuses() {
     let reqs = "HEAD /v1/sys/health HTTP/1.1\r\n\r\n\
                 GET /v1/auth/token/lookup-self HTTP/1.1\r\nX-Vault-Token: a\r\n\r\n\
@@ -663,13 +718,7 @@ fn http2_header_table_size_setting_is_honoured() {
 
 #[test]
 fn http2_rfc7541_c4_and_c6_verbatim() {
-    fn hex(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use super::hpack::tests::hex;
     let c4 = [
         hex("8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff"),
         hex("8286 84be 5886 a8eb 1064 9cbf"),

@@ -121,10 +121,11 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
     enter(&ctx, Direction::Response, true)
 }
 
-/// One return probe for all four: the `_ex` forms are told apart by `TlsCall::out`.
+/// One return probe for all four: the `_ex` forms are told apart by `TlsCall::out`. They all
+/// return a C `int`: only the low 32 bits of the register are the value (-1 is not 2^32 - 1).
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
-    exit(ctx.ret::<i64>())
+    exit(i64::from(ctx.ret::<i32>()))
 }
 
 #[uprobe]

@@ -558,17 +558,33 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_and_a_fak
     let cg = Cgroup::new(&rel);
     let out = cg
         .command("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", PRIVATE_LIBSSL, "sh"])
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            PRIVATE_LIBSSL,
+            "sh",
+        ])
         .arg(&private)
         .arg(format!("https://127.0.0.1:{}", bao.port))
         .arg(&bao.ca)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     let copy = format!("{}/libssl.so.3", private.display());
-    assert_eq!(lines, [copy.as_str(), "403"], "the client did not use its own copy");
+    assert_eq!(
+        lines,
+        [copy.as_str(), "403"],
+        "the client did not use its own copy"
+    );
     assert!(
         std::fs::read_dir(&private).unwrap().next().is_none(),
         "the copy must be invisible outside its mount namespace"
@@ -655,7 +671,12 @@ fn garbage_and_oversized_responses_on_an_endpoint_socket_are_survived_and_classi
         sample(
             m,
             "credwatch_auth_requests_total",
-            &[("pod", &uid), ("endpoint", "junk"), ("operation", "lookup"), ("code", "403")],
+            &[
+                ("pod", &uid),
+                ("endpoint", "junk"),
+                ("operation", "lookup"),
+                ("code", "403"),
+            ],
         ) == Some(1.0)
     });
     let garbage: f64 = m

@@ -53,7 +53,11 @@ fn tcp_pair() -> Result<(std::net::TcpStream, std::net::TcpStream), String> {
     Ok((a, b))
 }
 
-fn tcp_ping(a: &mut std::net::TcpStream, b: &mut std::net::TcpStream, n: u64) -> Result<(), String> {
+fn tcp_ping(
+    a: &mut std::net::TcpStream,
+    b: &mut std::net::TcpStream,
+    n: u64,
+) -> Result<(), String> {
     use std::io::{Read as _, Write as _};
     let out = [7u8; 64];
     let mut buf = [0u8; 64];

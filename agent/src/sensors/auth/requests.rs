@@ -104,6 +104,14 @@ impl Requests {
     }
 
     pub fn on_data(&mut self, d: &Data) {
+        tracing::trace!(
+            sock = d.sock,
+            direction = d.direction,
+            len = d.len,
+            captured = d.bytes.len(),
+            tgid = d.tgid,
+            "auth bytes"
+        );
         let direction = match d.direction {
             x if x == KernelDirection::Request as u32 => Direction::Request,
             x if x == KernelDirection::Response as u32 => Direction::Response,

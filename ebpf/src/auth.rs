@@ -27,7 +27,7 @@ use credwatch_common::{
         ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, FdKey, PendingIo,
         SockInfo, AF_INET, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
         ENDPOINTS_MAX_ENTRIES, ENDPOINT_PLAINTEXT, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_DATA,
-        SOCK_PLAINTEXT, SOCK_RESET, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT,
+        SOCK_PLAINTEXT, SOCK_RESET, SOCK_TLS_BOUND, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     file::KernelOffsets,
     EventKind, LostStage,
@@ -252,6 +252,31 @@ pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     io_enter(&ctx, Direction::Request)
 }
 
+/// `writev` is followed for TLS sockets only (it ties the connection object, as Node.js writes
+/// its records); plaintext carried in an iovec is not captured.
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = FdKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: arg(&ctx, 0) as u32,
+    };
+    let Some(sock) = (unsafe { FDS.get(&key) }).copied() else {
+        return 0;
+    };
+    let Some(info) = SOCKS.get_ptr_mut(&sock) else {
+        return 0;
+    };
+    let info = unsafe { &mut *info };
+    if info.flags & SOCK_PLAINTEXT == 0 {
+        let bound = info.flags & SOCK_TLS_BOUND != 0;
+        if crate::tls::bind(pid_tgid, key.tgid, sock, bound, true) {
+            info.flags |= SOCK_TLS_BOUND;
+        }
+    }
+    0
+}
+
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
     io_enter(&ctx, Direction::Response)
@@ -294,12 +319,17 @@ fn io_enter(ctx: &TracePointContext, direction: Direction) -> u32 {
     let Some(sock) = (unsafe { FDS.get(&key) }).copied() else {
         return 0;
     };
-    let Some(info) = (unsafe { SOCKS.get(&sock) }) else {
+    let Some(info) = SOCKS.get_ptr_mut(&sock) else {
         return 0;
     };
+    let info = unsafe { &mut *info };
     if info.flags & SOCK_PLAINTEXT == 0 {
-        // TLS records: inside a TLS library call this ties its `SSL *` to the socket.
-        crate::tls::bind(pid_tgid, key.tgid, sock);
+        // TLS records: they tie the TLS library's connection object to the socket.
+        let bound = info.flags & SOCK_TLS_BOUND != 0;
+        let write = direction as u32 == Direction::Request as u32;
+        if crate::tls::bind(pid_tgid, key.tgid, sock, bound, write) {
+            info.flags |= SOCK_TLS_BOUND;
+        }
         return 0;
     }
     let pending = PendingIo {

@@ -3,7 +3,10 @@
 //!
 //! An `SSL *` is tied to its socket by the I/O syscall it makes: while a thread is inside one of
 //! these calls (`TLS_CALLS`), a write or read of an endpoint socket's descriptor records
-//! `(tgid, SSL *) -> socket` (`TLS_SOCKS`, see `auth::io_enter`). At the call's return, the
+//! `(tgid, SSL *) -> socket` (`TLS_SOCKS`, see `auth::io_enter`). Programs that run OpenSSL over
+//! memory BIOs (Node.js: the event loop moves the records) make no syscall inside the call: there
+//! the first write to a TLS endpoint socket (the ClientHello) ties it to the connection of the
+//! thread's last TLS call, which produced it (the entry stays in `TLS_CALLS`, inactive). At the call's return, the
 //! plaintext of a tied `SSL *` goes out like the bytes of a plaintext endpoint.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
@@ -37,24 +40,45 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
         buf,
         out,
         direction: direction as u32,
-        _pad: 0,
+        active: 1,
     };
     let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
     0
 }
 
 /// Called from the I/O syscall hooks for a TLS endpoint socket: ties the thread's current TLS
-/// call, if any, to the socket.
+/// call to the socket; outside any call, the first write ties the connection of the thread's last
+/// call. Returns whether a connection is tied now.
 #[inline(always)]
-pub fn bind(pid_tgid: u64, tgid: u32, sock: u64) {
-    if let Some(call) = unsafe { TLS_CALLS.get(&pid_tgid) } {
-        let key = TlsKey {
-            tgid,
-            _pad: 0,
-            ssl: call.ssl,
-        };
-        let _ = TLS_SOCKS.insert(&key, &sock, 0);
+pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool, write: bool) -> bool {
+    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
+        return bound;
+    };
+    if call.active == 0 && (bound || !write) {
+        return bound;
     }
+    let key = TlsKey {
+        tgid,
+        _pad: 0,
+        ssl: call.ssl,
+    };
+    TLS_SOCKS.insert(&key, &sock, 0).is_ok() || bound
+}
+
+/// Not a data call: it only makes this connection the thread's last (its ClientHello follows).
+#[uprobe]
+pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        let call = TlsCall {
+            ssl,
+            buf: 0,
+            out: 0,
+            direction: Direction::Request as u32,
+            active: 0,
+        };
+        let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    }
+    0
 }
 
 /// `ret` is the byte count (`SSL_write`/`SSL_read`) or, for the `_ex` forms, 1 on success with
@@ -62,11 +86,13 @@ pub fn bind(pid_tgid: u64, tgid: u32, sock: u64) {
 #[inline(always)]
 fn exit(ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else {
+    let Some(entry) = TLS_CALLS.get_ptr_mut(&pid_tgid) else {
         return 0;
     };
-    let _ = TLS_CALLS.remove(&pid_tgid);
-    if ret <= 0 {
+    // The entry stays as the thread's last call (see `bind`).
+    let call = unsafe { *entry };
+    unsafe { (*entry).active = 0 };
+    if call.active == 0 || ret <= 0 {
         return 0;
     }
     let len = if call.out != 0 {

@@ -691,3 +691,68 @@ fn garbage_and_oversized_responses_on_an_endpoint_socket_are_survived_and_classi
     }
     drop(cg);
 }
+
+/// Node.js: waits for the agent's next scan of /proc, then makes a bad-token and a good-token
+/// lookup over one keep-alive connection. Prints the two codes.
+const NODE_CLIENT: &str = r#"
+const https = require("https"), fs = require("fs");
+const [port, ca] = process.argv.slice(1);
+const agent = new https.Agent({ keepAlive: true, ca: fs.readFileSync(ca) });
+const get = (token) => new Promise((done) => {
+  https.get({ host: "127.0.0.1", port, path: "/v1/auth/token/lookup-self", agent,
+              headers: { "X-Vault-Token": token } },
+            (r) => { r.resume(); r.on("end", () => done(r.statusCode)); });
+});
+setTimeout(async () => {
+  const codes = [await get("nope"), await get("root")];
+  console.log(codes.join(" "));
+  agent.destroy();
+}, 4000);
+"#;
+
+#[test]
+fn node_with_its_own_static_openssl_is_covered() {
+    require_e2e!();
+    let node = std::path::Path::new("/usr/bin/node");
+    if !credwatch::sensors::auth::tls::exports_openssl(node) {
+        eprintln!("skipped: no /usr/bin/node that exports a static OpenSSL on this machine");
+        return;
+    }
+    let bao = OpenBao::start();
+    let dir = TempDir::new("node");
+    let cfg = config(&dir, &[("openbao", "127.0.0.1", bao.port, true, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let (rel, uid, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let out = cg
+        .command(node)
+        .args([
+            "-e",
+            NODE_CLIENT,
+            &bao.port.to_string(),
+            bao.ca.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "403 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |m: &str, code: &str| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[("pod", &uid), ("operation", "lookup"), ("code", code)],
+        )
+    };
+    let m = agent.wait_metrics("node's lookups", |m| count(m, "200") == Some(1.0));
+    assert_eq!(count(&m, "403"), Some(1.0), "{m}");
+    assert!(
+        agent.log_text().contains("/usr/bin/node"),
+        "{}",
+        agent.log_text()
+    );
+    drop(cg);
+}

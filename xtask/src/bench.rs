@@ -35,14 +35,59 @@ pub struct Args {
     /// The realistic workload's source tree (a few thousand files) [default: ~/.cargo/registry/src]
     #[arg(long, value_name = "DIR")]
     tree: Option<PathBuf>,
+    /// Which part to run: the file sensor's, the auth-call sensor's, or both.
+    #[arg(long, value_enum, default_value_t = Part::All)]
+    part: Part,
+    /// HTTPS requests per run of the auth part's TLS loop [default: 20000; --quick: 5000]
+    #[arg(long)]
+    tls_requests: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    All,
+    Files,
+    Auth,
+}
+
+pub fn run(root: &Path, args: &Args) -> Result<()> {
+    if args.part != Part::Auth {
+        run_files(root, args)?;
+    }
+    if args.part != Part::Files {
+        let _stats = BpfStats::restore_on_drop();
+        let (loop_cpus, setup_cpus) = cpu_lists(args.cpu);
+        let quick = args.quick;
+        let bench = crate::bench_auth::AuthBench {
+            root: root.to_owned(),
+            tls_requests: args
+                .tls_requests
+                .unwrap_or(if quick { 5_000 } else { 20_000 }),
+            socket_ops: args
+                .iterations
+                .unwrap_or(if quick { 100_000 } else { 500_000 }),
+            rounds: args.rounds.unwrap_or(if quick { 2 } else { 6 }),
+            loop_cpus,
+            setup_cpus,
+        };
+        let out_dir = root.join("target/bench");
+        std::fs::create_dir_all(&out_dir)?;
+        let report = bench.run(&out_dir)?;
+        print!("{report}");
+        eprintln!(
+            "bench: report written to {}",
+            out_dir.join("report-auth.md").display()
+        );
+    }
+    Ok(())
 }
 
 /// Archives of the tree per setup and round; their median damps one-off page-cache hiccups.
 const TAR_RUNS: usize = 5;
 /// bpftrace's `str()` reads at most 64 bytes: the credential prefix must fit.
 const BPFTRACE_STRLEN: usize = 64;
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const SETTLE: Duration = Duration::from_secs(5);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SETTLE: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,7 +181,7 @@ struct Bench {
     log_dir: PathBuf,
 }
 
-pub fn run(root: &Path, args: &Args) -> Result<()> {
+fn run_files(root: &Path, args: &Args) -> Result<()> {
     let iterations = args
         .iterations
         .unwrap_or(if args.quick { 100_000 } else { 1_000_000 });
@@ -626,7 +671,7 @@ fn loop_warmup(n: u64) -> u64 {
     (n / 20).clamp(1, 10_000)
 }
 
-fn pinned(cpus: Option<&str>) -> Command {
+pub(crate) fn pinned(cpus: Option<&str>) -> Command {
     match cpus {
         Some(list) => {
             let mut c = Command::new("taskset");
@@ -768,7 +813,7 @@ impl Drop for Running {
 }
 
 /// Turns on kernel.bpf_stats_enabled; puts the previous value back when dropped.
-struct BpfStats(String);
+pub(crate) struct BpfStats(String);
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
@@ -777,7 +822,7 @@ impl BpfStats {
         BpfStats(read_trimmed(BPF_STATS))
     }
 
-    fn set(on: bool) -> Result<()> {
+    pub(crate) fn set(on: bool) -> Result<()> {
         std::fs::write(BPF_STATS, if on { "1" } else { "0" })
             .with_context(|| format!("writing {BPF_STATS} (root needed)"))
     }
@@ -969,7 +1014,7 @@ fn count_files(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
-fn read_trimmed(path: &str) -> String {
+pub(crate) fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
@@ -983,7 +1028,7 @@ fn tail(log: &Path) -> String {
     format!("{} (log {})", lines[start..].join(" | "), log.display())
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {

@@ -2,6 +2,7 @@
 //!
 //! Every task starts with `setup`, which is idempotent: it installs only what is missing.
 mod bench;
+mod bench_auth;
 mod layers;
 mod root;
 mod setup;

@@ -17,7 +17,7 @@ pub mod maps {
     pub const FDS: &str = "FDS";
     /// `u64` pid_tgid `-> PendingIo`: an I/O syscall on an endpoint socket, between enter and exit.
     pub const PENDING_IO: &str = "PENDING_IO";
-    /// LRU `u64` pid_tgid `-> TlsCall`: a TLS read or write in progress on this thread.
+    /// LRU `u64` pid_tgid `-> TlsCall`: the TLS call in progress on this thread, or its last.
     pub const TLS_CALLS: &str = "TLS_CALLS";
     /// LRU `TlsKey -> u64` (the `struct sock *`): TLS connections of endpoint sockets.
     pub const TLS_SOCKS: &str = "TLS_SOCKS";
@@ -131,6 +131,8 @@ pub const SOCK_RESET: u32 = 1;
 pub const SOCK_COUNTED: u32 = 2;
 /// `SockInfo::flags`: bytes of this socket went to userspace, so its close does too.
 pub const SOCK_DATA: u32 = 4;
+/// `SockInfo::flags`: a TLS connection object is tied to this socket.
+pub const SOCK_TLS_BOUND: u32 = 16;
 /// `SockInfo::flags`: the endpoint speaks plaintext: its syscall bytes are the protocol. (Else
 /// they are TLS records, and the plaintext comes from the TLS library's uprobes.)
 pub const SOCK_PLAINTEXT: u32 = 8;
@@ -155,7 +157,8 @@ pub struct TlsCall {
     pub out: u64,
     /// A `Direction`.
     pub direction: u32,
-    pub _pad: u32,
+    /// 1 between the call's entry and its return; 0 after (the thread's last call).
+    pub active: u32,
 }
 const _: () = assert!(size_of::<TlsCall>() == 32);
 

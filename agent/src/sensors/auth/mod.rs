@@ -53,7 +53,7 @@ use aya::Ebpf;
 use crate::kernel::{Hook, HookStatus};
 
 /// The auth-call sensor's hooks: connect outcomes, and the bytes of endpoint sockets.
-pub const HOOKS: [Hook; 11] = [
+pub const HOOKS: [Hook; 12] = [
     Hook::tracepoint("syscalls", "sys_enter_connect"),
     Hook::tracepoint("sock", "inet_sock_set_state"),
     Hook::tracepoint("tcp", "tcp_receive_reset"),
@@ -61,6 +61,7 @@ pub const HOOKS: [Hook; 11] = [
     Hook::tracepoint("syscalls", "sys_exit_write"),
     Hook::tracepoint("syscalls", "sys_enter_sendto"),
     Hook::tracepoint("syscalls", "sys_exit_sendto"),
+    Hook::tracepoint("syscalls", "sys_enter_writev"),
     Hook::tracepoint("syscalls", "sys_enter_read"),
     Hook::tracepoint("syscalls", "sys_exit_read"),
     Hook::tracepoint("syscalls", "sys_enter_recvfrom"),

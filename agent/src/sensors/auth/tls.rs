@@ -43,6 +43,7 @@ const ENTRIES: [(&str, &str); 4] = [
 ];
 const RETURN: &str = "ssl_return";
 const FREE: (&str, &str) = ("ssl_free", "SSL_free");
+const HANDSHAKE: (&str, &str) = ("ssl_do_handshake", "SSL_do_handshake");
 
 /// A TLS library attached, or why not.
 #[derive(Clone, Debug, serde::Serialize, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct TlsProbes {
     ebpf: Arc<Mutex<Ebpf>>,
     /// Files attached (or refused), by (device, inode).
     files: HashMap<(u64, u64), Library>,
+    /// Executables found not to export OpenSSL, by (device, inode); cleared past `MAX_CHECKED`.
+    checked: HashSet<(u64, u64)>,
     /// Processes already looked at: pid -> start time. A pid reused between two scans is not
     /// looked at again (the price of not reading every process's stat on every scan).
     seen: HashMap<u32, u64>,
@@ -69,6 +72,7 @@ impl TlsProbes {
             ebpf,
             files: HashMap::new(),
             seen: HashMap::new(),
+            checked: HashSet::new(),
             loaded: false,
         }
     }
@@ -76,7 +80,10 @@ impl TlsProbes {
     /// Loads the programs (once); the statuses say whether the kernel took them.
     pub fn load(&mut self) -> Vec<HookStatus> {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        let names = ENTRIES.iter().map(|(p, _)| *p).chain([RETURN, FREE.0]);
+        let names = ENTRIES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain([RETURN, FREE.0, HANDSHAKE.0]);
         let statuses: Vec<HookStatus> = names
             .map(|name| {
                 let r = ebpf
@@ -171,6 +178,7 @@ impl TlsProbes {
             for (range, path) in ssl_mappings(proc_root, pid) {
                 new.extend(self.attach_mapping(proc_root, pid, &range, &path));
             }
+            new.extend(self.attach_static(proc_root, pid));
         }
         self.seen.retain(|pid, _| live.contains(pid));
         new
@@ -199,6 +207,33 @@ impl TlsProbes {
         Some(lib)
     }
 
+    /// An executable that links OpenSSL statically and exports it (Node.js): attached through
+    /// `/proc/<pid>/exe`, which names the very file the process runs.
+    fn attach_static(&mut self, proc_root: &Path, pid: u32) -> Option<Library> {
+        let exe = proc_root.join(format!("{pid}/exe"));
+        let meta = std::fs::metadata(&exe).ok()?;
+        let id = (meta.dev(), meta.ino());
+        if self.files.contains_key(&id) || self.checked.contains(&id) {
+            return None;
+        }
+        if !exports_openssl(&exe) {
+            if self.checked.len() >= MAX_CHECKED {
+                self.checked.clear();
+            }
+            self.checked.insert(id);
+            return None;
+        }
+        let path = std::fs::read_link(&exe)
+            .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string());
+        let lib = Library {
+            path,
+            pid,
+            error: self.attach_file(&exe).err(),
+        };
+        self.files.insert(id, lib.clone());
+        Some(lib)
+    }
+
     fn attach_file(&self, target: &Path) -> Result<(), String> {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
         let mut attach = |program: &str, function: &str| -> Result<(), String> {
@@ -216,6 +251,7 @@ impl TlsProbes {
             attach(program, function)?;
             attach(RETURN, function)?;
         }
+        attach(HANDSHAKE.0, HANDSHAKE.1)?;
         attach(FREE.0, FREE.1)
     }
 
@@ -249,6 +285,37 @@ pub fn log_libraries(libs: &[Library]) {
             }
         }
     }
+}
+
+/// Executables remembered as checked.
+const MAX_CHECKED: usize = 65_536;
+
+/// Whether an ELF file exports `SSL_write` and `SSL_read` in its dynamic symbols: read lazily
+/// (section headers and the dynamic symbol table only), so a 100 MB binary costs a few reads.
+pub fn exports_openssl(path: &Path) -> bool {
+    use object::{Object as _, ObjectSymbol as _};
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let cache = object::ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    let mut found = (false, false);
+    for sym in elf.dynamic_symbols() {
+        if sym.is_undefined() {
+            continue;
+        }
+        match sym.name() {
+            Ok("SSL_write") => found.0 = true,
+            Ok("SSL_read") => found.1 = true,
+            _ => {}
+        }
+        if found == (true, true) {
+            return true;
+        }
+    }
+    false
 }
 
 /// Field 22 of `/proc/<pid>/stat`: tells a reused pid from its predecessor.
@@ -311,6 +378,19 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn only_binaries_exporting_openssl_count() {
+        assert!(
+            !exports_openssl(Path::new("/proc/self/exe")),
+            "the test binary"
+        );
+        let lib = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        if lib.exists() {
+            assert!(exports_openssl(lib));
+        }
+        assert!(!exports_openssl(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -756,3 +756,54 @@ fn node_with_its_own_static_openssl_is_covered() {
     );
     drop(cg);
 }
+
+#[test]
+fn check_and_inventory_show_the_catalog_as_resolved() {
+    require_e2e!();
+    let dir = TempDir::new("catalog");
+    let cfg = config(
+        &dir,
+        &[
+            ("vault-lo", "localhost", 8200, true, "vault"),
+            ("idp-range", "10.20.0.0/16", 443, true, "oidc"),
+            ("nowhere", "no-such-host.invalid", 443, true, "oidc"),
+        ],
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(credwatch_e2e::agent_bin())
+            .args(args)
+            .args(["--config", &cfg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let check = run(&["check"]);
+    let metadata = format!(
+        "endpoint {} :80",
+        credwatch::sensors::auth::catalog::metadata_name(
+            &std::fs::read_to_string("/sys/class/dmi/id/sys_vendor").unwrap_or_default()
+        )
+    );
+    assert!(
+        check.contains(&metadata),
+        "check lacks {metadata:?}:\n{check}"
+    );
+    for want in [
+        "endpoint vault-lo :8200",
+        "127.0.0.1/32",
+        "endpoint idp-range :443",
+        "10.20.0.0/16",
+        "endpoint nowhere :443",
+        "does not resolve",
+        "probe tracepoint/sock/inet_sock_set_state",
+    ] {
+        assert!(check.contains(want), "check lacks {want:?}:\n{check}");
+    }
+    let inventory = run(&["inventory", "--no-default-watch"]);
+    assert!(
+        inventory.contains("AUTH ENDPOINT")
+            && inventory.contains("vault-lo")
+            && inventory.contains("10.20.0.0/16"),
+        "{inventory}"
+    );
+}

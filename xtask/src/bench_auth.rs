@@ -301,23 +301,32 @@ fn requests(port: u16) -> Result<u64> {
         .sum())
 }
 
-/// Run time (ns) of every program process `pid` holds, summed.
+/// Run time (ns) of every program process `pid` holds, summed: their ids from the `prog_id:` of
+/// its descriptors (program and link fds), their times from one `bpftool prog show`.
 fn bpf_totals(pid: u32) -> Result<f64> {
+    let mut ids = std::collections::HashSet::new();
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(info) = std::fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|v| v.trim().parse::<u64>().ok()),
+        );
+    }
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
         .context("cannot run bpftool")?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let mut total = 0.0;
-    for p in v.as_array().context("bpftool prog show: not a list")? {
-        let ours = p["pids"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|x| x["pid"].as_u64() == Some(u64::from(pid))));
-        if ours {
-            total += p["run_time_ns"].as_f64().unwrap_or(0.0);
-        }
-    }
-    Ok(total)
+    let list = v.as_array().context("bpftool prog show: not a list")?;
+    Ok(list
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|p| p["run_time_ns"].as_f64())
+        .sum())
 }
 
 fn tempfile_dir() -> Result<PathBuf> {

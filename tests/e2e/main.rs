@@ -12,3 +12,4 @@ mod hostile;
 mod inputs;
 mod kubelet;
 mod pods;
+mod prometheus;

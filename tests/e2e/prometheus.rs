@@ -1,6 +1,6 @@
-//! A real Prometheus (Debian's package) scrapes the real agent during a scenario: a rotation with
-//! a stale reader, an expired held token, a kubelet that stopped refreshing, an unused
-//! credential, a certificate near its expiry, a read from another pod. The alert rules
+//! A real Prometheus (Debian's package) scrapes the real agent every 2 s during a scenario: a
+//! rotation with a stale reader, an expired held token, a kubelet that stopped refreshing, an
+//! unused credential, a certificate near its expiry, a read from another pod. The alert rules
 //! (deploy/rules/credwatch.rules.yaml, every `for:` shortened) are loaded: the expected alerts
 //! must reach `firing` through Prometheus's own API and the others must not; every panel query
 //! of every dashboard must return data through its query API, except the panels listed in
@@ -179,7 +179,7 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// `prometheus` on a free loopback port, scraping `target` every second with the rule file,
+/// `prometheus` on a free loopback port, scraping `target` every 2 s with the rule file,
 /// stopped on drop.
 struct Prometheus {
     child: Child,
@@ -192,7 +192,7 @@ impl Prometheus {
         let dir = TempDir::new("prometheus");
         std::fs::write(dir.join("rules.yaml"), rules).unwrap();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 2s\n  evaluation_interval: 1s\n\
              rule_files: [{rules}]\n\
              scrape_configs:\n  - job_name: credwatch\n    static_configs:\n      \
              - targets: ['{target}']\n        labels: {{cluster: {CLUSTER}, node: {NODE}}}\n",
@@ -486,7 +486,12 @@ fn has(labels: &BTreeMap<String, String>, want: &[(&str, &str)]) -> bool {
 
 /// Polls /api/v1/alerts until every expected alert fires, then 10 s more;
 /// any alert that must not fire, seen firing at any poll, fails the test.
-fn wait_alerts(prom: &Prometheus, expected: &[(&str, &[(&str, &str)])], forbidden: &[&str]) {
+fn wait_alerts(
+    prom: &Prometheus,
+    expected: &[(&str, &[(&str, &str)])],
+    forbidden: &[&str],
+    tick: &dyn Fn(),
+) {
     let start = Instant::now();
     let mut done_at: Option<Instant> = None;
     loop {
@@ -523,6 +528,7 @@ fn wait_alerts(prom: &Prometheus, expected: &[(&str, &[(&str, &str)])], forbidde
             "not firing after 120 s: {missing:?}\nactive: {alerts:?}\nprometheus log:\n{}",
             prom.log()
         );
+        tick();
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -618,6 +624,7 @@ fn prometheus_fires_the_expected_alerts_and_every_panel_has_data() {
     });
     s.run(&agent);
 
+    let since = now();
     let prom = Prometheus::start(agent.addr, &rules);
     let mut expected: Vec<(&str, &[(&str, &str)])> = FIRING.to_vec();
     let mut forbidden: Vec<&str> = NOT_FIRING.to_vec();
@@ -629,10 +636,216 @@ fn prometheus_fires_the_expected_alerts_and_every_panel_has_data() {
             forbidden.push(name);
         }
     }
-    wait_alerts(&prom, &expected, &forbidden);
+    // app keeps reading its token while Prometheus watches (lines that move).
+    let token = s.file(&s.api_0, PROJECTED, SA_VOLUME, "token");
+    let tick = || s.api_0.read("app", &token, 1);
+    wait_alerts(&prom, &expected, &forbidden, &tick);
     check_panels(&prom);
+    if let Some(dir) = std::env::var_os("CREDWATCH_SCREENSHOTS") {
+        screenshots(&prom, Path::new(&dir), since);
+    }
     eprintln!(
         "agent resident memory at the end of the scenario: {} KiB",
         agent.rss_kib()
     );
+}
+
+/// The dashboards: (uid, JSON).
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(project().join("dashboards"))
+        .unwrap()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            out.push((d["uid"].as_str().unwrap().to_owned(), d));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// A series' legend: Grafana's `{{label}}` format (`__auto`: the label set).
+fn legend(format: &str, labels: &serde_json::Map<String, Value>) -> String {
+    if format == "__auto" || format.is_empty() {
+        let parts: Vec<String> = labels
+            .iter()
+            .filter(|(k, _)| *k != "__name__")
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        return parts.join(", ");
+    }
+    labels.iter().fold(format.to_owned(), |f, (k, v)| {
+        f.replace(&format!("{{{{{k}}}}}"), v.as_str().unwrap_or(""))
+    })
+}
+
+/// Columns first in this order, then the others (sorted), then the value.
+const COLUMN_ORDER: &[&str] = &[
+    "namespace",
+    "pod",
+    "container",
+    "volume",
+    "file",
+    "kind",
+    "source",
+    "service_account",
+    "stage",
+    "probe",
+    "version",
+    "kernel",
+    "node",
+    "instance",
+    "cluster",
+];
+
+/// A table panel's rows from its instant queries, as Grafana's organize transformation shows
+/// them (hidden columns left out, the value column renamed).
+fn table_data(prom: &Prometheus, panel: &Value) -> Value {
+    let organize = panel["transformations"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["id"] == "organize"))
+        .map(|t| t["options"].clone())
+        .unwrap_or_default();
+    let hidden = |k: &str| organize["excludeByName"][k].as_bool() == Some(true) || k == "__name__";
+    let mut rows: Vec<(BTreeMap<String, String>, f64)> = Vec::new();
+    let mut value_name = "Value".to_owned();
+    for t in panel["targets"].as_array().into_iter().flatten() {
+        let reference = format!("Value #{}", t["refId"].as_str().unwrap_or("A"));
+        value_name = [reference.as_str(), "Value"]
+            .iter()
+            .find_map(|k| organize["renameByName"][*k].as_str())
+            .unwrap_or("Value")
+            .to_owned();
+        for r in prom.query(&substitute(t["expr"].as_str().unwrap())) {
+            let labels = r["metric"].as_object().cloned().unwrap_or_default();
+            let labels = labels
+                .into_iter()
+                .filter(|(k, _)| !hidden(k))
+                .map(|(k, v)| (k, v.as_str().unwrap_or("").to_owned()))
+                .collect();
+            let value = r["value"][1].as_str().unwrap_or("0").parse().unwrap_or(0.0);
+            rows.push((labels, value));
+        }
+    }
+    let mut columns: Vec<String> = rows.iter().flat_map(|r| r.0.keys().cloned()).collect();
+    columns.sort_by_key(|c| {
+        (
+            COLUMN_ORDER.iter().position(|o| o == c).unwrap_or(99),
+            c.clone(),
+        )
+    });
+    columns.dedup();
+    let show_value = !hidden("Value");
+    let table: Vec<Vec<Value>> = rows
+        .iter()
+        .take(14)
+        .map(|(labels, value)| {
+            let mut row: Vec<Value> = columns
+                .iter()
+                .map(|c| json!(labels.get(c).cloned().unwrap_or_default()))
+                .collect();
+            if show_value {
+                row.push(json!(value));
+            }
+            row
+        })
+        .collect();
+    let value_column = show_value.then_some(columns.len());
+    if show_value {
+        columns.push(value_name);
+    }
+    json!({"columns": columns, "rows": table, "value_column": value_column})
+}
+
+/// A time series or bar gauge panel's series: range queries over the scenario (lines) or the
+/// last value (bars).
+fn series_data(prom: &Prometheus, panel: &Value, since: i64) -> Value {
+    let mut series = Vec::new();
+    for t in panel["targets"].as_array().into_iter().flatten() {
+        let q = substitute(t["expr"].as_str().unwrap());
+        let format = t["legendFormat"].as_str().unwrap_or("__auto");
+        let path = format!(
+            "/api/v1/query_range?query={}&start={since}&end={}&step=1",
+            encode(&q),
+            now()
+        );
+        for r in prom.api(&path)["result"].as_array().into_iter().flatten() {
+            let points: Vec<(f64, f64)> = r["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p[0].as_f64()?, p[1].as_str()?.parse().ok()?)))
+                .collect();
+            let last = points.last().map_or(0.0, |p| p.1);
+            let name = legend(format, r["metric"].as_object().unwrap());
+            series.push(json!({"name": name, "points": points, "last": last}));
+        }
+    }
+    json!({ "series": series })
+}
+
+/// With `CREDWATCH_SCREENSHOTS=DIR`: each dashboard's panels drawn from Prometheus's answers by
+/// tests/e2e/dashboard.html, and photographed by headless Chromium into `DIR/<uid>.png`.
+fn screenshots(prom: &Prometheus, dir: &Path, since: i64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let page = include_str!("dashboard.html");
+    for (uid, d) in dashboards() {
+        let mut panels = Vec::new();
+        let mut bottom = 0;
+        for p in d["panels"].as_array().unwrap() {
+            let kind = p["type"].as_str().unwrap_or("");
+            let g = &p["gridPos"];
+            bottom = bottom.max(g["y"].as_i64().unwrap_or(0) + g["h"].as_i64().unwrap_or(0));
+            let title = p["title"].as_str().unwrap_or("");
+            let mut out = json!({
+                "title": title, "type": kind, "gridPos": g,
+                "unit": p["fieldConfig"]["defaults"]["unit"],
+                "steps": p["fieldConfig"]["defaults"]["thresholds"]["steps"],
+                "empty_reason": EXPECTED_EMPTY.iter().find(|e| e.0 == uid && e.1 == title).map(|e| e.2),
+            });
+            let data = match kind {
+                "row" => json!({}),
+                "timeseries" | "bargauge" => series_data(prom, p, since),
+                _ => table_data(prom, p),
+            };
+            out.as_object_mut()
+                .unwrap()
+                .extend(data.as_object().unwrap().clone());
+            panels.push(out);
+        }
+        let data = json!({
+            "title": d["title"],
+            "subtitle": format!(
+                "Rendered from a real Prometheus scraping the real agent during tests/e2e/prometheus.rs \
+                 (variables: {}); not Grafana: tests/e2e/dashboard.html draws each panel's query results.",
+                VARIABLES.iter().filter(|v| !v.0.starts_with("$__") && v.0 != "$datasource")
+                    .map(|(k, v)| format!("{}={v}", &k[1..])).collect::<Vec<_>>().join(", ")
+            ),
+            "panels": panels,
+        });
+        let html = dir.join(format!("{uid}.html"));
+        std::fs::write(&html, page.replace("/*DATA*/null", &data.to_string())).unwrap();
+        let png = dir.join(format!("{uid}.png"));
+        let out = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--window-size=1600,{}", bottom * 36 + 90))
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("run chromium (apt-get install chromium)");
+        assert!(
+            out.status.success() && png.exists(),
+            "chromium: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("screenshot: {}", png.display());
+    }
 }

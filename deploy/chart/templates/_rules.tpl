@@ -7,7 +7,9 @@ them in a PrometheusRule; `cargo xtask render` writes them to deploy/rules/credw
 {{- $a := .Values.alerts -}}
 {{- $job := default (include "credwatch.fullname" .) $a.job -}}
 {{- $rb := $a.runbookBaseUrl -}}
-{{- $cred := `{{ $labels.volume }}/{{ $labels.file }} (pod {{ with $labels.namespace }}{{ . }}/{{ end }}{{ $labels.pod }}, node {{ or $labels.node $labels.instance }})` -}}
+{{- /* A credential: volume/file (pod namespace/name, node); host credentials have no pod. */ -}}
+{{- $cred := `{{ $labels.volume }}/{{ $labels.file }} ({{ with $labels.pod }}pod {{ with $labels.namespace }}{{ . }}/{{ end }}{{ . }}, {{ end }}node {{ or $labels.node $labels.instance }})` -}}
+{{- $volume := `volume {{ $labels.volume }} of pod {{ with $labels.namespace }}{{ . }}/{{ end }}{{ $labels.pod }} (node {{ or $labels.node $labels.instance }})` -}}
 {{- $file := `{{ $labels.volume }}/{{ $labels.file }}` -}}
 {{- $reader := `container {{ $labels.container }} of pod {{ with $labels.namespace }}{{ . }}/{{ end }}{{ $labels.pod }} (node {{ or $labels.node $labels.instance }})` -}}
 groups:
@@ -109,20 +111,22 @@ groups:
       - alert: CredwatchCredentialNeverRead
         expr: |
           (
-            sum without (container) (credwatch_credential_reads_total{pod!="", container!~"_.*"})
+            sum without (container, file) (credwatch_credential_reads_total{pod!="", container!~"_.*"})
             or
-            sum without (container) (credwatch_credential_reads_total{pod!="", container="_node"}) * 0
+            sum without (container, file) (credwatch_credential_reads_total{pod!="", container="_node"}) * 0
           ) == 0
         for: {{ $a.neverReadDays }}d
         labels:
           severity: info
         annotations:
           summary: >-
-            {{ $cred }} is mounted and no container of its pod has read it for {{ $a.neverReadDays }} days.
+            No container has read the credentials of {{ $volume }} for {{ $a.neverReadDays }} days.
           description: >-
-            No workload container of its pod has opened {{ $cred }} in {{ $a.neverReadDays }} days (the kubelet's and the node's reads
-            do not count). An unused credential is exposure without use: remove the mount or the
-            Secret, or narrow what the pod gets.
+            The {{ $volume }} is mounted and no workload container of the pod has opened any of
+            its files in {{ $a.neverReadDays }} days (the kubelet's and the node's reads do not
+            count). An unused credential is exposure without use: remove the volume, or the
+            projected token (automountServiceAccountToken: false). The fleet dashboard's "Mounted
+            and never read" lists unused files of volumes that are used.
           runbook_url: {{ $rb }}#credwatchcredentialneverread
       - alert: CredwatchCredentialReadFromAnotherPod
         expr: |

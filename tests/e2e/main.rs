@@ -13,3 +13,4 @@ mod hostile;
 mod inputs;
 mod kubelet;
 mod pods;
+mod prometheus;

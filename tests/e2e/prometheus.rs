@@ -564,8 +564,14 @@ impl Scenario {
     }
 
     /// api-0's sidecar, which holds the expired token, gets 401s from vault and cannot reach idp.
-    fn auth_traffic(&self, agent: &Agent) {
-        let cg = &self.api_0.containers.iter().find(|c| c.0 == "sidecar").unwrap().2;
+    fn auth_calls(&self) {
+        let cg = &self
+            .api_0
+            .containers
+            .iter()
+            .find(|c| c.0 == "sidecar")
+            .unwrap()
+            .2;
         let out = cg
             .command("python3")
             .args(["-c", AUTH_CLIENT])
@@ -573,7 +579,15 @@ impl Scenario {
             .arg(self.auth.port_closed.to_string())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn auth_traffic(&self, agent: &Agent) {
+        self.auth_calls();
         agent.wait_metrics("the 401s", |m| {
             m.lines().any(|l| {
                 l.starts_with("credwatch_auth_requests_total{")
@@ -743,9 +757,13 @@ fn prometheus_fires_the_expected_alerts_and_every_panel_has_data() {
             forbidden.push(name);
         }
     }
-    // app keeps reading its token while Prometheus watches (lines that move).
+    // app keeps reading its token while Prometheus watches (lines that move), and sidecar keeps
+    // getting 401s (a counter Prometheus saw only at one value has no increase).
     let token = s.file(&s.api_0, PROJECTED, SA_VOLUME, "token");
-    let tick = || s.api_0.read("app", &token, 1);
+    let tick = || {
+        s.api_0.read("app", &token, 1);
+        s.auth_calls();
+    };
     wait_alerts(&prom, &expected, &forbidden, &tick);
     check_panels(&prom);
     if let Some(dir) = std::env::var_os("CREDWATCH_SCREENSHOTS") {

@@ -263,6 +263,10 @@ fn metadata_calls_are_classified_and_a_401_names_the_credential_read_before() {
     assert_eq!(list.len(), 1, "{failures}");
     assert_eq!(list[0]["code"], 401);
     assert_eq!(list[0]["operation"], "metadata_credentials");
+    assert_eq!(
+        list[0]["sent_credential"], true,
+        "the GETs carried the session token header"
+    );
     assert_eq!(list[0]["workload"]["pod"], uid.as_str());
     assert_eq!(
         list[0]["credentials"][0]["file"], "aws-web-identity-token",

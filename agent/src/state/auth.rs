@@ -50,6 +50,10 @@ pub struct AuthFailure {
     pub endpoint: String,
     pub operation: &'static str,
     pub code: u16,
+    /// Whether the request carried a credential header (`Authorization`, `X-Vault-Token`,
+    /// `X-aws-ec2-metadata-token`, `Metadata-Flavor`...): presence only, never its value. A 401
+    /// without one is a client that sent nothing, not a rejected token.
+    pub sent_credential: bool,
     /// The message a person on call reads.
     pub summary: String,
     pub credentials: Vec<HeldCredential>,
@@ -183,6 +187,7 @@ mod tests {
                 endpoint: "e".into(),
                 operation: "lookup",
                 code: 403,
+                sent_credential: true,
                 summary: String::new(),
                 credentials: vec![],
             });

@@ -155,6 +155,7 @@ mod tests {
             endpoint: "vault".into(),
             operation: "lookup",
             code: 403,
+            sent_credential: true,
             summary: String::new(),
             credentials: held,
         }
@@ -184,6 +185,10 @@ mod tests {
             summary(&failure(vec![]), 1000.0),
             "app in pod shop/x got 403 from vault (lookup); it read no watched credential"
         );
+        let mut bare = failure(vec![]);
+        bare.sent_credential = false;
+        assert!(summary(&bare, 1000.0)
+            .contains("403 from vault (lookup) without sending any credential header"));
     }
 
     #[test]

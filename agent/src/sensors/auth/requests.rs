@@ -51,6 +51,13 @@ pub fn decoder_kind(catalog: &Catalog, endpoint: u32) -> Kind {
     }
 }
 
+/// A 401/403 as the decoder saw it.
+struct Failed {
+    operation: &'static str,
+    code: u16,
+    sent_credential: bool,
+}
+
 struct Socket {
     conn: Connection,
     cgroup_id: u64,
@@ -176,19 +183,22 @@ impl Requests {
             self.state
                 .with_auth(|a| a.add_request(workload.clone(), labels, seconds));
             if let Code::Status(code @ (401 | 403)) = ex.code {
-                self.on_failure(cgroup_id, &workload, &name, ex.operation.label(), code);
+                let failed = Failed {
+                    operation: ex.operation.label(),
+                    code,
+                    sent_credential: ex.auth_header,
+                };
+                self.on_failure(cgroup_id, &workload, &name, failed);
             }
         }
     }
 
-    fn on_failure(
-        &mut self,
-        cgroup_id: u64,
-        w: &Workload,
-        endpoint: &str,
-        operation: &'static str,
-        code: u16,
-    ) {
+    fn on_failure(&mut self, cgroup_id: u64, w: &Workload, endpoint: &str, failed: Failed) {
+        let Failed {
+            operation,
+            code,
+            sent_credential,
+        } = failed;
         let key = (w.clone(), endpoint.to_owned(), operation);
         if !self.bursts.opens_burst(key, Instant::now()) {
             return;
@@ -207,6 +217,7 @@ impl Requests {
             endpoint: endpoint.to_owned(),
             operation,
             code,
+            sent_credential,
             summary: String::new(),
             credentials: held,
         };

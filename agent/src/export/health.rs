@@ -24,7 +24,10 @@ pub fn encode(
         ("kernel_watched_map", state.lost(UserLoss::WatchedMap)),
         ("channel", state.lost(UserLoss::Channel)),
         ("decode", state.lost(UserLoss::Decode)),
-        ("cardinality", state.lost(UserLoss::Cardinality)),
+        (
+            "cardinality",
+            state.lost(UserLoss::Cardinality) + state.with_auth(|a| a.evicted),
+        ),
         ("inotify_watch", state.lost(UserLoss::InotifyWatch)),
         ("kernel_connects_map", kernel_lost(LostStage::ConnectsMap)),
         ("kernel_socks_map", kernel_lost(LostStage::SocksMap)),

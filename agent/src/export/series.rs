@@ -34,10 +34,11 @@ impl SeriesCap {
         }
     }
 
-    /// Keeps at most `max_series` rows of a `credential_*` family (the others have a fixed
+    /// Keeps at most `max_series` rows of a `credential_*` or `auth_*` family (the others have a fixed
     /// size, and the loss counters must never be hidden); counts each dropped series once.
     fn cap<V>(&self, state: &State, name: &str, mut rows: Vec<(Labels, V)>) -> Vec<(Labels, V)> {
-        if rows.len() <= self.max_series || !name.starts_with("credential_") {
+        let capped = name.starts_with("credential_") || name.starts_with("auth_");
+        if rows.len() <= self.max_series || !capped {
             return rows;
         }
         let mut dropped = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);

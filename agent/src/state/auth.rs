@@ -77,12 +77,58 @@ pub struct HeldCredential {
     pub lag: u32,
 }
 
+/// Rows kept per family (connections, requests). Pods come and go (a CronJob makes a new pod a
+/// minute); past this, the row updated longest ago goes, and its series ends.
+pub const MAX_ROWS: usize = 50_000;
+
+/// Counters by key, each with the sequence number of its last update, bounded at `MAX_ROWS`.
+#[derive(Debug)]
+struct Rows<K: Ord> {
+    rows: BTreeMap<K, (u64, u64)>,
+    seq: u64,
+}
+
+impl<K: Ord> Default for Rows<K> {
+    fn default() -> Self {
+        Self {
+            rows: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<K: Ord + Clone> Rows<K> {
+    /// Adds `n`; returns whether an old row was evicted to make room.
+    fn add(&mut self, key: K, n: u64) -> bool {
+        self.seq += 1;
+        let mut evicted = false;
+        if self.rows.len() >= MAX_ROWS && !self.rows.contains_key(&key) {
+            let oldest = self
+                .rows
+                .iter()
+                .min_by_key(|(_, v)| v.1)
+                .map(|(k, _)| k.clone());
+            evicted = oldest.and_then(|k| self.rows.remove(&k)).is_some();
+        }
+        let row = self.rows.entry(key).or_default();
+        row.0 += n;
+        row.1 = self.seq;
+        evicted
+    }
+
+    fn list(&self) -> Vec<(K, u64)> {
+        self.rows.iter().map(|(k, v)| (k.clone(), v.0)).collect()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct AuthStats {
-    connections: BTreeMap<(Workload, String, &'static str), u64>,
+    connections: Rows<(Workload, String, &'static str)>,
     /// The kernel's total per counter at the last fold.
     seen: HashMap<ConnectKey, u64>,
-    requests: BTreeMap<(Workload, RequestLabels), u64>,
+    requests: Rows<(Workload, RequestLabels)>,
+    /// Rows evicted by `MAX_ROWS`.
+    pub evicted: u64,
     durations: BTreeMap<(String, &'static str), Histogram>,
     failures: VecDeque<AuthFailure>,
 }
@@ -99,17 +145,13 @@ impl AuthStats {
     }
 
     pub fn add_connects(&mut self, w: Workload, endpoint: &str, result: &'static str, n: u64) {
-        *self
-            .connections
-            .entry((w, endpoint.to_owned(), result))
-            .or_default() += n;
+        if self.connections.add((w, endpoint.to_owned(), result), n) {
+            self.evicted += 1;
+        }
     }
 
     pub fn connections(&self) -> Vec<((Workload, String, &'static str), u64)> {
-        self.connections
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect()
+        self.connections.list()
     }
 
     pub fn add_request(&mut self, w: Workload, labels: RequestLabels, seconds: Option<f64>) {
@@ -119,11 +161,13 @@ impl AuthStats {
                 .or_default()
                 .observe(s);
         }
-        *self.requests.entry((w, labels)).or_default() += 1;
+        if self.requests.add((w, labels), 1) {
+            self.evicted += 1;
+        }
     }
 
     pub fn requests(&self) -> Vec<((Workload, RequestLabels), u64)> {
-        self.requests.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.requests.list()
     }
 
     pub fn durations(&self) -> Vec<((String, &'static str), Histogram)> {
@@ -163,6 +207,19 @@ mod tests {
         assert_eq!(s.fold_connects(k, 5), 2);
         s.forget_connect(&k);
         assert_eq!(s.fold_connects(k, 1), 1, "a new kernel entry starts again");
+    }
+
+    #[test]
+    fn rows_are_bounded_and_the_stalest_goes() {
+        let mut r: Rows<u32> = Rows::default();
+        for k in 0..MAX_ROWS as u32 {
+            assert!(!r.add(k, 1));
+        }
+        r.add(0, 1); // 0 is fresh again; 1 is now the stalest
+        assert!(r.add(u32::MAX, 1));
+        let keys: Vec<u32> = r.list().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), MAX_ROWS);
+        assert!(keys.contains(&0) && !keys.contains(&1) && keys.contains(&u32::MAX));
     }
 
     #[test]

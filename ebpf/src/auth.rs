@@ -12,7 +12,7 @@
 //!   one, the TLS library call the thread is in is tied to the socket (`tls`). Any other I/O
 //!   costs one hash lookup at enter and one at exit.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated,
@@ -418,7 +418,19 @@ pub(crate) fn emit_data(pending: &PendingIo, info: &SockInfo, len: u64) {
         );
         (*ev).captured = if copied == 0 { n } else { 0 };
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
+}
+
+/// Waking the reader costs an interrupt (an IPI, a VM exit under a hypervisor): several
+/// microseconds per event. The agent drains this ring on a short timer anyway, so events go out
+/// without a wakeup until the ring is half full.
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if AUTH_EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(AUTH_EVENTS_BYTE_SIZE / 2) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]
@@ -439,5 +451,5 @@ fn emit_close(sk: u64, info: &SockInfo) {
         (*ev).len = 0;
         (*ev).captured = 0;
     }
-    entry.submit(0);
+    entry.submit(wakeup_flags());
 }

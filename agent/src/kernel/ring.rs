@@ -5,6 +5,10 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 /// Capacity of the queue between the ring-buffer reader and the decoder.
 pub const QUEUE_CAPACITY: usize = 4096;
 
+/// The ring is also drained on this timer: producers that skip the wakeup (`AUTH_EVENTS`, whose
+/// programs wake the reader only once the ring is half full) are read within it.
+pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Drains the ring buffer into `tx` until the process ends; a full queue drops the record and
 /// calls `on_drop`, so the loss is counted.
 pub async fn drain(
@@ -14,14 +18,24 @@ pub async fn drain(
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
     let mut fd = unsafe { AsyncFd::register(ring) }?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            if tx.try_send(item.to_vec()).is_err() {
-                on_drop();
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                drain_now(guard.get_inner_mut(), &tx, &on_drop);
+                guard.clear_ready();
             }
+            _ = tick.tick() => drain_now(fd.get_mut(), &tx, &on_drop),
         }
-        guard.clear_ready();
+    }
+}
+
+fn drain_now(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<Vec<u8>>, on_drop: &impl Fn()) {
+    while let Some(item) = ring.next() {
+        if tx.try_send(item.to_vec()).is_err() {
+            on_drop();
+        }
     }
 }

@@ -116,6 +116,9 @@ pub fn summary(f: &AuthFailure, now: f64) -> String {
         format!("{} in pod {pod}", w.container)
     };
     let mut s = format!("{who} got {} from {} ({})", f.code, f.endpoint, f.operation);
+    if !f.sent_credential {
+        s.push_str(" without sending any credential header");
+    }
     match f.credentials.first() {
         None => s.push_str("; it read no watched credential"),
         Some(c) => {

@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's package) scrapes the real agent every 5 s during a scenario: a
 //! rotation with a stale reader, an expired held token, a kubelet that stopped refreshing, an
-//! unused credential, a certificate near its expiry, a read from another pod. The alert rules
+//! unused credential, a certificate near its expiry, a read from another pod, a sidecar whose
+//! auth calls get 401s from one endpoint and are refused by another. The alert rules
 //! (deploy/rules/credwatch.rules.yaml, every `for:` shortened) are loaded: the expected alerts
 //! must reach `firing` through Prometheus's own API and the others must not; every panel query
 //! of every dashboard must return data through its query API, except the panels listed in
@@ -24,11 +25,6 @@ use serde_json::{json, Value};
 const NODE: &str = "node-e2e";
 const CLUSTER: &str = "e2e";
 const SA_VOLUME: &str = "kube-api-access-x7k2p";
-
-/// The auth-call sensor (issue 10) is in: `auth_traffic` makes 401s and an unreachable
-/// endpoint, its alerts must fire and its panels must have data.
-const AUTH_CALLS_LANDED: bool = true;
-const AUTH_NOT_LANDED: &str = "auth-call sensor (issue 10) not landed";
 
 /// Alerts the scenario must fire: (alert, labels the firing alert must carry).
 const FIRING: &[(&str, &[(&str, &str)])] = &[
@@ -86,6 +82,23 @@ const FIRING: &[(&str, &[(&str, &str)])] = &[
             ("container", "_other_pod"),
         ],
     ),
+    // sidecar, holding the expired token, gets 401s from vault and cannot reach idp.
+    (
+        "CredwatchAuthFailureRatioHigh",
+        &[
+            ("pod", "api-0"),
+            ("container", "sidecar"),
+            ("endpoint", "vault"),
+        ],
+    ),
+    (
+        "CredwatchAuthEndpointUnreachable",
+        &[
+            ("pod", "api-0"),
+            ("container", "sidecar"),
+            ("endpoint", "idp"),
+        ],
+    ),
 ];
 
 /// Firing alerts that must not be there: (alert, labels), what would make it a false alarm.
@@ -99,6 +112,9 @@ const NOT_FOR: &[(&str, &[(&str, &str)])] = &[
     // app reads the password and the token; web reads its token.
     ("CredwatchCredentialNeverRead", &[("volume", "db")]),
     ("CredwatchCredentialNeverRead", &[("volume", SA_VOLUME)]),
+    // vault answers (401s) and is reachable; idp is never asked anything.
+    ("CredwatchAuthEndpointUnreachable", &[("endpoint", "vault")]),
+    ("CredwatchAuthFailureRatioHigh", &[("endpoint", "idp")]),
     // api-0's token was rotated: it expires in an hour.
     ("CredwatchTokenExpiringWithoutRotation", &[("pod", "api-0")]),
     ("CredwatchKubeletRefreshOverdue", &[("pod", "api-0")]),
@@ -112,50 +128,9 @@ const NOT_FIRING: &[&str] = &[
     "CredwatchAgentAbsent",
 ];
 
-/// Alerts the scenario cannot make yet, with the reason.
-const NOT_YET: &[(&str, &str)] = &[
-    ("CredwatchAuthFailureRatioHigh", AUTH_NOT_LANDED),
-    ("CredwatchAuthEndpointUnreachable", AUTH_NOT_LANDED),
-];
-
-/// Panels with no data in this scenario: (dashboard uid, panel title, why).
-const EXPECTED_EMPTY: &[(&str, &str, &str)] = &[
-    (
-        "credwatch-fleet",
-        "Auth failures by workload and endpoint",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-fleet",
-        "Auth connects failing by endpoint",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-fleet",
-        "Auth request latency (p90) by endpoint",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-workload",
-        "Auth calls by operation",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-workload",
-        "Auth answers by code",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-workload",
-        "Auth connects by result",
-        AUTH_NOT_LANDED,
-    ),
-    (
-        "credwatch-workload",
-        "Auth failures joined to the credentials read",
-        AUTH_NOT_LANDED,
-    ),
-];
+/// Panels with no data in this scenario: (dashboard uid, panel title, why). None today: every
+/// panel, the auth-call ones included, must show the scenario's data.
+const EXPECTED_EMPTY: &[(&str, &str, &str)] = &[];
 
 /// The dashboards' variables as this scenario sets them.
 const VARIABLES: &[(&str, &str)] = &[
@@ -680,8 +655,7 @@ fn check_panels(prom: &Prometheus) {
             let title = p["title"].as_str().unwrap_or("");
             let empty_ok = EXPECTED_EMPTY
                 .iter()
-                .find(|(u, t, _)| *u == uid && *t == title)
-                .filter(|_| !AUTH_CALLS_LANDED);
+                .find(|(u, t, _)| *u == uid && *t == title);
             for t in p["targets"].as_array().into_iter().flatten() {
                 let q = substitute(t["expr"].as_str().unwrap());
                 let result = prom.query(&q);
@@ -730,10 +704,9 @@ fn prometheus_fires_the_expected_alerts_and_every_panel_has_data() {
     let names = rule_names(&rules);
     let mut classified: BTreeSet<String> = FIRING.iter().map(|(n, _)| n.to_string()).collect();
     classified.extend(NOT_FIRING.iter().map(|n| n.to_string()));
-    classified.extend(NOT_YET.iter().map(|(n, _)| n.to_string()));
     assert_eq!(
         names, classified,
-        "every alert of the rule file is expected to fire, not to fire, or not yet"
+        "every alert of the rule file is expected to fire or not to fire"
     );
 
     let mut s = scenario();
@@ -747,16 +720,8 @@ fn prometheus_fires_the_expected_alerts_and_every_panel_has_data() {
 
     let since = now();
     let prom = Prometheus::start(agent.addr, &rules);
-    let mut expected: Vec<(&str, &[(&str, &str)])> = FIRING.to_vec();
-    let mut forbidden: Vec<&str> = NOT_FIRING.to_vec();
-    for (name, why) in NOT_YET {
-        if AUTH_CALLS_LANDED {
-            expected.push((name, &[]));
-        } else {
-            eprintln!("{name}: not expected to fire: {why}");
-            forbidden.push(name);
-        }
-    }
+    let expected: Vec<(&str, &[(&str, &str)])> = FIRING.to_vec();
+    let forbidden: Vec<&str> = NOT_FIRING.to_vec();
     // app keeps reading its token while Prometheus watches (lines that move), and sidecar keeps
     // getting 401s (a counter Prometheus saw only at one value has no increase).
     let token = s.file(&s.api_0, PROJECTED, SA_VOLUME, "token");

@@ -206,9 +206,10 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously).
+    /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously; on
+    /// a loaded 2-CPU machine running every test at once, that can take a while).
     pub fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let m = self.metrics();
             if pred(&m) {

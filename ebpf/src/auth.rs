@@ -244,47 +244,29 @@ fn count_connect(info: &SockInfo, result: ConnectResult) {
 
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Request)
+    io_enter(&ctx, Direction::Request, true)
 }
 
 #[tracepoint]
 pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Request)
+    io_enter(&ctx, Direction::Request, true)
 }
 
 /// `writev` is followed for TLS sockets only (it ties the connection object, as Node.js writes
 /// its records); plaintext carried in an iovec is not captured.
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let key = FdKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: arg(&ctx, 0) as u32,
-    };
-    let Some(sock) = (unsafe { FDS.get(&key) }).copied() else {
-        return 0;
-    };
-    let Some(info) = SOCKS.get_ptr_mut(&sock) else {
-        return 0;
-    };
-    let info = unsafe { &mut *info };
-    if info.flags & SOCK_PLAINTEXT == 0 {
-        let bound = info.flags & SOCK_TLS_BOUND != 0;
-        if crate::tls::bind(pid_tgid, key.tgid, sock, bound, true) {
-            info.flags |= SOCK_TLS_BOUND;
-        }
-    }
-    0
+    io_enter(&ctx, Direction::Request, false)
 }
 
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Response)
+    io_enter(&ctx, Direction::Response, true)
 }
 
 #[tracepoint]
 pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Response)
+    io_enter(&ctx, Direction::Response, true)
 }
 
 #[tracepoint]
@@ -307,9 +289,11 @@ pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
     io_exit(&ctx)
 }
 
-/// The one lookup any I/O syscall pays: is this descriptor an endpoint socket?
+/// The one lookup any I/O syscall pays: is this descriptor an endpoint socket? A TLS one ties
+/// the thread's TLS connection object to it; a plaintext one has its bytes captured at the exit
+/// when `capture` (the syscall's second argument is the buffer).
 #[inline(always)]
-fn io_enter(ctx: &TracePointContext, direction: Direction) -> u32 {
+fn io_enter(ctx: &TracePointContext, direction: Direction, capture: bool) -> u32 {
     let fd = arg(ctx, 0) as u32;
     let pid_tgid = bpf_get_current_pid_tgid();
     let key = FdKey {
@@ -330,6 +314,9 @@ fn io_enter(ctx: &TracePointContext, direction: Direction) -> u32 {
         if crate::tls::bind(pid_tgid, key.tgid, sock, bound, write) {
             info.flags |= SOCK_TLS_BOUND;
         }
+        return 0;
+    }
+    if !capture {
         return 0;
     }
     let pending = PendingIo {

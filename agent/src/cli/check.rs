@@ -115,12 +115,7 @@ pub fn endpoint_items(catalog: &Catalog) -> Vec<Item> {
 /// The distinct OpenSSL libraries processes have mapped now (the agent attaches to each).
 fn tls_library_items(proc_root: &Path) -> Vec<Item> {
     let mut seen = std::collections::BTreeSet::new();
-    let pids = std::fs::read_dir(proc_root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok());
-    for pid in pids {
+    for pid in tls::pids(proc_root) {
         for (_, path) in tls::ssl_mappings(proc_root, pid) {
             seen.insert(path);
         }

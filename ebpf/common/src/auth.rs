@@ -216,9 +216,9 @@ pub struct DataEvent {
     pub captured: u32,
     pub data: [u8; DATA_CAPTURE],
 }
-const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE);
-/// The fixed part of a `DataEvent`.
-pub const DATA_HEADER: usize = 48;
+const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE && DATA_HEADER == 48);
+/// The fixed part of a `DataEvent`: where its `data` starts.
+pub const DATA_HEADER: usize = core::mem::offset_of!(DataEvent, data);
 
 #[cfg(feature = "user")]
 mod user;

@@ -60,9 +60,9 @@ pub struct TlsProbes {
     files: HashMap<(u64, u64), Library>,
     /// Executables found not to export OpenSSL, by (device, inode); cleared past `MAX_CHECKED`.
     checked: HashSet<(u64, u64)>,
-    /// Processes already looked at: pid -> start time. A pid reused between two scans is not
-    /// looked at again (the price of not reading every process's stat on every scan).
-    seen: HashMap<u32, u64>,
+    /// Processes already looked at. A pid reused between two scans is not looked at again (the
+    /// price of not reading every process's stat on every scan).
+    seen: HashSet<u32>,
     loaded: bool,
 }
 
@@ -71,7 +71,7 @@ impl TlsProbes {
         Self {
             ebpf,
             files: HashMap::new(),
-            seen: HashMap::new(),
+            seen: HashSet::new(),
             checked: HashSet::new(),
             loaded: false,
         }
@@ -105,13 +105,6 @@ impl TlsProbes {
         statuses
     }
 
-    /// Libraries attached or refused so far.
-    pub fn libraries(&self) -> Vec<Library> {
-        let mut v: Vec<Library> = self.files.values().cloned().collect();
-        v.sort_by(|a, b| a.path.cmp(&b.path));
-        v
-    }
-
     /// Attaches to the system's own OpenSSL (below `host_root`), whether or not a process maps
     /// it now: short-lived clients (curl, a CronJob) come and go between two scans, and every
     /// process that loads the same file is covered by one attachment (uprobes are per inode).
@@ -136,17 +129,10 @@ impl TlsProbes {
                 let Ok(meta) = std::fs::metadata(&path) else {
                     continue;
                 };
-                let id = (meta.dev(), meta.ino());
-                if !meta.is_file() || self.files.contains_key(&id) {
-                    continue;
+                if meta.is_file() {
+                    let (id, name) = ((meta.dev(), meta.ino()), path.display().to_string());
+                    new.extend(self.attach_once(id, &path, name, 0));
                 }
-                let lib = Library {
-                    path: path.display().to_string(),
-                    pid: 0,
-                    error: self.attach_file(&path).err(),
-                };
-                self.files.insert(id, lib.clone());
-                new.push(lib);
             }
         }
         new
@@ -158,29 +144,19 @@ impl TlsProbes {
         if !self.loaded {
             return Vec::new();
         }
-        let Ok(dir) = std::fs::read_dir(proc_root) else {
-            return Vec::new();
-        };
         let mut live = HashSet::new();
         let mut new = Vec::new();
-        for e in dir.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
+        for pid in pids(proc_root) {
             live.insert(pid);
-            if self.seen.contains_key(&pid) {
+            if !self.seen.insert(pid) {
                 continue;
             }
-            let Some(start) = start_time(proc_root, pid) else {
-                continue;
-            };
-            self.seen.insert(pid, start);
             for (range, path) in ssl_mappings(proc_root, pid) {
                 new.extend(self.attach_mapping(proc_root, pid, &range, &path));
             }
             new.extend(self.attach_static(proc_root, pid));
         }
-        self.seen.retain(|pid, _| live.contains(pid));
+        self.seen.retain(|pid| live.contains(pid));
         new
     }
 
@@ -193,18 +169,7 @@ impl TlsProbes {
     ) -> Option<Library> {
         let link = proc_root.join(format!("{pid}/map_files/{range}"));
         let meta = std::fs::metadata(&link).ok()?;
-        let id = (meta.dev(), meta.ino());
-        if self.files.contains_key(&id) {
-            return None;
-        }
-        let error = self.attach_file(&link).err();
-        let lib = Library {
-            path: path.to_owned(),
-            pid,
-            error,
-        };
-        self.files.insert(id, lib.clone());
-        Some(lib)
+        self.attach_once((meta.dev(), meta.ino()), &link, path.to_owned(), pid)
     }
 
     /// An executable that links OpenSSL statically and exports it (Node.js): attached through
@@ -225,10 +190,25 @@ impl TlsProbes {
         }
         let path = std::fs::read_link(&exe)
             .map_or_else(|_| exe.display().to_string(), |p| p.display().to_string());
+        self.attach_once(id, &exe, path, pid)
+    }
+
+    /// Attaches to file `id` through `target`, unless it was attached (or refused) before; the
+    /// outcome is remembered under `path`, the name the process knows it by.
+    fn attach_once(
+        &mut self,
+        id: (u64, u64),
+        target: &Path,
+        path: String,
+        pid: u32,
+    ) -> Option<Library> {
+        if self.files.contains_key(&id) {
+            return None;
+        }
         let lib = Library {
             path,
             pid,
-            error: self.attach_file(&exe).err(),
+            error: self.attach_file(target).err(),
         };
         self.files.insert(id, lib.clone());
         Some(lib)
@@ -318,12 +298,13 @@ pub fn exports_openssl(path: &Path) -> bool {
     false
 }
 
-/// Field 22 of `/proc/<pid>/stat`: tells a reused pid from its predecessor.
-fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(proc_root.join(format!("{pid}/stat"))).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+/// The processes under `proc_root`, by pid.
+pub fn pids(proc_root: &Path) -> impl Iterator<Item = u32> {
+    std::fs::read_dir(proc_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
 }
 
 /// The mappings of files named `libssl.so*`: (address range as `map_files` names it, path).
@@ -391,20 +372,5 @@ mod tests {
             assert!(exports_openssl(lib));
         }
         assert!(!exports_openssl(Path::new("/nonexistent")));
-    }
-
-    #[test]
-    fn start_time_survives_odd_command_names() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("42")).unwrap();
-        let mut fields = vec!["S"];
-        fields.extend(std::iter::repeat_n("0", 18));
-        fields.push("777");
-        std::fs::write(
-            dir.path().join("42/stat"),
-            format!("42 (a) b (c) {}", fields.join(" ")),
-        )
-        .unwrap();
-        assert_eq!(start_time(dir.path(), 42), Some(777));
     }
 }

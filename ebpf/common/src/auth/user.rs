@@ -1,5 +1,5 @@
 //! Userspace side of the auth-call sensor's types: Pod impls and the `DataEvent` decoder.
-use super::{ConnectKey, DataEvent, Endpoint, EndpointKey, DATA_HEADER};
+use super::{ConnectKey, DataEvent, Endpoint, EndpointKey, DATA_CAPTURE, DATA_HEADER};
 use crate::{DecodeError, EventKind};
 
 // SAFETY: repr(C), integers and byte arrays only, no padding (sizes asserted beside each type).
@@ -32,26 +32,27 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Decodes one `AUTH_EVENTS` record: checks kind and lengths, never panics on kernel bytes.
 pub fn decode_data(b: &[u8]) -> Result<Data<'_>, DecodeError> {
+    use core::mem::offset_of;
     if b.len() < DATA_HEADER {
         return Err(DecodeError::Short(b.len(), DATA_HEADER));
     }
-    let kind = u32_at(b, 0);
+    let kind = u32_at(b, offset_of!(DataEvent, kind));
     if kind != EventKind::AuthData as u32 {
         return Err(DecodeError::UnknownKind(kind));
     }
-    let captured = u32_at(b, 44) as usize;
-    let end = DATA_HEADER + captured.min(core::mem::size_of::<DataEvent>() - DATA_HEADER);
+    let captured = u32_at(b, offset_of!(DataEvent, captured)) as usize;
+    let end = DATA_HEADER + captured.min(DATA_CAPTURE);
     let bytes = b
         .get(DATA_HEADER..end)
         .ok_or(DecodeError::Short(b.len(), end))?;
     Ok(Data {
-        direction: u32_at(b, 4),
-        sock: u64_at(b, 8),
-        cgroup_id: u64_at(b, 16),
-        ts_ns: u64_at(b, 24),
-        endpoint: u32_at(b, 32),
-        tgid: u32_at(b, 36),
-        len: u32_at(b, 40),
+        direction: u32_at(b, offset_of!(DataEvent, direction)),
+        sock: u64_at(b, offset_of!(DataEvent, sock)),
+        cgroup_id: u64_at(b, offset_of!(DataEvent, cgroup_id)),
+        ts_ns: u64_at(b, offset_of!(DataEvent, ts_ns)),
+        endpoint: u32_at(b, offset_of!(DataEvent, endpoint)),
+        tgid: u32_at(b, offset_of!(DataEvent, tgid)),
+        len: u32_at(b, offset_of!(DataEvent, len)),
         bytes,
     })
 }

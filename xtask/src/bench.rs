@@ -194,7 +194,7 @@ fn run_files(root: &Path, args: &Args) -> Result<()> {
     let log_dir = out_dir.join("logs");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
 
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("bench")?;
     let files = Files::create(&tmp.0, &out_dir)?;
     let source_tree =
         match &args.tree {
@@ -581,27 +581,7 @@ impl Bench {
         cmd.arg(&self.loop_bin)
             .args(args)
             .arg(self.iterations.to_string());
-        let out = cmd
-            .output()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        ensure!(
-            out.status.success(),
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "bad output from {cmd:?}: {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })?;
-        let field = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
-        Ok(LoopResult {
-            ns_per_op: field("ns_per_op")?,
-            timed: field("timed")? as u64,
-            warmup: field("warmup")? as u64,
-        })
+        run_loop(&mut cmd)
     }
 
     /// Archives the tree to a pipe (tar skips reading files when writing to /dev/null) and
@@ -660,10 +640,35 @@ impl Bench {
     }
 }
 
-struct LoopResult {
-    ns_per_op: f64,
-    timed: u64,
-    warmup: u64,
+pub(crate) struct LoopResult {
+    pub(crate) ns_per_op: f64,
+    pub(crate) timed: u64,
+    pub(crate) warmup: u64,
+}
+
+/// Runs a measured loop that prints `{"ns_per_op": F, "timed": N, "warmup": W}` and parses it.
+pub(crate) fn run_loop(cmd: &mut Command) -> Result<LoopResult> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "bad output from {cmd:?}: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })?;
+    let field = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+    Ok(LoopResult {
+        ns_per_op: field("ns_per_op")?,
+        timed: field("timed")? as u64,
+        warmup: field("warmup")? as u64,
+    })
 }
 
 /// The untimed iterations credwatch-bench-loop makes before timing (mirrors its `warmup`).
@@ -859,11 +864,11 @@ impl Drop for Tmpfs {
 }
 
 /// A temporary directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<Self> {
-        let p = std::env::temp_dir().join(format!("credwatch-bench-{}", std::process::id()));
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("credwatch-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
         Ok(TempDir(p))
     }

@@ -23,7 +23,9 @@ use std::{
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::bench::{median, pinned, read_trimmed, BpfStats, SETTLE, START_TIMEOUT};
+use crate::bench::{
+    median, pinned, read_trimmed, run_loop, BpfStats, TempDir, SETTLE, START_TIMEOUT,
+};
 
 pub struct AuthBench {
     pub root: PathBuf,
@@ -54,8 +56,9 @@ struct Cells {
 
 impl AuthBench {
     pub fn run(&self, out_dir: &Path) -> Result<String> {
-        let dir = tempfile_dir()?;
-        let (cert, key) = self_signed(&dir)?;
+        let tmp = TempDir::new("bench-auth")?;
+        let dir = &tmp.0;
+        let (cert, key) = self_signed(dir)?;
         let (server, port) = self.tls_server(&cert, &key)?;
         let config = dir.join("credwatch.yaml");
         std::fs::write(
@@ -75,7 +78,6 @@ impl AuthBench {
             }
         }
         drop(server);
-        let _ = std::fs::remove_dir_all(&dir);
         let report = self.render(&cells);
         std::fs::write(out_dir.join("report-auth.md"), &report)?;
         ensure!(
@@ -266,20 +268,10 @@ impl AuthBench {
     }
 }
 
-/// Runs a loop that prints `{"ns_per_op": F, "timed": N, "warmup": W}`.
+/// Runs a loop; (ns per operation, operations including warm-up).
 fn json_loop(cmd: &mut Command) -> Result<(f64, u64)> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).with_context(|| format!("bad output of {cmd:?}"))?;
-    let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
-    Ok((f("ns_per_op")?, (f("timed")? + f("warmup")?) as u64))
+    let l = run_loop(cmd)?;
+    Ok((l.ns_per_op, l.timed + l.warmup))
 }
 
 fn curl(port: u16, path: &str) -> Result<String> {
@@ -327,12 +319,6 @@ fn bpf_totals(pid: u32) -> Result<f64> {
         .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .filter_map(|p| p["run_time_ns"].as_f64())
         .sum())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let p = std::env::temp_dir().join(format!("credwatch-bench-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&p)?;
-    Ok(p)
 }
 
 /// A self-signed certificate for 127.0.0.1, made with the openssl CLI.

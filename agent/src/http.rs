@@ -58,7 +58,14 @@ fn api_allowed(app: &App, peer: SocketAddr) -> Result<(), (StatusCode, &'static 
 
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
     // Rendering reads kernel maps (syscalls) and may walk the cgroup tree: off the async threads.
-    match tokio::task::spawn_blocking(move || crate::export::render(&app.registry)).await {
+    let render = move || {
+        let body = crate::export::render(&app.registry);
+        // The render's label sets and buffers are freed by now; without this the heap keeps
+        // their high-water mark resident.
+        crate::sys::release_free_memory();
+        body
+    };
+    match tokio::task::spawn_blocking(render).await {
         Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,

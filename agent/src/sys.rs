@@ -137,6 +137,17 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xfffff)
 }
 
+/// Gives the heap's free memory back to the kernel. glibc keeps what a burst of allocations
+/// freed (parsing the kernel's BTF at start-up is ~50 MiB; a scan, a scrape) in its arenas,
+/// where it stays resident: trimmed, the idle agent is ~13 MiB instead of ~65.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: no arguments beyond the padding to keep; safe to call at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A duration for people: "41m", "3h", "2d" (the largest unit that fits, rounded down).
 pub fn human_duration(seconds: f64) -> String {
     let s = seconds.abs() as u64;

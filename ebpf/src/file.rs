@@ -3,6 +3,12 @@
 //! opened with read access bump an exact per-CPU counter keyed by (reader cgroup, credential,
 //! generation). Only the first read of such a triple becomes a ring-buffer event. A non-credential
 //! open costs the pointer walk (no helper calls) and one hash lookup.
+//!
+//! A kubelet volume's new generation is read before the agent can know its inodes: a reloader
+//! that reacts to the `..data` swap opens the new file microseconds after the kubelet wrote it.
+//! Those volumes are tmpfs mounts of their own, so a miss on a file whose device is marked in
+//! `VOLUME_DEVS` (an inlined array load) is counted in `UNSEEN` by inode, and the agent's next
+//! scan claims it for the generation it turns out to be.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
@@ -10,14 +16,17 @@ use aya_ebpf::{
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
     programs::TracePointContext,
     EbpfContext as _,
 };
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
 use credwatch_common::{
     file::{
         CredentialGeneration, FirstReadEvent, InodeKey, KernelOffsets, ReadKey, ReadStats,
-        FMODE_READ, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES,
+        UnseenKey, UnseenRead, FMODE_READ, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER,
+        READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES, VOLUME_DEV_WORDS,
         WATCHED_MAX_ENTRIES,
     },
     EventKind, LostStage,
@@ -36,6 +45,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     file_f_mode: 0,
     inode_i_ino: 0,
     inode_i_sb: 0,
+    inode_i_mode: 0,
     sb_s_dev: 0,
     files_fd_array: 0,
     file_private_data: 0,
@@ -52,6 +62,23 @@ static WATCHED: HashMap<InodeKey, CredentialGeneration> =
 #[map]
 static READS: PerCpuHashMap<ReadKey, ReadStats> =
     PerCpuHashMap::with_max_entries(READS_MAX_ENTRIES, 0);
+
+/// `credwatch_common::file::maps::VOLUME_DEVS`.
+#[map]
+static VOLUME_DEVS: Array<u64> = Array::with_max_entries(VOLUME_DEV_WORDS, 0);
+
+/// `credwatch_common::file::maps::UNSEEN`.
+#[map]
+static UNSEEN: LruHashMap<UnseenKey, UnseenRead> =
+    LruHashMap::with_max_entries(UNSEEN_MAX_ENTRIES, 0);
+
+/// What an open turned out to be.
+enum Opened {
+    /// A watched credential generation, and the file's `f_mode`.
+    Watched(CredentialGeneration, u32),
+    /// A regular file on a credential volume's mount that `WATCHED` does not hold (yet).
+    Unseen(InodeKey, u32),
+}
 
 /// Offset of `ret` in the `syscalls/sys_exit_*` tracepoint record (after the common header and
 /// `__syscall_nr`); stable ABI, see `/sys/kernel/tracing/events/syscalls/sys_exit_openat/format`.
@@ -90,8 +117,11 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let off = offsets();
-    let Some((cred, f_mode)) = (unsafe { watched_open(&off, fd as u64) }) else {
+    let Some(opened) = (unsafe { watched_open(&off, fd as u64) }) else {
         return 0;
+    };
+    let f_mode = match opened {
+        Opened::Watched(_, m) | Opened::Unseen(_, m) => m,
     };
     if f_mode & FMODE_READ == 0 {
         return 0;
@@ -100,8 +130,23 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
     if (pid_tgid >> 32) as u32 == agent_tgid() {
         return 0;
     }
-    count_read(cred, pid_tgid);
+    match opened {
+        Opened::Watched(cred, _) => count_read(cred, pid_tgid),
+        Opened::Unseen(inode, _) => count_unseen(inode, pid_tgid),
+    }
     0
+}
+
+/// Whether `dev` is an anonymous device (tmpfs) marked as a credential volume's mount.
+#[inline(always)]
+fn on_volume_dev(dev: u32) -> bool {
+    // The kernel's MKDEV: major << 20 | minor; anonymous devices have major 0.
+    if dev >> 20 != 0 {
+        return false;
+    }
+    VOLUME_DEVS
+        .get(dev >> 6)
+        .is_some_and(|word| word & (1u64 << (dev & 63)) != 0)
 }
 
 /// Reads the offsets through a volatile load so the compiler cannot fold the zero placeholder;
@@ -117,7 +162,8 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
 }
 
 /// Looks `current->files->fdt->fd[fd]`'s inode (device, number) up in `WATCHED`; on a hit,
-/// returns the credential and the file's `f_mode`.
+/// returns the credential and the file's `f_mode`; a regular file on a credential volume's mount
+/// that is not watched is `Unseen`.
 ///
 /// The walk uses only direct loads from BTF-typed pointers, which the verifier turns into
 /// fault-tolerant loads: no helper calls. The one step the verifier cannot type is the table slot
@@ -126,7 +172,7 @@ unsafe fn read<T>(base: *const u8, offset: u32) -> Result<T, i64> {
 /// `files_struct` (descriptor below 64, table never expanded) is read with one constant-offset
 /// arm per slot, and anything else falls back to `bpf_probe_read_kernel`.
 #[inline(always)]
-unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(CredentialGeneration, u32)> {
+unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<Opened> {
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
         let files = *(task.add(off.task_files as usize) as *const *const u8);
@@ -153,29 +199,47 @@ unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<(CredentialGenera
         let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
         let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
         // The one lookup every open pays.
-        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
+        let key = InodeKey::new(dev, ino);
+        if let Some(cred) = WATCHED.get(&key) {
+            let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
+            return Some(Opened::Watched(*cred, f_mode));
+        }
+        if !on_volume_dev(dev) {
+            return None;
+        }
+        let i_mode = *(inode.add(off.inode_i_mode as usize) as *const u16);
+        if i_mode & S_IFMT != S_IFREG {
+            return None;
+        }
         let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
-        Some((cred, f_mode))
+        Some(Opened::Unseen(key, f_mode))
     }
 }
 
 /// The walk from the table slot on, for kernels without `bpf_rdonly_cast`: the slot's value is an
 /// untyped number to the verifier, so every further step is a helper read.
 #[inline(always)]
-unsafe fn watched_open_by_helpers(
-    off: &KernelOffsets,
-    table: u64,
-    fd: u64,
-) -> Option<(CredentialGeneration, u32)> {
+unsafe fn watched_open_by_helpers(off: &KernelOffsets, table: u64, fd: u64) -> Option<Opened> {
     unsafe {
         let file: *const u8 = bpf_probe_read_kernel((table + fd * 8) as *const *const u8).ok()?;
         let inode: *const u8 = read(file, off.file_f_inode).ok()?;
         let ino: u64 = read(inode, off.inode_i_ino).ok()?;
         let sb: *const u8 = read(inode, off.inode_i_sb).ok()?;
         let dev: u32 = read(sb, off.sb_s_dev).ok()?;
-        let cred = *WATCHED.get(&InodeKey::new(dev, ino))?;
+        let key = InodeKey::new(dev, ino);
+        if let Some(cred) = WATCHED.get(&key) {
+            let f_mode: u32 = read(file, off.file_f_mode).ok()?;
+            return Some(Opened::Watched(*cred, f_mode));
+        }
+        if !on_volume_dev(dev) {
+            return None;
+        }
+        let i_mode: u16 = read(inode, off.inode_i_mode).ok()?;
+        if i_mode & S_IFMT != S_IFREG {
+            return None;
+        }
         let f_mode: u32 = read(file, off.file_f_mode).ok()?;
-        Some((cred, f_mode))
+        Some(Opened::Unseen(key, f_mode))
     }
 }
 
@@ -240,6 +304,40 @@ fn count_read(cred: CredentialGeneration, pid_tgid: u64) {
             },
             None => lost(LostStage::ReadsMap),
         },
+    }
+}
+
+/// Counts a read of a file not watched (yet) by inode; the first by this cgroup keeps who read.
+/// `UNSEEN` is shared by all CPUs: the count is added atomically.
+#[inline(always)]
+fn count_unseen(inode: InodeKey, pid_tgid: u64) {
+    let key = UnseenKey {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        inode,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let add = |read: *mut UnseenRead| unsafe {
+        // An atomic add (BPF_ATOMIC | BPF_ADD): `AtomicU64::fetch_add` is not offered on bpf.
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*read).count, 1);
+        (*read).last_read_ns = now;
+    };
+    if let Some(read) = UNSEEN.get_ptr_mut(&key) {
+        add(read);
+        return;
+    }
+    let first = UnseenRead {
+        count: 1,
+        last_read_ns: now,
+        first_read_ns: now,
+        pid: pid_tgid as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    if UNSEEN.insert(&key, &first, BPF_NOEXIST as u64).is_err() {
+        // Inserted by another CPU meanwhile.
+        if let Some(read) = UNSEEN.get_ptr_mut(&key) {
+            add(read);
+        }
     }
 }
 

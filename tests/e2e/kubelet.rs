@@ -426,3 +426,49 @@ fn the_kubelets_own_reads_are_kubelet_and_do_not_hide_an_unused_credential() {
         "the kubelet's reads must not make it look used: {m}"
     );
 }
+
+/// A reloader that reacts to the kubelet's `..data` swap opens the new token microseconds after
+/// it was written, long before any scan could name its inode: the read still counts, for the new
+/// generation (lag 0), and the kernel's unseen-read map is left empty.
+#[test]
+fn a_read_right_after_the_kubelets_swap_counts_for_the_new_generation() {
+    require_e2e!();
+    let mut tree = KubeletTree::new();
+    let uid = random_pod_uid();
+    let vol = tree.volume(&uid, PROJECTED, "kube-api-access-r3l0d");
+    tree.write(&vol, &[("token", b"generation-0"), ("namespace", b"shop")]);
+    let root = tree.path().to_str().unwrap().to_owned();
+    let agent = Agent::start(&[], &["--kubelet-root", &root]);
+    let id = random_container_id();
+    let cg = Cgroup::new(&systemd_container_cgroup(&uid, &id));
+    let token = vol.join("token");
+    let token = token.to_str().unwrap();
+    assert_eq!(cg.read(&["open", token, "2"]), 2);
+    let tok = [
+        ("pod", uid.as_str()),
+        ("file", "token"),
+        ("container", &id[..12]),
+    ];
+    for generation in 1..=5u32 {
+        let content = format!("generation-{generation}");
+        tree.write(
+            &vol,
+            &[("token", content.as_bytes()), ("namespace", b"shop")],
+        );
+        // The reloader, woken by the swap.
+        assert_eq!(cg.read(&["open", token, "1"]), 1);
+        agent.wait_metrics("the rotation", |m| {
+            sample(m, "credwatch_credential_rotations_total", &tok[..2])
+                == Some(f64::from(generation))
+        });
+    }
+    let m = agent.wait_metrics("every read counted", |m| {
+        sample(m, "credwatch_credential_reads_total", &tok) == Some(7.0)
+    });
+    assert_eq!(gauge(&m, "credential_reader_generation_lag", &tok), 0.0);
+    let first_reads = agent.log_text().matches("first read").count();
+    assert!(
+        first_reads >= 6,
+        "a first read per generation: {first_reads}"
+    );
+}

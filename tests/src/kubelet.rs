@@ -14,10 +14,48 @@ pub const PROJECTED: &str = "kubernetes.io~projected";
 pub const CSI: &str = "kubernetes.io~csi";
 pub const EMPTY_DIR: &str = "kubernetes.io~empty-dir";
 
-/// `<root>/pods/<uid>/volumes/<plugin>/<volume>`.
+/// `<root>/pods/<uid>/volumes/<plugin>/<volume>`; secret and projected volumes are tmpfs mounts
+/// of their own, as the kubelet makes them.
 pub struct KubeletTree {
     pub root: TempDir,
     seq: u32,
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for KubeletTree {
+    fn drop(&mut self) {
+        let mounts = self.mounts.get_mut().unwrap_or_else(|e| e.into_inner());
+        for m in mounts.drain(..).rev() {
+            let c = std::ffi::CString::new(m.to_string_lossy().as_bytes()).expect("path");
+            // SAFETY: a valid path; MNT_DETACH never blocks on a busy mount.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Mounts a fresh tmpfs on `dir` (mode 0755: readers of any user, as the kubelet's).
+fn mount_tmpfs(dir: &Path) {
+    let (src, target) = (
+        std::ffi::CString::new("tmpfs").unwrap(),
+        std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path"),
+    );
+    let opts = std::ffi::CString::new("mode=0755").unwrap();
+    // SAFETY: valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            opts.as_ptr().cast(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "tmpfs on {dir:?}: {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 impl Default for KubeletTree {
@@ -31,6 +69,7 @@ impl KubeletTree {
         Self {
             root: TempDir::new("kubelet"),
             seq: 0,
+            mounts: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -42,10 +81,19 @@ impl KubeletTree {
         self.root.join("pods").join(uid)
     }
 
-    /// Creates (if needed) and returns a volume directory.
+    /// Creates (if needed) and returns a volume directory; a new secret or projected volume is
+    /// a tmpfs mount of its own, as the kubelet makes it.
     pub fn volume(&self, uid: &str, plugin: &str, name: &str) -> PathBuf {
         let v = self.pod_dir(uid).join("volumes").join(plugin).join(name);
+        let new = !v.exists();
         std::fs::create_dir_all(&v).expect("volume dir");
+        if new && (plugin == SECRET || plugin == PROJECTED) {
+            mount_tmpfs(&v);
+            self.mounts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(v.clone());
+        }
         v
     }
 

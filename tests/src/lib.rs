@@ -192,6 +192,10 @@ impl Agent {
         self.get("/metrics")
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The agent's resident memory, from /proc.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))

@@ -51,6 +51,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     mount_pseudo_filesystems();
     let state = Arc::new(State::default());
     let kernel = load_kernel(&state, &cfg.host_root)?;
+    sys::release_free_memory();
     let (maps, auth_maps) = (kernel.maps.clone(), kernel.auth_maps.clone());
     let cgroups = Arc::new(CgroupResolver::new(
         sys::cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".to_owned()),
@@ -64,7 +65,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods.clone(),
     ));
     // Inventory first, so that reads are counted from the moment we report ready.
-    follow_inventory(sources, &state, &maps);
+    follow_inventory(sources, &state, &maps, &cgroups);
     follow_first_reads(kernel.ring, &state, &cgroups);
     let gc = ReaderGc::new(
         state.clone(),
@@ -219,15 +220,32 @@ fn follow_endpoints(catalog: &Arc<Catalog>, maps: &Arc<AuthMaps>, connects: &Con
 }
 
 /// The first inventory pass now (the agent is ready after it), then the watcher's, for good.
-fn follow_inventory(sources: Sources, state: &Arc<State>, maps: &Arc<KernelMaps>) {
-    let mut sync = WatchSync::new(state.clone(), maps.clone(), sources.grace);
+fn follow_inventory(
+    sources: Sources,
+    state: &Arc<State>,
+    maps: &Arc<KernelMaps>,
+    cgroups: &Arc<CgroupResolver>,
+) {
+    let started = std::time::Instant::now();
+    let grace = sources.grace;
+    let mut sync = WatchSync::new(state.clone(), maps.clone(), cgroups.clone(), grace);
     let mut watcher = Watcher::new(sources);
     let first = watcher.rescan();
     sync.apply(&first);
-    tracing::info!(credentials = state.credential_count(), "inventory scanned");
+    tracing::info!(
+        credentials = state.credential_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "inventory scanned"
+    );
     state.mark_inventory_done();
+    sys::release_free_memory();
     supervise(state, "inventory watcher", async move {
-        watcher.run(first.scan.dirs, |pass| sync.apply(pass)).await
+        watcher
+            .run(first.scan.dirs, |pass| {
+                sync.apply(pass);
+                sys::release_free_memory();
+            })
+            .await
     });
 }
 

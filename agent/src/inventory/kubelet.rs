@@ -157,6 +157,10 @@ impl GenerationNumbers {
     fn scan_volume(&mut self, uid: &str, volume: &Volume, out: &mut Scan) {
         let dir = &volume.dir;
         out.dirs.insert(dir.to_owned());
+        // Not a sink: the pod writes those itself and could fill the kernel's unseen-read map.
+        if volume.source != "emptydir" {
+            out.volume_devs.extend(own_tmpfs(dir));
+        }
         let generations = if std::fs::symlink_metadata(dir.join("..data")).is_ok() {
             self.atomic_writer_generations(dir, out)
         } else {
@@ -242,6 +246,16 @@ impl GenerationNumbers {
             gens.by_dir.iter().map(|(d, g)| (*g, d.clone())).collect(),
         ))
     }
+}
+
+/// The kernel device number of `dir` when it is the root of a mount of its own on an anonymous
+/// device (tmpfs: major 0), as the kubelet mounts secret and projected volumes.
+fn own_tmpfs(dir: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::symlink_metadata(dir).ok()?;
+    let parent = std::fs::symlink_metadata(dir.parent()?).ok()?;
+    let dev = crate::sys::kernel_dev(me.dev());
+    (me.is_dir() && me.dev() != parent.dev() && dev >> 20 == 0).then_some(dev)
 }
 
 /// The CSI driver's name from the kubelet's `vol_data.json` beside the volume's `mount` dir.

@@ -74,6 +74,10 @@ pub struct Scan {
     pub problems: Vec<String>,
     /// Files found under a second identity (see `one_identity_per_inode`).
     pub shared: u64,
+    /// Kernel device numbers of the tmpfs mounts that hold kubelet credential volumes (each
+    /// such volume is a mount of its own): reads of files there that are not watched yet are
+    /// counted by inode until a scan names them.
+    pub volume_devs: BTreeSet<u32>,
 }
 
 /// Where credentials are looked for.
@@ -127,6 +131,7 @@ pub fn scan_all(sources: &Sources, generations: &mut kubelet::GenerationNumbers)
         out.dirs.extend(k.dirs);
         out.skipped += k.skipped;
         out.problems.extend(k.problems);
+        out.volume_devs.extend(k.volume_devs);
     }
     one_identity_per_inode(&mut out);
     out

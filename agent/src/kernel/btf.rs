@@ -203,6 +203,7 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         file_f_mode: field("file", "f_mode")?,
         inode_i_ino: field("inode", "i_ino")?,
         inode_i_sb: field("inode", "i_sb")?,
+        inode_i_mode: field("inode", "i_mode")?,
         sb_s_dev: field("super_block", "s_dev")?,
         files_fd_array: field("files_struct", "fd_array")?,
         file_private_data: field("file", "private_data")?,

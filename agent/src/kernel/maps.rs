@@ -1,13 +1,13 @@
-//! Typed handles to the object's maps: the file sensor's `WATCHED` and `READS`, and the shared
-//! `LOST` drop counters. The event ring is taken separately (`ring`).
+//! Typed handles to the object's maps: the file sensor's `WATCHED`, `READS`, `VOLUME_DEVS` and
+//! `UNSEEN`, and the shared `LOST` drop counters. The event ring is taken separately (`ring`).
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aya::{
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
     Ebpf,
 };
 use credwatch_common::{
-    file::{self, CredentialGeneration, InodeKey, ReadKey, ReadStats},
+    file::{self, CredentialGeneration, InodeKey, ReadKey, ReadStats, UnseenKey, UnseenRead},
     maps, LostStage,
 };
 
@@ -46,6 +46,9 @@ pub fn memory() -> Vec<(&'static str, String)> {
     let watched_entry = (std::mem::size_of::<InodeKey>()
         + std::mem::size_of::<CredentialGeneration>()) as u64
         + HASH_ENTRY_OVERHEAD;
+    let unseen_entry = (std::mem::size_of::<UnseenKey>() + std::mem::size_of::<UnseenRead>())
+        as u64
+        + HASH_ENTRY_OVERHEAD;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     vec![
         (
@@ -62,6 +65,21 @@ pub fn memory() -> Vec<(&'static str, String)> {
                 "{} entries x {watched_entry} B = {:.1} MiB, preallocated",
                 file::WATCHED_MAX_ENTRIES,
                 mib(u64::from(file::WATCHED_MAX_ENTRIES) * watched_entry)
+            ),
+        ),
+        (
+            file::maps::UNSEEN,
+            format!(
+                "{} entries x {unseen_entry} B = {:.1} MiB, preallocated (LRU)",
+                file::UNSEEN_MAX_ENTRIES,
+                mib(u64::from(file::UNSEEN_MAX_ENTRIES) * unseen_entry)
+            ),
+        ),
+        (
+            file::maps::VOLUME_DEVS,
+            format!(
+                "{:.2} MiB bitmap of anonymous devices",
+                mib(u64::from(file::VOLUME_DEV_WORDS) * 8)
             ),
         ),
         (
@@ -98,6 +116,8 @@ impl ReadTotal {
 pub struct KernelMaps {
     watched: Mutex<HashMap<MapData, InodeKey, CredentialGeneration>>,
     reads: Mutex<PerCpuHashMap<MapData, ReadKey, ReadStats>>,
+    volume_devs: Mutex<Array<MapData, u64>>,
+    unseen: Mutex<HashMap<MapData, UnseenKey, UnseenRead>>,
     lost: PerCpuArray<MapData, u64>,
 }
 
@@ -126,6 +146,8 @@ impl KernelMaps {
         Ok(Self {
             watched: Mutex::new(take(ebpf, file::maps::WATCHED)?),
             reads: Mutex::new(take(ebpf, file::maps::READS)?),
+            volume_devs: Mutex::new(take(ebpf, file::maps::VOLUME_DEVS)?),
+            unseen: Mutex::new(take(ebpf, file::maps::UNSEEN)?),
             lost: take(ebpf, maps::LOST)?,
         })
     }
@@ -183,6 +205,20 @@ impl KernelMaps {
             let _ = reads.remove(&t.key);
         }
         gone
+    }
+
+    /// Sets word `index` of the `VOLUME_DEVS` bitmap.
+    pub fn set_volume_word(&self, index: u32, bits: u64) -> Result<(), MapError> {
+        lock(&self.volume_devs).set(index, bits, 0)
+    }
+
+    /// Every `UNSEEN` entry.
+    pub fn unseen(&self) -> Vec<(UnseenKey, UnseenRead)> {
+        lock(&self.unseen).iter().flatten().collect()
+    }
+
+    pub fn remove_unseen(&self, key: &UnseenKey) {
+        let _ = lock(&self.unseen).remove(key);
     }
 
     /// Kernel-side drops by stage, summed over CPUs.

@@ -36,6 +36,15 @@ pub struct ReaderRecord {
 impl ReaderRecord {
     /// Keeps the newest `MAX_FIRST_READS_PER_READER`.
     pub(super) fn push(&mut self, first: FirstRead) {
+        // A read claimed from the kernel's unseen map and the kernel's own first-read event can
+        // both report one generation's first read.
+        if self
+            .first_reads
+            .iter()
+            .any(|f| f.credential_id == first.credential_id && f.generation == first.generation)
+        {
+            return;
+        }
         if self.first_reads.len() >= MAX_FIRST_READS_PER_READER {
             self.first_reads.remove(0);
         }

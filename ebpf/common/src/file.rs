@@ -10,6 +10,12 @@ pub mod maps {
     pub const WATCHED: &str = "WATCHED";
     /// Per-CPU `ReadKey -> ReadStats`: exact read counters, summed at scrape time.
     pub const READS: &str = "READS";
+    /// Bitmap over the minor numbers of anonymous devices (`major 0`): the tmpfs mounts of
+    /// kubelet credential volumes. Written by userspace only.
+    pub const VOLUME_DEVS: &str = "VOLUME_DEVS";
+    /// LRU `UnseenKey -> UnseenRead`: reads of regular files on those mounts that `WATCHED` does
+    /// not know yet (a new generation between the kubelet's `..data` swap and the agent's scan).
+    pub const UNSEEN: &str = "UNSEEN";
 }
 
 /// The file sensor's globals.
@@ -22,6 +28,16 @@ pub mod globals {
 pub const WATCHED_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `READS` ((reader cgroup, credential, generation) triples).
 pub const READS_MAX_ENTRIES: u32 = 65_536;
+
+/// `VOLUME_DEVS` words: one bit per anonymous device minor (`MINORBITS` = 20).
+pub const VOLUME_DEV_WORDS: u32 = (1 << 20) / 64;
+/// Capacity of `UNSEEN`: entries live from a read of a new generation until the next scan claims
+/// them (well under a second), so this only has to hold one burst of rotations.
+pub const UNSEEN_MAX_ENTRIES: u32 = 8192;
+
+/// `S_IFMT` and `S_IFREG` from `include/uapi/linux/stat.h`.
+pub const S_IFMT: u16 = 0o170_000;
+pub const S_IFREG: u16 = 0o100_000;
 
 /// `FMODE_READ` from `include/linux/fs.h`: the file was opened with read access.
 pub const FMODE_READ: u32 = 0x1;
@@ -41,6 +57,8 @@ pub struct KernelOffsets {
     pub file_f_mode: u32,
     pub inode_i_ino: u32,
     pub inode_i_sb: u32,
+    /// `inode.i_mode` (a `u16`): only regular files count as unseen reads.
+    pub inode_i_mode: u32,
     pub sb_s_dev: u32,
     /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
     pub files_fd_array: u32,
@@ -52,7 +70,7 @@ pub struct KernelOffsets {
     /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
     pub file_slot_btf_id: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 52);
+const _: () = assert!(size_of::<KernelOffsets>() == 56);
 
 /// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
 /// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into
@@ -109,6 +127,29 @@ pub struct ReadStats {
     pub last_read_ns: u64,
 }
 const _: () = assert!(size_of::<ReadStats>() == 16);
+
+/// Key of `UNSEEN`: a reader cgroup and a file not in `WATCHED` (yet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UnseenKey {
+    pub cgroup_id: u64,
+    pub inode: InodeKey,
+}
+const _: () = assert!(size_of::<UnseenKey>() == 24);
+
+/// Reads of an unseen file by one cgroup: the count (added atomically: the map is shared by
+/// every CPU), the last read, and who read it first (for the first-read record once claimed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnseenRead {
+    pub count: u64,
+    pub last_read_ns: u64,
+    pub first_read_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+const _: () = assert!(size_of::<UnseenRead>() == 48);
 
 /// The first read of a credential generation by a cgroup.
 #[repr(C)]

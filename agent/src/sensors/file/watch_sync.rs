@@ -1,13 +1,18 @@
 //! Keeps the state's credentials and the kernel's `WATCHED` map in step with inventory passes.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use credwatch_common::file::{CredentialGeneration, InodeKey};
+use credwatch_common::{
+    file::{CredentialGeneration, FirstReadEvent, InodeKey, UnseenKey, UnseenRead},
+    EventKind,
+};
 
+use super::first_reads;
 use crate::{
+    identity::CgroupResolver,
     inventory::{
         content::{Parsed, Parser},
         watcher::Pass,
@@ -31,10 +36,27 @@ pub struct WatchSync {
     in_kernel: HashMap<InodeKey, CredentialGeneration>,
     /// Watches the kernel refused (the map was full): tried again on every pass, counted once.
     pending: HashMap<InodeKey, CredentialGeneration>,
+    cgroups: Arc<CgroupResolver>,
+    /// The `VOLUME_DEVS` words as this wrote them.
+    volume_words: BTreeMap<u32, u64>,
+    /// `UNSEEN` entries claimed on a pass, with the count folded: removed on the next one (no
+    /// program can be adding to them by then, their inode being watched).
+    claimed: HashMap<UnseenKey, u64>,
+    /// `UNSEEN` entries no credential has claimed, with the passes they have been seen.
+    unclaimed: HashMap<UnseenKey, u32>,
 }
 
+/// Passes an unseen file may stay unclaimed (a file over the per-volume cap, one that vanished
+/// before a scan saw it) before its entry is removed.
+const UNCLAIMED_PASSES: u32 = 3;
+
 impl WatchSync {
-    pub fn new(state: Arc<State>, maps: Arc<KernelMaps>, grace: Duration) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        maps: Arc<KernelMaps>,
+        cgroups: Arc<CgroupResolver>,
+        grace: Duration,
+    ) -> Self {
         Self {
             state,
             maps,
@@ -43,6 +65,10 @@ impl WatchSync {
             parsed: HashMap::new(),
             in_kernel: HashMap::new(),
             pending: HashMap::new(),
+            cgroups,
+            volume_words: BTreeMap::new(),
+            claimed: HashMap::new(),
+            unclaimed: HashMap::new(),
         }
     }
 
@@ -55,6 +81,7 @@ impl WatchSync {
         self.state
             .count_lost(UserLoss::InotifyWatch, pass.failed_watches);
         self.state.set_shared_files(pass.scan.shared);
+        self.mark_volume_devs(&pass.scan.volume_devs);
         self.parse_new(&pass.scan.found);
         let parsed = &self.parsed;
         let ops = self.state.apply_scan(
@@ -70,7 +97,74 @@ impl WatchSync {
         for (inode, cred) in std::mem::take(&mut self.pending) {
             self.watch(inode, cred, false);
         }
+        self.claim_unseen();
         self.state.set_watched_entries(self.in_kernel.len() as u64);
+    }
+
+    /// Makes `VOLUME_DEVS` mark exactly `devs` (kernel device numbers, major 0).
+    fn mark_volume_devs(&mut self, devs: &BTreeSet<u32>) {
+        let mut want: BTreeMap<u32, u64> = BTreeMap::new();
+        for dev in devs {
+            *want.entry(dev >> 6).or_default() |= 1 << (dev & 63);
+        }
+        let cleared: Vec<u32> = self
+            .volume_words
+            .keys()
+            .filter(|w| !want.contains_key(w))
+            .copied()
+            .collect();
+        let changes = want
+            .iter()
+            .filter(|(w, bits)| self.volume_words.get(w) != Some(bits))
+            .map(|(w, bits)| (*w, *bits))
+            .chain(cleared.into_iter().map(|w| (w, 0)));
+        for (word, bits) in changes.collect::<Vec<_>>() {
+            match self.maps.set_volume_word(word, bits) {
+                Ok(()) if bits == 0 => {
+                    self.volume_words.remove(&word);
+                }
+                Ok(()) => {
+                    self.volume_words.insert(word, bits);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot mark credential volume mounts"),
+            }
+        }
+    }
+
+    /// Reads the kernel counted by inode before a scan named them (a new generation read right
+    /// after the kubelet's swap) become reads of the credential generation they turned out to be.
+    fn claim_unseen(&mut self) {
+        let entries = self.maps.unseen();
+        let present: HashSet<UnseenKey> = entries.iter().map(|(k, _)| *k).collect();
+        for (key, read) in entries {
+            let Some(&cred) = self.in_kernel.get(&key.inode) else {
+                let passes = self.unclaimed.entry(key).or_insert(0);
+                *passes += 1;
+                if *passes > UNCLAIMED_PASSES {
+                    self.maps.remove_unseen(&key);
+                    self.unclaimed.remove(&key);
+                }
+                continue;
+            };
+            self.unclaimed.remove(&key);
+            let folded = self.claimed.get(&key).copied();
+            let delta = read.count.saturating_sub(folded.unwrap_or(0));
+            if delta > 0 {
+                let reads = ReaderReads::of_counter(delta, read.last_read_ns, cred.generation);
+                self.state.fold(key.cgroup_id, cred.cred_id, &reads);
+            }
+            if folded.is_none() {
+                let ev = first_read_of(&key, &read, cred);
+                first_reads::on_first_read(&self.state, &self.cgroups, &ev);
+                self.claimed.insert(key, read.count);
+            } else {
+                self.maps.remove_unseen(&key);
+                self.claimed.remove(&key);
+            }
+        }
+        // Entries the LRU evicted.
+        self.claimed.retain(|k, _| present.contains(k));
+        self.unclaimed.retain(|k, _| present.contains(k));
     }
 
     /// Parses every inode of the pass not parsed yet; forgets inodes no longer on disk.
@@ -145,5 +239,20 @@ impl WatchSync {
             let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
             self.state.fold(t.key.cgroup_id, t.key.cred_id, &reads);
         }
+    }
+}
+
+/// The first-read event the kernel would have sent, had the file been watched at its first read.
+fn first_read_of(key: &UnseenKey, read: &UnseenRead, cred: CredentialGeneration) -> FirstReadEvent {
+    FirstReadEvent {
+        kind: EventKind::FirstRead as u32,
+        cred_id: cred.cred_id,
+        generation: cred.generation,
+        pid: read.pid,
+        tgid: read.tgid,
+        _pad: 0,
+        cgroup_id: key.cgroup_id,
+        ts_ns: read.first_read_ns,
+        comm: read.comm,
     }
 }

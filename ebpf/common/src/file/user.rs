@@ -1,5 +1,5 @@
 //! Userspace side of the file sensor's types.
-use super::{CredentialGeneration, InodeKey, KernelOffsets, ReadStats};
+use super::{CredentialGeneration, InodeKey, KernelOffsets, ReadStats, UnseenKey, UnseenRead};
 use crate::file::ReadKey;
 
 // SAFETY: repr(C), integers only, no padding (sizes asserted beside each type).
@@ -8,6 +8,8 @@ unsafe impl aya::Pod for InodeKey {}
 unsafe impl aya::Pod for CredentialGeneration {}
 unsafe impl aya::Pod for ReadKey {}
 unsafe impl aya::Pod for ReadStats {}
+unsafe impl aya::Pod for UnseenKey {}
+unsafe impl aya::Pod for UnseenRead {}
 
 impl ReadStats {
     /// The counter over every CPU: reads added up, the latest read time.

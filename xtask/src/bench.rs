@@ -35,9 +35,13 @@ pub struct Args {
     /// The realistic workload's source tree (a few thousand files) [default: ~/.cargo/registry/src]
     #[arg(long, value_name = "DIR")]
     tree: Option<PathBuf>,
-    /// Which part to run: the file sensor's, the auth-call sensor's, or both.
+    /// Which part to run: the file sensor's, the auth-call sensor's, or both; `scale` is the
+    /// agent on kubelet trees of 1,000 and 5,000 pods (memory, scan, /metrics, rotation).
     #[arg(long, value_enum, default_value_t = Part::All)]
     part: Part,
+    /// The scale benchmark only (`--part scale`).
+    #[arg(long, conflicts_with = "part")]
+    scale: bool,
     /// HTTPS requests per run of the auth part's TLS loop [default: 20000; --quick: 5000]
     #[arg(long)]
     tls_requests: Option<u64>,
@@ -48,9 +52,13 @@ pub enum Part {
     All,
     Files,
     Auth,
+    Scale,
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
+    if args.scale || args.part == Part::Scale {
+        return run_scale(root, args.quick);
+    }
     if args.part != Part::Auth {
         run_files(root, args)?;
     }
@@ -79,6 +87,34 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
             out_dir.join("report-auth.md").display()
         );
     }
+    Ok(())
+}
+
+/// `credwatch-bench-scale` (tests/src/bin/bench_scale.rs) with the release agent; its Markdown
+/// report goes to stdout and target/bench/report-scale.md.
+fn run_scale(root: &Path, quick: bool) -> Result<()> {
+    let (pods, readers) = if quick {
+        ("200,1000", "100")
+    } else {
+        ("1000,5000", "500")
+    };
+    let out = Command::new(root.join("target/release/credwatch-bench-scale"))
+        .args(["--pods", pods, "--readers", readers])
+        .env("CREDWATCH_BIN", root.join("target/release/credwatch"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting credwatch-bench-scale")?;
+    ensure!(
+        out.status.success(),
+        "the scale benchmark failed: {}",
+        out.status
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    print!("{report}");
+    let path = root.join("target/bench/report-scale.md");
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    std::fs::write(&path, report.as_bytes())?;
+    eprintln!("bench: report written to {}", path.display());
     Ok(())
 }
 

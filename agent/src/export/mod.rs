@@ -69,18 +69,30 @@ pub fn render(registry: &Registry) -> String {
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let totals = self
-            .maps
-            .as_ref()
-            .map(|m| m.read_totals())
-            .unwrap_or_default();
+        // Live counters and the reads kept in the state, taken together (see `with_read_totals`).
+        let kept = |totals| (totals, self.state.folded(), self.state.retired());
+        let (totals, folded, retired) = match &self.maps {
+            Some(m) => m.with_read_totals(kept),
+            None => kept(Vec::new()),
+        };
         let creds: Vec<Credential> = self
             .state
             .credentials()
             .into_iter()
             .map(|c| c.with_pod_names(&self.pods))
             .collect();
-        let tally = tally::reads_by_label(&creds, &totals, &self.state, &self.cgroups, &self.pods);
+        let kernel_and_kept = tally::Counted {
+            totals: &totals,
+            folded,
+            retired,
+        };
+        let tally = tally::reads_by_label(
+            &creds,
+            &kernel_and_kept,
+            &self.state,
+            &self.cgroups,
+            &self.pods,
+        );
         let mut w = Families {
             enc: &mut enc,
             cap: &self.cap,

@@ -176,35 +176,59 @@ impl KernelMaps {
 
     /// Every read counter, summed over CPUs.
     pub fn read_totals(&self) -> Vec<ReadTotal> {
-        lock(&self.reads)
+        Self::totals(&lock(&self.reads))
+    }
+
+    /// [`Self::read_totals`] handed to `f` while no counter can leave `READS`: the `take_*`
+    /// methods move counters to the state under the same lock, so a scrape that reads both
+    /// (here, in `f`) never counts a read twice, nor misses one.
+    pub fn with_read_totals<R>(&self, f: impl FnOnce(Vec<ReadTotal>) -> R) -> R {
+        let reads = lock(&self.reads);
+        f(Self::totals(&reads))
+    }
+
+    fn totals(reads: &PerCpuHashMap<MapData, ReadKey, ReadStats>) -> Vec<ReadTotal> {
+        reads
             .iter()
             .flatten()
             .map(|(key, per_cpu)| ReadTotal::new(key, &per_cpu))
             .collect()
     }
 
-    /// Removes every counter of a reader cgroup and returns their last totals.
-    pub fn take_cgroup_counters(&self, cgroup_id: u64) -> Vec<ReadTotal> {
-        self.take_counters(|k| k.cgroup_id == cgroup_id)
+    /// Removes every counter of a reader cgroup and hands their last totals to `keep`, which
+    /// runs before anyone can read the counters again (see [`Self::with_read_totals`]).
+    pub fn take_cgroup_counters<R>(
+        &self,
+        cgroup_id: u64,
+        keep: impl FnOnce(Vec<ReadTotal>) -> R,
+    ) -> R {
+        self.take_counters(|k| k.cgroup_id == cgroup_id, keep)
     }
 
-    /// Removes every counter of one credential generation and returns their last totals.
-    pub fn take_generation_counters(&self, cred_id: u32, generation: u32) -> Vec<ReadTotal> {
-        self.take_counters(|k| k.cred_id == cred_id && k.generation == generation)
+    /// Removes every counter of one credential generation, handing them to `keep` likewise.
+    pub fn take_generation_counters<R>(
+        &self,
+        cred_id: u32,
+        generation: u32,
+        keep: impl FnOnce(Vec<ReadTotal>) -> R,
+    ) -> R {
+        self.take_counters(|k| k.cred_id == cred_id && k.generation == generation, keep)
     }
 
-    fn take_counters(&self, which: impl Fn(&ReadKey) -> bool) -> Vec<ReadTotal> {
+    fn take_counters<R>(
+        &self,
+        which: impl Fn(&ReadKey) -> bool,
+        keep: impl FnOnce(Vec<ReadTotal>) -> R,
+    ) -> R {
         let mut reads = lock(&self.reads);
-        let gone: Vec<ReadTotal> = reads
-            .iter()
-            .flatten()
-            .filter(|(k, _)| which(k))
-            .map(|(key, per_cpu)| ReadTotal::new(key, &per_cpu))
+        let gone: Vec<ReadTotal> = Self::totals(&reads)
+            .into_iter()
+            .filter(|t| which(&t.key))
             .collect();
         for t in &gone {
             let _ = reads.remove(&t.key);
         }
-        gone
+        keep(gone)
     }
 
     /// Sets word `index` of the `VOLUME_DEVS` bitmap.

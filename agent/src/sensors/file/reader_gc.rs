@@ -72,24 +72,23 @@ impl ReaderGc {
     /// Removes a gone cgroup's counters, keeping the reads that aggregate labels show.
     fn purge(&mut self, cgroup_id: u64) {
         let reader = reader_of(&self.state, &self.cgroups, cgroup_id);
-        let counters = self
-            .maps
-            .take_cgroup_counters(cgroup_id)
-            .into_iter()
-            .map(|t| {
+        // Under the counters' lock: a scrape meanwhile sees them in the kernel or in the state.
+        self.maps.take_cgroup_counters(cgroup_id, |taken| {
+            let counters = taken.into_iter().map(|t| {
                 let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
                 (t.key.cred_id, reads)
             });
-        let folded = self.state.take_folded_of_cgroup(cgroup_id);
-        for (cred_id, reads) in counters.chain(folded) {
-            let Some(c) = self.state.credential(cred_id) else {
-                continue;
-            };
-            let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
-            if attribution::is_aggregate_label(&label) {
-                self.state.retire(cred_id, label, &reads);
+            let folded = self.state.take_folded_of_cgroup(cgroup_id);
+            for (cred_id, reads) in counters.chain(folded) {
+                let Some(c) = self.state.credential(cred_id) else {
+                    continue;
+                };
+                let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
+                if attribution::is_aggregate_label(&label) {
+                    self.state.retire(cred_id, label, &reads);
+                }
             }
-        }
+        });
         self.state.forget_reader(cgroup_id);
         self.cgroups.forget(cgroup_id);
         self.gone_since.remove(&cgroup_id);

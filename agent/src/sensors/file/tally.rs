@@ -19,12 +19,22 @@ pub fn reader_of(state: &State, cgroups: &CgroupResolver, cgroup_id: u64) -> Opt
         .or_else(|| cgroups.reader(cgroup_id))
 }
 
+/// Reads as one scrape saw them: the kernel's live counters and what the state keeps of counters
+/// that left the kernel (taken together, see `KernelMaps::with_read_totals`).
+pub struct Counted<'a> {
+    pub totals: &'a [ReadTotal],
+    /// (reader cgroup, credential id) -> reads of generations no longer watched.
+    pub folded: Vec<((u64, u32), ReaderReads)>,
+    /// (credential id, aggregate label) -> reads of reader cgroups that are gone.
+    pub retired: Vec<((u32, String), ReaderReads)>,
+}
+
 /// Every row `/metrics` shows for reads of `creds`: a row at 0 for host processes and, with pod
 /// metadata, for every container of the owning pod (so "mounted, never read" is one expression);
 /// reads kept for readers that are gone; and the live counters in `totals`.
 pub fn reads_by_label(
     creds: &[Credential],
-    totals: &[ReadTotal],
+    counted: &Counted,
     state: &State,
     cgroups: &CgroupResolver,
     pods: &PodIndex,
@@ -44,19 +54,20 @@ pub fn reads_by_label(
             }
         }
     }
-    for ((cred_id, label), r) in state.retired() {
-        if by_id.contains_key(&cred_id) {
-            reads.entry((cred_id, label)).or_default().add(&r);
+    for ((cred_id, label), r) in &counted.retired {
+        if by_id.contains_key(cred_id) {
+            reads.entry((*cred_id, label.clone())).or_default().add(r);
         }
     }
     // Live kernel counters and the folded counts of retired generations, by reader cgroup.
-    let by_cgroup = totals
+    let by_cgroup = counted
+        .totals
         .iter()
         .map(|t| {
             let r = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
             ((t.key.cgroup_id, t.key.cred_id), r)
         })
-        .chain(state.folded());
+        .chain(counted.folded.iter().cloned());
     let mut readers: HashMap<u64, Option<Reader>> = HashMap::new();
     for ((cgroup_id, cred_id), r) in by_cgroup {
         let Some(c) = by_id.get(&cred_id) else {

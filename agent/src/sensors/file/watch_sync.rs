@@ -232,13 +232,13 @@ impl WatchSync {
     /// `READS` for the state, so that the map does not grow by a key per live reader at every
     /// rotation, and no count goes down.
     fn retire(&self, gen: CredentialGeneration) {
-        for t in self
-            .maps
-            .take_generation_counters(gen.cred_id, gen.generation)
-        {
-            let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
-            self.state.fold(t.key.cgroup_id, t.key.cred_id, &reads);
-        }
+        self.maps
+            .take_generation_counters(gen.cred_id, gen.generation, |taken| {
+                for t in taken {
+                    let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+                    self.state.fold(t.key.cgroup_id, t.key.cred_id, &reads);
+                }
+            });
     }
 }
 

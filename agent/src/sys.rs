@@ -148,6 +148,18 @@ pub fn release_free_memory() {
     }
 }
 
+/// One glibc malloc arena for every thread. By default each thread that allocates gets an arena
+/// of its own (up to 8 per CPU), and what a tokio worker frees stays resident in its arena: with
+/// 1,000 pods that was ~20 of the agent's ~63 MiB. The agent allocates little on its hot paths,
+/// so the shared arena's lock costs nothing measurable.
+pub fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// A duration for people: "41m", "3h", "2d" (the largest unit that fits, rounded down).
 pub fn human_duration(seconds: f64) -> String {
     let s = seconds.abs() as u64;

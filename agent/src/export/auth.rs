@@ -4,11 +4,11 @@ use std::fmt;
 use super::series::{ConstHistogram, Families, Labels};
 use crate::state::{auth::Workload, auth::DURATION_BUCKETS, State};
 
-fn workload_labels(w: &Workload) -> Labels {
+fn workload_labels(w: Workload) -> Labels<'static> {
     vec![
-        ("namespace", w.namespace.clone()),
-        ("pod", w.pod.clone()),
-        ("container", w.container.clone()),
+        ("namespace", w.namespace.into()),
+        ("pod", w.pod.into()),
+        ("container", w.container.into()),
     ]
 }
 
@@ -21,9 +21,9 @@ pub fn encode(w: &mut Families, state: &State) -> fmt::Result {
         connections
             .into_iter()
             .map(|((wl, endpoint, result), n)| {
-                let mut l = workload_labels(&wl);
-                l.push(("endpoint", endpoint));
-                l.push(("result", result.to_owned()));
+                let mut l = workload_labels(wl);
+                l.push(("endpoint", endpoint.into()));
+                l.push(("result", result.into()));
                 (l, n)
             })
             .collect(),
@@ -34,10 +34,10 @@ pub fn encode(w: &mut Families, state: &State) -> fmt::Result {
         requests
             .into_iter()
             .map(|((wl, r), n)| {
-                let mut l = workload_labels(&wl);
-                l.push(("endpoint", r.endpoint));
-                l.push(("operation", r.operation.to_owned()));
-                l.push(("code", r.code));
+                let mut l = workload_labels(wl);
+                l.push(("endpoint", r.endpoint.into()));
+                l.push(("operation", r.operation.into()));
+                l.push(("code", r.code.into()));
                 (l, n)
             })
             .collect(),
@@ -52,7 +52,10 @@ pub fn encode(w: &mut Families, state: &State) -> fmt::Result {
                     DURATION_BUCKETS.iter().copied().zip(h.buckets).collect();
                 let inf = h.count - h.buckets.iter().sum::<u64>();
                 buckets.push((f64::MAX, inf));
-                let labels = vec![("endpoint", endpoint), ("operation", operation.to_owned())];
+                let labels: Labels = vec![
+                    ("endpoint", endpoint.into()),
+                    ("operation", operation.into()),
+                ];
                 (
                     labels,
                     ConstHistogram {

@@ -5,16 +5,16 @@ use super::series::{Families, Labels};
 use crate::state::Credential;
 
 /// A credential's identity labels.
-pub fn credential_labels(c: &Credential) -> Labels {
+pub fn credential_labels(c: &Credential) -> Labels<'_> {
     vec![
-        ("namespace", c.namespace.clone()),
-        ("pod", c.pod.clone()),
-        ("volume", c.volume.clone()),
-        ("file", c.file.clone()),
+        ("namespace", c.namespace.as_str().into()),
+        ("pod", c.pod.as_str().into()),
+        ("volume", c.volume.as_str().into()),
+        ("file", c.file.as_str().into()),
     ]
 }
 
-fn dated(creds: &[Credential], f: impl Fn(&Credential) -> Option<f64>) -> Vec<(Labels, f64)> {
+fn dated(creds: &[Credential], f: impl Fn(&Credential) -> Option<f64>) -> Vec<(Labels<'_>, f64)> {
     creds
         .iter()
         .filter_map(|c| Some((credential_labels(c), f(c)?)))
@@ -27,10 +27,10 @@ pub fn encode(w: &mut Families, creds: &[Credential]) -> fmt::Result {
         .map(|c| {
             let mut l = credential_labels(c);
             l.extend([
-                ("kind", c.kind.as_str().to_owned()),
-                ("source", c.source.clone()),
-                ("pod_uid", c.pod_uid.clone()),
-                ("service_account", c.service_account.clone()),
+                ("kind", c.kind.as_str().into()),
+                ("source", c.source.as_str().into()),
+                ("pod_uid", c.pod_uid.as_str().into()),
+                ("service_account", c.service_account.as_str().into()),
             ]);
             (l, 1.0)
         })

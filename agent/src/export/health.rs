@@ -37,7 +37,7 @@ pub fn encode(
         "events_lost",
         "Everything dropped anywhere, by stage.",
         lost.iter()
-            .map(|(s, v)| (vec![("stage", s.to_string())], *v))
+            .map(|(s, v)| (vec![("stage", (*s).into())], *v))
             .collect(),
     )?;
     w.gauges(
@@ -46,16 +46,21 @@ pub fn encode(
         state
             .hooks()
             .into_iter()
-            .map(|h| (vec![("probe", h.probe)], if h.attached { 1.0 } else { 0.0 }))
+            .map(|h| {
+                (
+                    vec![("probe", h.probe.into())],
+                    if h.attached { 1.0 } else { 0.0 },
+                )
+            })
             .collect(),
     )?;
     w.gauges(
         "kernel_map_entries",
         "Entries in the kernel's maps (READS: one per reader cgroup, credential and generation still on disk; WATCHED: one per credential inode).",
         vec![
-            (vec![("map", "READS".to_owned())], read_entries as f64),
+            (vec![("map", "READS".into())], read_entries as f64),
             (
-                vec![("map", "WATCHED".to_owned())],
+                vec![("map", "WATCHED".into())],
                 state.watched_entries() as f64,
             ),
         ],
@@ -75,8 +80,8 @@ pub fn encode(
         "The agent's version and the kernel it runs on.",
         vec![(
             vec![
-                ("version", env!("CARGO_PKG_VERSION").to_owned()),
-                ("kernel", kernel.to_owned()),
+                ("version", env!("CARGO_PKG_VERSION").into()),
+                ("kernel", kernel.into()),
             ],
             1.0,
         )],

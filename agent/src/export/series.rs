@@ -1,6 +1,7 @@
 //! Writing families of constant series, each `credential_*` family capped at `--max-series`
 //! series; a dropped series is counted once in `events_lost_total{stage="cardinality"}`.
 use std::{
+    borrow::Cow,
     collections::HashSet,
     fmt,
     hash::{Hash, Hasher},
@@ -14,7 +15,9 @@ use prometheus_client::{
 
 use crate::state::{State, UserLoss};
 
-pub type Labels = Vec<(&'static str, String)>;
+/// A series' labels; values borrow from the state's records where they can (a scrape of 5,000
+/// pods writes ~140,000 series: a copy of every value was most of its time).
+pub type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
 
 /// Distinct dropped series remembered; past it drops are counted without remembering.
 const MAX_REMEMBERED_DROPS: usize = 1_000_000;
@@ -36,7 +39,12 @@ impl SeriesCap {
 
     /// Keeps at most `max_series` rows of a `credential_*` or `auth_*` family (the others have a fixed
     /// size, and the loss counters must never be hidden); counts each dropped series once.
-    fn cap<V>(&self, state: &State, name: &str, mut rows: Vec<(Labels, V)>) -> Vec<(Labels, V)> {
+    fn cap<'a, V>(
+        &self,
+        state: &State,
+        name: &str,
+        mut rows: Vec<(Labels<'a>, V)>,
+    ) -> Vec<(Labels<'a>, V)> {
         let capped = name.starts_with("credential_") || name.starts_with("auth_");
         if rows.len() <= self.max_series || !capped {
             return rows;
@@ -82,14 +90,19 @@ fn escape_rows<V>(rows: &mut [(Labels, V)]) {
     for (labels, _) in rows {
         for (_, v) in labels.iter_mut() {
             if v.contains(['\\', '"', '\n']) {
-                *v = escape_label_value(v);
+                *v = Cow::Owned(escape_label_value(v));
             }
         }
     }
 }
 
 impl Families<'_, '_> {
-    pub fn counters(&mut self, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> fmt::Result {
+    pub fn counters(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: Vec<(Labels<'_>, u64)>,
+    ) -> fmt::Result {
         let mut rows = self.cap.cap(self.state, name, rows);
         escape_rows(&mut rows);
         let mut m = self
@@ -101,7 +114,7 @@ impl Families<'_, '_> {
         Ok(())
     }
 
-    pub fn gauges(&mut self, name: &str, help: &str, rows: Vec<(Labels, f64)>) -> fmt::Result {
+    pub fn gauges(&mut self, name: &str, help: &str, rows: Vec<(Labels<'_>, f64)>) -> fmt::Result {
         let mut rows = self.cap.cap(self.state, name, rows);
         escape_rows(&mut rows);
         let mut m = self

@@ -3,7 +3,8 @@
 //! namespace) and a two-key Secret, as the kubelet writes them, pods listed by the stub API
 //! server, and reader cgroups reading their pod's token. Prints a Markdown report.
 //!
-//! usage: credwatch-bench-scale [--pods 1000,5000] [--readers 500] [--scrapes 5]
+//! usage: credwatch-bench-scale [--pods 1000,5000] [--readers 500] [--scrapes 5] [--hold SECS]
+//! (`--hold` keeps each node and its agent that long after measuring, for a profiler.)
 //! (`CREDWATCH_BIN` names the agent binary; root.)
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -23,6 +24,7 @@ struct Args {
     pods: Vec<usize>,
     readers: usize,
     scrapes: usize,
+    hold: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -30,6 +32,7 @@ fn parse_args() -> Result<Args, String> {
         pods: vec![1_000, 5_000],
         readers: 500,
         scrapes: 5,
+        hold: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -39,6 +42,7 @@ fn parse_args() -> Result<Args, String> {
             "--pods" => a.pods = v.split(',').map(num).collect::<Result<_, _>>()?,
             "--readers" => a.readers = num(&v)?,
             "--scrapes" => a.scrapes = num(&v)?,
+            "--hold" => a.hold = num(&v)? as u64,
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -323,6 +327,15 @@ fn scale_row(pods: usize, args: &Args) -> String {
     let (map_bytes, maps) = kernel_map_memory(agent.pid());
     let (swap, counted) = swap_to_watched(&mut node, &agent);
     let scan_ms = first_scan_ms(&agent);
+    if args.hold > 0 {
+        eprintln!(
+            "bench-scale: holding agent pid {} at http://{} for {} s",
+            agent.pid(),
+            agent.addr,
+            args.hold
+        );
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
     drop(agent);
     format!(
         "| {pods} | {:.2} | {} | {} | {} | {:.0} ({:.0}-{:.0}) | {:.1} | {series} | {:.1} ({maps} maps) | {:.1} | {} |\n",

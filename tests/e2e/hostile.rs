@@ -1,10 +1,12 @@
 //! What the node's own pods and users can put in front of the agent: odd names, hostile files.
 use std::process::{Command, Stdio};
 
+use std::time::{Duration, Instant};
+
 use credwatch_e2e::{
     kubelet::{KubeletTree, EMPTY_DIR, SECRET},
     pod_container_cgroup, random_container_id, random_pod_uid, reads, sample,
-    systemd_container_cgroup, Agent, Cgroup, TempDir,
+    systemd_container_cgroup, Agent, Cgroup, HungFs, TempDir,
 };
 
 /// Runs `promtool check metrics` (a real Prometheus text parser) on `metrics`: parse errors fail,
@@ -257,4 +259,113 @@ fn one_file_under_two_pods_counts_for_the_first_and_says_so() {
         "{}",
         agent.log_text()
     );
+}
+
+/// The agent's record of the credential file `file` in `/api/v1/credentials`.
+fn api_credential(agent: &Agent, file: &str) -> serde_json::Value {
+    let creds: serde_json::Value =
+        serde_json::from_str(&agent.get("/api/v1/credentials")).expect("credentials are JSON");
+    creds
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["file"] == file))
+        .cloned()
+        .unwrap_or_else(|| panic!("no credential {file}: {creds}"))
+}
+
+fn info(m: &str, file: &str, kind: &str) -> Option<f64> {
+    sample(
+        m,
+        "credwatch_credential_info",
+        &[("file", file), ("kind", kind)],
+    )
+}
+
+#[test]
+fn a_credential_whose_read_never_returns_is_opaque_and_the_agent_stays_healthy() {
+    require_e2e!();
+    // Declared first, dropped last: the file system goes first, which fails the reads the
+    // agent's parser threads are stuck in, so that the agent can then exit and be reaped.
+    let agent;
+    let mut fs = HungFs::mount();
+    // Writing here makes the agent rescan everything (inotify does not see the FUSE side).
+    let plain = TempDir::new("hung-plain");
+    // Without a time limit on reads, the first pass never ends and the agent is never ready.
+    agent = Agent::start(&[fs.path(), plain.path()], &[]);
+    for _ in 0..5 {
+        answers_within_a_second(&agent, "/healthz");
+        answers_within_a_second(&agent, "/metrics");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = agent.metrics();
+    assert_eq!(info(&m, "id_rsa", "opaque"), Some(1.0), "{m}");
+    // The rest of the mount still reads: its token is parsed (kind, claims).
+    assert_eq!(info(&m, "token", "jwt"), Some(1.0), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "credwatch_credential_expiry_timestamp_seconds",
+            &[("file", "token")]
+        ),
+        Some(4_102_444_800.0),
+        "{m}"
+    );
+    let hung = api_credential(&agent, "id_rsa");
+    assert_eq!(hung["kind"], "opaque", "{hung}");
+    assert_eq!(
+        hung["parsed"]["problem"], "reading it did not finish in time: not parsed",
+        "{hung}"
+    );
+    let token = api_credential(&agent, "token");
+    assert!(token["parsed"]["problem"].is_null(), "{token}");
+    // Tracked means watched: the kernel counts its opens like any other credential's.
+    let (rel, _, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    cg.read(&["open", fs.path().join("id_rsa").to_str().unwrap(), "2"]);
+    let m = agent.metrics();
+    assert_eq!(
+        reads(&m, &[("file", "id_rsa"), ("container", &id[..12])]),
+        Some(2.0),
+        "{m}"
+    );
+
+    // A second hanging file while the agent runs: its rescan is stuck for the parse's time
+    // limit. The credential appears only after the parse gave up, so every check until then
+    // ran while the pass was stuck.
+    fs.hang("late.key");
+    let kick = Instant::now();
+    std::fs::write(plain.join("kick"), "").unwrap();
+    let mut checks = 0;
+    while info(&agent.metrics(), "late.key", "opaque").is_none() {
+        assert!(
+            kick.elapsed() < Duration::from_secs(60),
+            "late.key never appeared; log:\n{}",
+            agent.log_text()
+        );
+        answers_within_a_second(&agent, "/healthz");
+        answers_within_a_second(&agent, "/metrics");
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        kick.elapsed() >= Duration::from_millis(1500) && checks >= 5,
+        "the pass was not stuck ({checks} checks in {:?})",
+        kick.elapsed()
+    );
+    while kick.elapsed() < Duration::from_secs(5) {
+        answers_within_a_second(&agent, "/healthz");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = agent.log_text();
+    for file in ["id_rsa", "late.key"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("did not finish in") && l.contains(file)),
+            "no timeout logged for {file}:\n{log}"
+        );
+    }
+    // The token's value (a JWT starts "eyJ") is nowhere.
+    let api = agent.get("/api/v1/credentials");
+    for (what, text) in [("log", &log), ("metrics", &agent.metrics()), ("API", &api)] {
+        assert!(!text.contains("eyJ"), "the token is in the {what}: {text}");
+    }
 }

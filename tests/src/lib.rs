@@ -66,6 +66,83 @@ pub fn reader_bin() -> PathBuf {
     dir.join("credwatch-probe-reader")
 }
 
+/// The FUSE file system whose reads never answer (see `src/bin/hung_fs.rs`), built next to
+/// the reader.
+pub fn hung_fs_bin() -> PathBuf {
+    reader_bin().with_file_name("credwatch-hung-fs")
+}
+
+/// `credwatch-hung-fs` mounted on a temporary directory: `token` reads normally, `id_rsa` (and
+/// every file `hang` adds) never answers a read. On drop: stdin closed (the server detaches the
+/// mount and exits, which aborts the reads still waiting), the server killed if it lingers, and
+/// the mount detached here too, so that no stuck mount outlives the test.
+pub struct HungFs {
+    server: Child,
+    stdin: Option<std::process::ChildStdin>,
+    dir: TempDir,
+}
+
+impl HungFs {
+    pub fn mount() -> HungFs {
+        let dir = TempDir::new("hung-fs");
+        let mut server = Command::new(hung_fs_bin())
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", hung_fs_bin().display()));
+        let stdin = server.stdin.take();
+        let mut first = String::new();
+        let _ = BufReader::new(server.stdout.take().expect("stdout")).read_line(&mut first);
+        let fs = HungFs { server, stdin, dir };
+        assert!(
+            first.starts_with("mounted "),
+            "credwatch-hung-fs did not mount: {first:?}"
+        );
+        fs
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Adds a file `name` whose reads never answer; returns once it is listed.
+    pub fn hang(&mut self, name: &str) {
+        let stdin = self.stdin.as_mut().expect("server running");
+        writeln!(stdin, "{name}").expect("credwatch-hung-fs takes a name");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listed(self.path(), name) {
+            assert!(Instant::now() < deadline, "{name} never appeared");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn listed(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name() == name)
+}
+
+impl Drop for HungFs {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !matches!(self.server.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Killing the server closes /dev/fuse: the kernel aborts the connection.
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let mnt = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes())
+            .expect("no NUL in a temp path");
+        // SAFETY: a valid NUL-terminated path; EINVAL when it is no longer a mount point.
+        unsafe { libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A unique name for this test process.

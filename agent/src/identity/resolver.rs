@@ -1,11 +1,14 @@
 //! Finding the cgroup v2 path of a cgroup id (the inode number of its directory, as
 //! `bpf_get_current_cgroup_id` returns it), and so the reader behind it.
 use std::{
+    num::NonZeroUsize,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
-use dashmap::DashMap;
+use lru::LruCache;
 
 use super::{parse_cgroup_path, Reader};
 
@@ -13,57 +16,101 @@ use super::{parse_cgroup_path, Reader};
 #[derive(Debug)]
 pub struct CgroupResolver {
     root: PathBuf,
-    cache: DashMap<u64, String>,
-    /// Ids a tree walk did not find (a cgroup already removed), with when: not walked again soon.
-    misses: DashMap<u64, std::time::Instant>,
+    caches: Mutex<Caches>,
 }
 
-/// Paths (and misses) remembered at most.
+/// Least recently used entries go first. A tree walk sees every directory of the node, most of
+/// which no reader will ask for: those wait in `walked`, a tier of their own, and move to `paths`
+/// when asked for, so that a walk over a tree larger than the cache never evicts a path that
+/// readers use (and a cgroup seen on a walk still resolves without another).
+#[derive(Debug)]
+struct Caches {
+    /// Paths asked for: by `/proc`, found by a walk, or asked for again after a walk saw them.
+    paths: LruCache<u64, String>,
+    /// Directories a walk went through.
+    walked: LruCache<u64, String>,
+    /// Ids a tree walk did not find (a cgroup already removed), with when: not walked again soon.
+    misses: LruCache<u64, Instant>,
+}
+
+/// Paths asked for, remembered at most.
 const MAX_CACHED: usize = 32_768;
+/// Directories seen by walks, remembered at most (apart from those).
+const MAX_WALKED: usize = 8_192;
+/// Failed lookups remembered at most.
+const MAX_MISSES: usize = 4_096;
 
 /// How long a failed lookup is remembered before the tree is walked again for that id.
-const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+const MISS_TTL: Duration = Duration::from_secs(60);
+
+fn cap(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
 
 impl CgroupResolver {
     pub fn new(cgroup2_mount: impl Into<PathBuf>) -> Self {
+        Self::with_capacity(cgroup2_mount, MAX_CACHED, MAX_WALKED, MAX_MISSES)
+    }
+
+    fn with_capacity(root: impl Into<PathBuf>, paths: usize, walked: usize, misses: usize) -> Self {
         Self {
-            root: cgroup2_mount.into(),
-            cache: DashMap::new(),
-            misses: DashMap::new(),
+            root: root.into(),
+            caches: Mutex::new(Caches {
+                paths: LruCache::new(cap(paths)),
+                walked: LruCache::new(cap(walked)),
+                misses: LruCache::new(cap(misses)),
+            }),
         }
+    }
+
+    fn caches(&self) -> MutexGuard<'_, Caches> {
+        // Every update leaves the caches consistent: a panic elsewhere cannot spoil them.
+        self.caches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Resolves through `/proc/<tgid>/cgroup` when the process still lives (cheap), else by
     /// walking the cgroup tree; results are cached.
     pub fn path_of(&self, cgroup_id: u64, tgid: Option<u32>) -> Option<String> {
-        if let Some(p) = self.cache.get(&cgroup_id) {
-            return Some(p.clone());
+        if let Some(p) = self.cached(cgroup_id) {
+            return Some(p);
         }
         if let Some(p) = tgid.and_then(|t| self.via_proc(cgroup_id, t)) {
-            self.remember(cgroup_id, p.clone());
+            self.caches().paths.put(cgroup_id, p.clone());
             return Some(p);
         }
         if self
+            .caches()
             .misses
-            .get(&cgroup_id)
+            .peek(&cgroup_id)
             .is_some_and(|t| t.elapsed() < MISS_TTL)
         {
             return None;
         }
+        // No lock held while walking: other lookups go on meanwhile.
         let found = self.walk(cgroup_id);
+        let mut caches = self.caches();
         match &found {
             Some(p) => {
-                self.remember(cgroup_id, p.clone());
-                self.misses.remove(&cgroup_id);
+                caches.walked.pop(&cgroup_id);
+                caches.paths.put(cgroup_id, p.clone());
+                caches.misses.pop(&cgroup_id);
             }
             None => {
-                if self.misses.len() >= MAX_CACHED {
-                    self.misses.clear();
-                }
-                self.misses.insert(cgroup_id, std::time::Instant::now());
+                caches.misses.put(cgroup_id, Instant::now());
             }
         }
         found
+    }
+
+    /// A cached path; one a walk saw moves up to the paths asked for.
+    fn cached(&self, cgroup_id: u64) -> Option<String> {
+        let mut caches = self.caches();
+        if let Some(p) = caches.paths.get(&cgroup_id) {
+            return Some(p.clone());
+        }
+        let p = caches.walked.pop(&cgroup_id)?;
+        caches.paths.put(cgroup_id, p.clone());
+        Some(p)
     }
 
     fn ino(&self, rel: &str) -> Option<u64> {
@@ -78,7 +125,8 @@ impl CgroupResolver {
         (self.ino(rel) == Some(cgroup_id)).then(|| rel.to_owned())
     }
 
-    /// Breadth-first search of the cgroup tree, caching every directory seen on the way.
+    /// Breadth-first search of the cgroup tree, caching every directory seen on the way (in the
+    /// walked tier).
     fn walk(&self, cgroup_id: u64) -> Option<String> {
         const MAX_DIRS: usize = 100_000;
         let mut queue = std::collections::VecDeque::from([PathBuf::from("/")]);
@@ -93,12 +141,10 @@ impl CgroupResolver {
                 continue;
             };
             let rel_str = rel.to_string_lossy().into_owned();
-            if !self.cache.contains_key(&meta.ino()) {
-                self.remember(meta.ino(), rel_str.clone());
-            }
             if meta.ino() == cgroup_id {
                 return Some(rel_str);
             }
+            self.walked_through(meta.ino(), rel_str);
             let Ok(entries) = std::fs::read_dir(&abs) else {
                 continue;
             };
@@ -111,19 +157,18 @@ impl CgroupResolver {
         None
     }
 
+    /// A directory a walk went through, unless it is among the paths asked for already.
+    fn walked_through(&self, cgroup_id: u64, path: String) {
+        let mut caches = self.caches();
+        if !caches.paths.contains(&cgroup_id) {
+            caches.walked.put(cgroup_id, path);
+        }
+    }
+
     /// The reader whose cgroup this is, from its path; `None` when the cgroup is gone (and was
     /// never resolved).
     pub fn reader(&self, cgroup_id: u64) -> Option<Reader> {
         self.path_of(cgroup_id, None).map(|p| parse_cgroup_path(&p))
-    }
-
-    /// Caches a path; the cache is bounded (a node's cgroup tree, walked whole, could fill it
-    /// with directories no reader uses): past `MAX_CACHED` it starts over.
-    fn remember(&self, cgroup_id: u64, path: String) {
-        if self.cache.len() >= MAX_CACHED {
-            self.cache.clear();
-        }
-        self.cache.insert(cgroup_id, path);
     }
 
     pub fn root(&self) -> &Path {
@@ -138,14 +183,94 @@ impl CgroupResolver {
 
     /// Drops what is remembered about a removed cgroup.
     pub fn forget(&self, cgroup_id: u64) {
-        self.cache.remove(&cgroup_id);
-        self.misses.remove(&cgroup_id);
+        let mut caches = self.caches();
+        caches.paths.pop(&cgroup_id);
+        caches.walked.pop(&cgroup_id);
+        caches.misses.pop(&cgroup_id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl CgroupResolver {
+        /// Which tier holds `id`, without touching the order.
+        fn tier(&self, id: u64) -> Option<&'static str> {
+            let c = self.caches();
+            match (c.paths.contains(&id), c.walked.contains(&id)) {
+                (true, _) => Some("paths"),
+                (_, true) => Some("walked"),
+                _ => None,
+            }
+        }
+    }
+
+    fn ino(p: &Path) -> u64 {
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    /// A tree of `n` directories, each with one below it: `d<i>/sub`.
+    fn tree(n: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..n {
+            std::fs::create_dir_all(dir.path().join(format!("d{i:03}/sub"))).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn capacity_is_respected_and_recently_used_paths_survive() {
+        let dir = tree(10);
+        let r = CgroupResolver::with_capacity(dir.path(), 3, 2, 2);
+        let id = |i: usize| ino(&dir.path().join(format!("d{i:03}")));
+        for i in 0..3 {
+            assert_eq!(r.path_of(id(i), None), Some(format!("/d{i:03}")));
+        }
+        // d000 used again: d001 is now the least recently used.
+        assert!(r.path_of(id(0), None).is_some());
+        assert!(r.path_of(id(3), None).is_some());
+        assert_eq!(r.tier(id(0)), Some("paths"));
+        assert_ne!(
+            r.tier(id(1)),
+            Some("paths"),
+            "d001 was the least recently used"
+        );
+        for i in 4..10 {
+            r.path_of(id(i), None);
+        }
+        let c = r.caches();
+        assert_eq!((c.paths.len(), c.walked.len()), (3, 2));
+        drop(c);
+        // Misses are bounded the same way.
+        for gone in 1..=5 {
+            assert_eq!(r.path_of(u64::MAX - gone, None), None);
+        }
+        assert_eq!(r.caches().misses.len(), 2);
+    }
+
+    #[test]
+    fn a_walk_over_a_tree_larger_than_the_cache_keeps_what_was_just_used() {
+        let dir = tree(50);
+        let r = CgroupResolver::with_capacity(dir.path(), 4, 8, 4);
+        let used = ino(&dir.path().join("d007/sub"));
+        assert_eq!(r.path_of(used, None).as_deref(), Some("/d007/sub"));
+        // A walk through all 101 directories for a cgroup that is not there.
+        assert_eq!(r.path_of(u64::MAX, None), None);
+        assert_eq!(r.tier(used), Some("paths"));
+        assert_eq!(r.caches().walked.len(), 8);
+        // A directory that walk saw resolves from the cache (its directory is gone by now) and
+        // moves up to the paths asked for.
+        let seen = {
+            let c = r.caches();
+            let (&id, path) = c.walked.peek_lru().unwrap();
+            (id, path.clone())
+        };
+        std::fs::remove_dir(dir.path().join(seen.1.trim_start_matches('/'))).unwrap();
+        assert_eq!(r.path_of(seen.0, None), Some(seen.1));
+        assert_eq!(r.tier(seen.0), Some("paths"));
+        assert_eq!(r.tier(used), Some("paths"));
+    }
 
     #[test]
     fn resolves_own_cgroup() {

@@ -105,7 +105,7 @@ async fn readyz(AxumState(app): AxumState<App>) -> Response {
 async fn credentials(
     AxumState(app): AxumState<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Json<Vec<Credential>>, (StatusCode, &'static str)> {
+) -> Result<Json<Vec<Arc<Credential>>>, (StatusCode, &'static str)> {
     api_allowed(&app, peer)?;
     Ok(Json(app.state.credentials()))
 }

@@ -27,7 +27,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
         sys::unix_now(),
         sources.grace,
     );
-    let creds = state.credentials();
+    let creds: Vec<_> = state.credentials().iter().map(|c| (**c).clone()).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&creds)?);
         return Ok(());

@@ -2,35 +2,35 @@
 use std::fmt;
 
 use super::series::{Families, Labels};
-use crate::state::Credential;
+use crate::state::credentials::Named;
 
 /// A credential's identity labels.
-pub fn credential_labels(c: &Credential) -> Labels<'_> {
+pub fn credential_labels<'a>(c: &Named<'a>) -> Labels<'a> {
     vec![
-        ("namespace", c.namespace.as_str().into()),
-        ("pod", c.pod.as_str().into()),
-        ("volume", c.volume.as_str().into()),
-        ("file", c.file.as_str().into()),
+        ("namespace", c.namespace.into()),
+        ("pod", c.pod.into()),
+        ("volume", c.record.volume.as_str().into()),
+        ("file", c.record.file.as_str().into()),
     ]
 }
 
-fn dated(creds: &[Credential], f: impl Fn(&Credential) -> Option<f64>) -> Vec<(Labels<'_>, f64)> {
+fn dated<'a>(creds: &[Named<'a>], f: impl Fn(&Named) -> Option<f64>) -> Vec<(Labels<'a>, f64)> {
     creds
         .iter()
         .filter_map(|c| Some((credential_labels(c), f(c)?)))
         .collect()
 }
 
-pub fn encode(w: &mut Families, creds: &[Credential]) -> fmt::Result {
+pub fn encode(w: &mut Families, creds: &[Named]) -> fmt::Result {
     let info = creds
         .iter()
         .map(|c| {
             let mut l = credential_labels(c);
             l.extend([
                 ("kind", c.kind.as_str().into()),
-                ("source", c.source.as_str().into()),
-                ("pod_uid", c.pod_uid.as_str().into()),
-                ("service_account", c.service_account.as_str().into()),
+                ("source", c.source.into()),
+                ("pod_uid", c.record.pod_uid.as_str().into()),
+                ("service_account", c.service_account.into()),
             ]);
             (l, 1.0)
         })
@@ -54,7 +54,7 @@ pub fn encode(w: &mut Families, creds: &[Credential]) -> fmt::Result {
     w.gauges(
         "credential_refresh_due_timestamp_seconds",
         "Projected service-account tokens: when the kubelet should have rotated it (iat + 80% of its lifetime, at most 24 h).",
-        dated(creds, Credential::refresh_due),
+        dated(creds, |c| c.refresh_due()),
     )?;
     w.counters(
         "credential_rotations",

@@ -9,6 +9,7 @@ mod reads;
 mod series;
 
 use std::{
+    collections::HashMap,
     fmt,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -19,10 +20,10 @@ use std::{
 use prometheus_client::{encoding::DescriptorEncoder, registry::Registry};
 
 use crate::{
-    identity::{CgroupResolver, PodIndex},
+    identity::{CgroupResolver, PodIndex, PodMeta},
     kernel::maps::KernelMaps,
     sensors::{auth::connects::ConnectFold, file::tally},
-    state::{Credential, State},
+    state::{credentials::Named, State},
 };
 use series::{Families, SeriesCap};
 
@@ -85,11 +86,21 @@ impl prometheus_client::collector::Collector for Collector {
             Some(m) => m.with_read_totals(kept),
             None => kept(Vec::new()),
         };
-        let creds: Vec<Credential> = self
-            .state
-            .credentials()
-            .into_iter()
-            .map(|c| c.with_pod_names(&self.pods))
+        let records = self.state.credentials();
+        // Each pod looked up once (a pod has several credentials), its names borrowed.
+        let mut pods: HashMap<&str, Option<Arc<PodMeta>>> = HashMap::new();
+        for c in &records {
+            if !c.pod_uid.is_empty() {
+                pods.entry(&c.pod_uid)
+                    .or_insert_with(|| self.pods.get(&c.pod_uid));
+            }
+        }
+        let creds: Vec<Named> = records
+            .iter()
+            .map(|c| {
+                let meta = pods.get(c.pod_uid.as_str()).and_then(Option::as_deref);
+                Named::new(c, meta)
+            })
             .collect();
         let kernel_and_kept = tally::Counted {
             totals: &totals,

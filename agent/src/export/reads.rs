@@ -5,11 +5,11 @@ use super::{
     credentials::credential_labels,
     series::{Families, Labels},
 };
-use crate::{sensors::file::tally::Tally, state::Credential, sys::MonotonicClock};
+use crate::{sensors::file::tally::Tally, state::credentials::Named, sys::MonotonicClock};
 
-pub fn encode(w: &mut Families, creds: &[Credential], tally: &Tally) -> fmt::Result {
+pub fn encode(w: &mut Families, creds: &[Named], tally: &Tally) -> fmt::Result {
     let clock = MonotonicClock::now();
-    let by_id: BTreeMap<u32, &Credential> = creds.iter().map(|c| (c.id, c)).collect();
+    let by_id: BTreeMap<u32, &Named> = creds.iter().map(|c| (c.id, c)).collect();
     let mut read_rows = Vec::new();
     let mut last_rows = Vec::new();
     let mut lag_rows = Vec::new();

@@ -1,6 +1,9 @@
 //! Attribution: which `container` label a read gets, and what pod metadata says about a pod's
 //! credential. The decisions live here; the exporter only renders them.
-use super::{podmeta::PodIndex, Reader};
+use super::{
+    podmeta::{PodIndex, PodMeta},
+    Reader,
+};
 
 /// The `container` label of host processes.
 pub const NODE: &str = "_node";
@@ -117,8 +120,8 @@ pub fn workload(reader: Option<&Reader>, pods: &PodIndex) -> Workload {
     };
     match pod_uid.and_then(|uid| pods.get(uid)) {
         Some(m) => Workload {
-            namespace: m.namespace,
-            pod: m.name,
+            namespace: m.namespace.clone(),
+            pod: m.name.clone(),
             container,
         },
         None => Workload {
@@ -149,17 +152,37 @@ pub fn pod_names(
     scanned_source: &str,
 ) -> Option<PodNames> {
     let m = (!pod_uid.is_empty()).then(|| pods.get(pod_uid)).flatten()?;
+    let names = names_in(&m, volume, scanned_source);
+    Some(PodNames {
+        namespace: names.namespace.to_owned(),
+        pod: names.pod.to_owned(),
+        service_account: names.service_account.to_owned(),
+        source: names.source.map(str::to_owned),
+    })
+}
+
+/// [`PodNames`] borrowed from pod metadata already at hand (a scrape looks each pod up once).
+#[derive(Clone, Copy, Debug)]
+pub struct PodNamesRef<'a> {
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub service_account: &'a str,
+    pub source: Option<&'a str>,
+}
+
+/// The names `m` gives a credential in its volume `volume` (see [`pod_names`]).
+pub fn names_in<'a>(m: &'a PodMeta, volume: &str, scanned_source: &str) -> PodNamesRef<'a> {
     let source = m
         .volume_sources
         .get(volume)
         .filter(|src| !(*src == "projected" && scanned_source.starts_with("serviceaccount/")))
-        .cloned();
-    Some(PodNames {
-        namespace: m.namespace,
-        pod: m.name,
-        service_account: m.service_account,
+        .map(String::as_str);
+    PodNamesRef {
+        namespace: &m.namespace,
+        pod: &m.name,
+        service_account: &m.service_account,
         source,
-    })
+    }
 }
 
 #[cfg(test)]

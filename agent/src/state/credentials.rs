@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,7 +12,7 @@ use credwatch_common::file::{CredentialGeneration, InodeKey};
 use serde::Serialize;
 
 use crate::{
-    identity::{attribution, PodIndex},
+    identity::{attribution, PodIndex, PodMeta},
     inventory::{
         content::{Kind, Parsed},
         Beneath, Found,
@@ -211,7 +212,8 @@ type CredentialKey = (String, String, String);
 
 #[derive(Default, Debug)]
 pub struct CredentialTable {
-    by_id: BTreeMap<u32, Credential>,
+    /// Shared with scrapes, which take the records without copying them; changed copy-on-write.
+    by_id: BTreeMap<u32, Arc<Credential>>,
     by_key: HashMap<CredentialKey, u32>,
     next_id: u32,
 }
@@ -239,12 +241,44 @@ fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey,
     }
 }
 
+/// A credential as a scrape shows it: the record, with the names its pod's metadata gives it
+/// (borrowed: a scrape of thousands of credentials copies none of them). Reads as the record.
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    pub record: &'a Credential,
+    pub namespace: &'a str,
+    pub pod: &'a str,
+    pub service_account: &'a str,
+    pub source: &'a str,
+}
+
+impl<'a> Named<'a> {
+    /// `record` named by its pod's metadata `meta` (`None`: host credentials, pods not known).
+    pub fn new(record: &'a Credential, meta: Option<&'a PodMeta>) -> Self {
+        let names = meta.map(|m| attribution::names_in(m, &record.volume, &record.source));
+        Named {
+            record,
+            namespace: names.map_or(&record.namespace, |n| n.namespace),
+            pod: names.map_or(&record.pod, |n| n.pod),
+            service_account: names.map_or(&record.service_account, |n| n.service_account),
+            source: names.and_then(|n| n.source).unwrap_or(&record.source),
+        }
+    }
+}
+
+impl std::ops::Deref for Named<'_> {
+    type Target = Credential;
+    fn deref(&self) -> &Credential {
+        self.record
+    }
+}
+
 impl CredentialTable {
     pub fn get(&self, id: u32) -> Option<&Credential> {
-        self.by_id.get(&id)
+        self.by_id.get(&id).map(|c| &**c)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Credential> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {
         self.by_id.values()
     }
 
@@ -274,11 +308,12 @@ impl CredentialTable {
         for f in found {
             let id = self.id_for(f);
             seen.insert(id);
-            let (current, wanted) = generations_of(f, self.by_id.get(&id));
-            let rec = self
-                .by_id
-                .entry(id)
-                .or_insert_with(|| Credential::new(id, f, current, unix_now));
+            let (current, wanted) = generations_of(f, self.get(id));
+            let rec = Arc::make_mut(
+                self.by_id
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(Credential::new(id, f, current, unix_now))),
+            );
             rec.update_current(f, current, unix_now, &parse);
             rec.sync_watched(wanted, &parse, &mut watch, &mut unwatch);
             rec.present = true;
@@ -301,6 +336,7 @@ impl CredentialTable {
         );
         for id in forget {
             if let Some(rec) = self.by_id.remove(&id) {
+                let rec = Arc::unwrap_or_clone(rec);
                 self.by_key.remove(&(rec.pod_uid, rec.volume, rec.file));
                 ops.push(MapOp::Purge(id));
             }
@@ -330,6 +366,7 @@ impl CredentialTable {
             if seen.contains(&rec.id) {
                 continue;
             }
+            let rec = Arc::make_mut(rec);
             if rec.present {
                 rec.present = false;
                 rec.removed_at = Some(now);
@@ -355,11 +392,18 @@ impl CredentialTable {
             }
         }
         for rec in self.by_id.values_mut() {
-            if let Some(sa) = pod_sa.get(&rec.pod_uid) {
-                rec.service_account = sa.clone();
-                if rec.kind == Kind::ServiceaccountToken && rec.source == "projected" {
-                    rec.source = format!("serviceaccount/{sa}");
-                }
+            let Some(sa) = pod_sa.get(&rec.pod_uid) else {
+                continue;
+            };
+            let projected_token =
+                rec.kind == Kind::ServiceaccountToken && rec.source == "projected";
+            if rec.service_account == *sa && !projected_token {
+                continue; // unchanged: not copied out from under a scrape
+            }
+            let rec = Arc::make_mut(rec);
+            rec.service_account = sa.clone();
+            if projected_token {
+                rec.source = format!("serviceaccount/{sa}");
             }
         }
     }

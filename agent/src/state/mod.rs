@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -113,7 +113,8 @@ impl State {
     }
 
     /// A snapshot of every credential, by id.
-    pub fn credentials(&self) -> Vec<Credential> {
+    /// Every credential record, shared (not copied).
+    pub fn credentials(&self) -> Vec<Arc<Credential>> {
         lock(&self.credentials).iter().cloned().collect()
     }
 

@@ -207,7 +207,7 @@ impl Requests {
             .state
             .credentials()
             .into_iter()
-            .map(|c| c.with_pod_names(&self.pods))
+            .map(|c| crate::state::Credential::clone(&c).with_pod_names(&self.pods))
             .collect();
         let held = failures::held_credentials(self.state.reader_record(cgroup_id).as_ref(), &creds);
         let now = unix_now();

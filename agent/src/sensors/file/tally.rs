@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::{
     identity::{attribution, CgroupResolver, PodIndex, Reader},
     kernel::maps::ReadTotal,
-    state::{Credential, ReaderReads, State},
+    state::{credentials::Named, ReaderReads, State},
 };
 
 /// (credential id, `container` label) -> reads.
@@ -33,13 +33,13 @@ pub struct Counted<'a> {
 /// metadata, for every container of the owning pod (so "mounted, never read" is one expression);
 /// reads kept for readers that are gone; and the live counters in `totals`.
 pub fn reads_by_label(
-    creds: &[Credential],
+    creds: &[Named],
     counted: &Counted,
     state: &State,
     cgroups: &CgroupResolver,
     pods: &PodIndex,
 ) -> Tally {
-    let by_id: BTreeMap<u32, &Credential> = creds.iter().map(|c| (c.id, c)).collect();
+    let by_id: BTreeMap<u32, &Named> = creds.iter().map(|c| (c.id, c)).collect();
     let mut reads = Tally::new();
     for c in creds {
         reads

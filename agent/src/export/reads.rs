@@ -17,7 +17,7 @@ pub fn encode(w: &mut Families, creds: &[Named], tally: &Tally) -> fmt::Result {
     for ((id, container), r) in tally {
         let Some(c) = by_id.get(id) else { continue };
         let mut l: Labels = credential_labels(c);
-        l.push(("container", container.as_str().into()));
+        l.push(("container", container.as_ref().into()));
         if r.count > 0 {
             last_rows.push((l.clone(), clock.to_unix_seconds(r.last_read_ns)));
         }

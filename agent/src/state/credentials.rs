@@ -250,6 +250,8 @@ pub struct Named<'a> {
     pub pod: &'a str,
     pub service_account: &'a str,
     pub source: &'a str,
+    /// The pod's metadata, when known.
+    pub meta: Option<&'a PodMeta>,
 }
 
 impl<'a> Named<'a> {
@@ -262,6 +264,7 @@ impl<'a> Named<'a> {
             pod: names.map_or(&record.pod, |n| n.pod),
             service_account: names.map_or(&record.service_account, |n| n.service_account),
             source: names.and_then(|n| n.source).unwrap_or(&record.source),
+            meta,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The kernel's read counters joined to readers: reads by (credential, `container` label),
 //! summed over cgroups and generations. Attribution is identity's; this only adds up.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+};
 
 use crate::{
     identity::{attribution, CgroupResolver, PodIndex, Reader},
@@ -8,8 +11,8 @@ use crate::{
     state::{credentials::Named, ReaderReads, State},
 };
 
-/// (credential id, `container` label) -> reads.
-pub type Tally = BTreeMap<(u32, String), ReaderReads>;
+/// (credential id, `container` label) -> reads; labels borrow from pod metadata where they can.
+pub type Tally<'a> = BTreeMap<(u32, Cow<'a, str>), ReaderReads>;
 
 /// Who a reader cgroup is: from its first-read event, else from its cgroup path; `None` when the
 /// cgroup is gone and was never described.
@@ -32,31 +35,29 @@ pub struct Counted<'a> {
 /// Every row `/metrics` shows for reads of `creds`: a row at 0 for host processes and, with pod
 /// metadata, for every container of the owning pod (so "mounted, never read" is one expression);
 /// reads kept for readers that are gone; and the live counters in `totals`.
-pub fn reads_by_label(
-    creds: &[Named],
-    counted: &Counted,
+pub fn reads_by_label<'a>(
+    creds: &[Named<'a>],
+    counted: &'a Counted,
     state: &State,
     cgroups: &CgroupResolver,
     pods: &PodIndex,
-) -> Tally {
+) -> Tally<'a> {
     let by_id: BTreeMap<u32, &Named> = creds.iter().map(|c| (c.id, c)).collect();
     let mut reads = Tally::new();
     for c in creds {
         reads
-            .entry((c.id, attribution::NODE.to_owned()))
+            .entry((c.id, Cow::Borrowed(attribution::NODE)))
             .or_default();
-        if let Some(m) = (!c.pod_uid.is_empty())
-            .then(|| pods.get(&c.pod_uid))
-            .flatten()
-        {
-            for name in m.containers.values() {
-                reads.entry((c.id, name.clone())).or_default();
-            }
+        for name in c.meta.iter().flat_map(|m| m.containers.values()) {
+            reads.entry((c.id, Cow::Borrowed(name))).or_default();
         }
     }
     for ((cred_id, label), r) in &counted.retired {
         if by_id.contains_key(cred_id) {
-            reads.entry((*cred_id, label.clone())).or_default().add(r);
+            reads
+                .entry((*cred_id, Cow::Borrowed(label)))
+                .or_default()
+                .add(r);
         }
     }
     // Live kernel counters and the folded counts of retired generations, by reader cgroup.
@@ -77,7 +78,7 @@ pub fn reads_by_label(
             .entry(cgroup_id)
             .or_insert_with(|| reader_of(state, cgroups, cgroup_id));
         let label = attribution::container_label(&c.pod_uid, reader.as_ref(), pods);
-        reads.entry((cred_id, label)).or_default().add(&r);
+        reads.entry((cred_id, Cow::Owned(label))).or_default().add(&r);
     }
     reads
 }

@@ -22,7 +22,7 @@ pub fn run(flags: Flags, json: bool) -> anyhow::Result<()> {
     let state = State::default();
     state.apply_scan(
         &scan.found,
-        |_, at| content::parse_file_logged(at),
+        |_, at| std::sync::Arc::new(content::parse_file_logged(at)),
         Instant::now(),
         sys::unix_now(),
         sources.grace,

@@ -160,7 +160,7 @@ mod tests {
                 modified: 1000.0,
                 generations: None,
             }],
-            |_, _| crate::inventory::content::Parsed::default(),
+            |_, _| Default::default(),
             std::time::Instant::now(),
             1000.0,
             DEFAULT_SERIES_GRACE,
@@ -214,7 +214,7 @@ mod tests {
             .collect();
         state.apply_scan(
             &found,
-            |_, _| crate::inventory::content::Parsed::default(),
+            |_, _| Default::default(),
             std::time::Instant::now(),
             0.0,
             DEFAULT_SERIES_GRACE,

@@ -1,7 +1,6 @@
 //! Finding the cgroup v2 path of a cgroup id (the inode number of its directory, as
 //! `bpf_get_current_cgroup_id` returns it), and so the reader behind it.
 use std::{
-    num::NonZeroUsize,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
@@ -26,11 +25,48 @@ pub struct CgroupResolver {
 #[derive(Debug)]
 struct Caches {
     /// Paths asked for: by `/proc`, found by a walk, or asked for again after a walk saw them.
-    paths: LruCache<u64, String>,
+    paths: Lru<String>,
     /// Directories a walk went through.
-    walked: LruCache<u64, String>,
+    walked: Lru<String>,
     /// Ids a tree walk did not find (a cgroup already removed), with when: not walked again soon.
-    misses: LruCache<u64, Instant>,
+    misses: Lru<Instant>,
+}
+
+/// An LRU by cgroup id that allocates as it fills: `LruCache::new` reserves its whole capacity
+/// up front (1 MiB for these three before the first reader).
+#[derive(Debug)]
+struct Lru<V> {
+    cache: LruCache<u64, V>,
+    cap: usize,
+}
+
+impl<V> Lru<V> {
+    fn new(cap: usize) -> Self {
+        Self {
+            cache: LruCache::unbounded(),
+            cap: cap.max(1),
+        }
+    }
+
+    fn put(&mut self, id: u64, v: V) {
+        self.cache.put(id, v);
+        if self.cache.len() > self.cap {
+            self.cache.pop_lru();
+        }
+    }
+}
+
+impl<V> std::ops::Deref for Lru<V> {
+    type Target = LruCache<u64, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.cache
+    }
+}
+
+impl<V> std::ops::DerefMut for Lru<V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.cache
+    }
 }
 
 /// Paths asked for, remembered at most.
@@ -43,10 +79,6 @@ const MAX_MISSES: usize = 4_096;
 /// How long a failed lookup is remembered before the tree is walked again for that id.
 const MISS_TTL: Duration = Duration::from_secs(60);
 
-fn cap(n: usize) -> NonZeroUsize {
-    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
-}
-
 impl CgroupResolver {
     pub fn new(cgroup2_mount: impl Into<PathBuf>) -> Self {
         Self::with_capacity(cgroup2_mount, MAX_CACHED, MAX_WALKED, MAX_MISSES)
@@ -56,9 +88,9 @@ impl CgroupResolver {
         Self {
             root: root.into(),
             caches: Mutex::new(Caches {
-                paths: LruCache::new(cap(paths)),
-                walked: LruCache::new(cap(walked)),
-                misses: LruCache::new(cap(misses)),
+                paths: Lru::new(paths),
+                walked: Lru::new(walked),
+                misses: Lru::new(misses),
             }),
         }
     }

@@ -47,7 +47,7 @@ pub struct Credential {
     /// Modification time of the current generation's file (its write time).
     pub modified: f64,
     /// What the current generation's content says (claims and dates only, never the value).
-    pub parsed: Parsed,
+    pub parsed: Arc<Parsed>,
     /// Expiry of each generation seen (newest `MAX_GENERATIONS_KEPT`), for readers that hold an
     /// old one.
     pub generation_expiry: BTreeMap<u32, Option<f64>>,
@@ -78,7 +78,7 @@ impl Credential {
             rotations: 0,
             generation_seen_at: unix_now,
             modified: f.modified,
-            parsed: Parsed::default(),
+            parsed: Arc::default(),
             generation_expiry: BTreeMap::new(),
             watched: Vec::new(),
             removed_at: None,
@@ -130,7 +130,7 @@ impl Credential {
         f: &Found,
         current: u32,
         unix_now: f64,
-        parse: &impl Fn(InodeKey, &Beneath) -> Parsed,
+        parse: &impl Fn(InodeKey, &Beneath) -> Arc<Parsed>,
     ) {
         let first = !self.present && self.watched.is_empty() && self.generation_expiry.is_empty();
         if current == self.generation && self.inode == f.inode && !first {
@@ -147,7 +147,7 @@ impl Credential {
         self.path = f.path.clone();
         self.modified = f.modified;
         self.parsed = if f.inode == InodeKey::default() {
-            Parsed::default()
+            Arc::default()
         } else {
             parse(f.inode, &f.at)
         };
@@ -160,7 +160,7 @@ impl Credential {
     fn sync_watched(
         &mut self,
         wanted: Vec<(InodeKey, u32, Beneath)>,
-        parse: &impl Fn(InodeKey, &Beneath) -> Parsed,
+        parse: &impl Fn(InodeKey, &Beneath) -> Arc<Parsed>,
         watch: &mut Vec<MapOp>,
         unwatch: &mut Vec<InodeKey>,
     ) {
@@ -300,7 +300,7 @@ impl CredentialTable {
     pub fn apply(
         &mut self,
         found: &[Found],
-        parse: impl Fn(InodeKey, &Beneath) -> Parsed,
+        parse: impl Fn(InodeKey, &Beneath) -> Arc<Parsed>,
         now: Instant,
         unix_now: f64,
         grace: Duration,
@@ -435,7 +435,7 @@ mod tests {
     }
 
     fn apply(c: &mut CredentialTable, f: &[Found], now: Instant) -> Vec<MapOp> {
-        c.apply(f, |_, _| Parsed::default(), now, 0.0, DEFAULT_SERIES_GRACE)
+        c.apply(f, |_, _| Arc::default(), now, 0.0, DEFAULT_SERIES_GRACE)
     }
 
     fn w(cred_id: u32, ino: u64, generation: u32) -> MapOp {

@@ -88,7 +88,7 @@ impl State {
     pub fn apply_scan(
         &self,
         found: &[crate::inventory::Found],
-        parse: impl Fn(InodeKey, &Beneath) -> Parsed,
+        parse: impl Fn(InodeKey, &Beneath) -> Arc<Parsed>,
         now: Instant,
         unix_now: f64,
         grace: Duration,

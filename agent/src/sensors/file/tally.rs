@@ -78,7 +78,10 @@ pub fn reads_by_label<'a>(
             .entry(cgroup_id)
             .or_insert_with(|| reader_of(state, cgroups, cgroup_id));
         let label = attribution::container_label(&c.pod_uid, reader.as_ref(), pods);
-        reads.entry((cred_id, Cow::Owned(label))).or_default().add(&r);
+        reads
+            .entry((cred_id, Cow::Owned(label)))
+            .or_default()
+            .add(&r);
     }
     reads
 }

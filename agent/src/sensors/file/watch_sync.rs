@@ -29,9 +29,9 @@ pub struct WatchSync {
     /// How long series of a credential that is gone are kept.
     grace: Duration,
     parser: Parser,
-    /// What each inode on disk holds, parsed once: the state is updated from this, so no file is
-    /// read while its lock is held.
-    parsed: HashMap<InodeKey, Parsed>,
+    /// What each inode on disk holds, parsed once and shared with the records: the state is
+    /// updated from this, so no file is read while its lock is held.
+    parsed: HashMap<InodeKey, Arc<Parsed>>,
     /// What `WATCHED` holds, as this put it there.
     in_kernel: HashMap<InodeKey, CredentialGeneration>,
     /// Watches the kernel refused (the map was full): tried again on every pass, counted once.
@@ -181,7 +181,7 @@ impl WatchSync {
         for (inode, at) in on_disk {
             if !self.parsed.contains_key(&inode) {
                 let parsed = self.parser.parse(at);
-                self.parsed.insert(inode, parsed);
+                self.parsed.insert(inode, Arc::new(parsed));
             }
         }
     }

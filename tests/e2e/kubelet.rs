@@ -278,7 +278,7 @@ fn kubelet_volumes_expiry_rotation_and_stale_readers() {
     }
 
     // The pod goes away: its series go after the grace period (2 s here).
-    std::fs::remove_dir_all(tree.pod_dir(&uid)).unwrap();
+    tree.remove_pod(&uid);
     let gone = std::time::Instant::now();
     agent.wait_metrics("the removed pod's series to go", |m| !m.contains(&uid));
     assert!(

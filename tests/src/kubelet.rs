@@ -26,11 +26,15 @@ impl Drop for KubeletTree {
     fn drop(&mut self) {
         let mounts = self.mounts.get_mut().unwrap_or_else(|e| e.into_inner());
         for m in mounts.drain(..).rev() {
-            let c = std::ffi::CString::new(m.to_string_lossy().as_bytes()).expect("path");
-            // SAFETY: a valid path; MNT_DETACH never blocks on a busy mount.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            unmount(&m);
         }
     }
+}
+
+fn unmount(dir: &Path) {
+    let c = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path");
+    // SAFETY: a valid path; MNT_DETACH never blocks on a busy mount.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
 /// Mounts a fresh tmpfs on `dir` (mode 0755: readers of any user, as the kubelet's).
@@ -79,6 +83,21 @@ impl KubeletTree {
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.root.join("pods").join(uid)
+    }
+
+    /// Removes a pod's directory as the kubelet does when the pod is gone: its volumes
+    /// unmounted first.
+    pub fn remove_pod(&self, uid: &str) {
+        let dir = self.pod_dir(uid);
+        let mut mounts = self.mounts.lock().unwrap_or_else(|e| e.into_inner());
+        mounts.retain(|m| {
+            let inside = m.starts_with(&dir);
+            if inside {
+                unmount(m);
+            }
+            !inside
+        });
+        std::fs::remove_dir_all(&dir).expect("remove pod directory");
     }
 
     /// Creates (if needed) and returns a volume directory; a new secret or projected volume is

@@ -5,7 +5,10 @@ use std::{path::Path, time::Duration};
 
 use credwatch_e2e::{
     agent_bin, cgroupfs_container_cgroup,
-    kubelet::{cert_chain, kubelet_resync, sa_claims, KubeletTree, Signer, PROJECTED, SECRET},
+    kubelet::{
+        cert_chain, kubelet_cgroup, kubelet_resync, sa_claims, KubeletTree, Signer, PROJECTED,
+        SECRET,
+    },
     random_container_id, random_pod_uid, sample, systemd_container_cgroup, Agent, Cgroup,
 };
 
@@ -409,7 +412,12 @@ fn the_kubelets_own_reads_are_kubelet_and_do_not_hide_an_unused_credential() {
     let id = random_container_id();
     let app = Cgroup::new(&systemd_container_cgroup(&uid, &id));
     app.read(&["open", vol.join("password").to_str().unwrap(), "2"]);
-    assert_eq!(kubelet_resync(tree.path(), 3), 6, "2 files x 3 resyncs");
+    let kubelet = kubelet_cgroup();
+    assert_eq!(
+        kubelet_resync(&kubelet, tree.path(), 3),
+        6,
+        "2 files x 3 resyncs"
+    );
     let m = agent.metrics();
     for file in ["password", "unused-key"] {
         let kubelet = [("volume", "db"), ("file", file), ("container", "_kubelet")];

@@ -339,11 +339,17 @@ pub fn cert_chain(days: u32) -> (Vec<u8>, Vec<u8>, i64, i64) {
     )
 }
 
-/// The kubelet's own reads: every file of every volume under `root`, read `rounds` times from a
-/// `system.slice/kubelet.service` cgroup, as its atomic writer does on each resync (it compares
-/// the old content before writing). Returns the opens made.
-pub fn kubelet_resync(root: &Path, rounds: u32) -> u64 {
-    let cgroup = crate::Cgroup::new("system.slice/kubelet.service");
+/// The kubelet's cgroup, `system.slice/kubelet.service`. Keep it while the agent may still look
+/// at its reads: like the real kubelet's it must outlive them (a reader cgroup gone before the
+/// agent described it is `_unknown`).
+pub fn kubelet_cgroup() -> crate::Cgroup {
+    crate::Cgroup::new("system.slice/kubelet.service")
+}
+
+/// The kubelet's own reads: every file of every volume under `root`, read `rounds` times from
+/// its `cgroup`, as its atomic writer does on each resync (it compares the old content before
+/// writing). Returns the opens made.
+pub fn kubelet_resync(cgroup: &crate::Cgroup, root: &Path, rounds: u32) -> u64 {
     let mut files = Vec::new();
     collect_files(&root.join("pods"), &mut files);
     let mut opens = 0;

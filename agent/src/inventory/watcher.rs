@@ -127,6 +127,8 @@ impl Watcher {
             new_failures
         };
         let mut pending_failures = add(&first_dirs, &mut watched);
+        // Held by the future until it ends otherwise (tens of thousands of paths at 5,000 pods).
+        drop(first_dirs);
         let mut stream = inotify.into_event_stream([0u8; 8192])?;
         // Rescan often enough that series of removed credentials go soon after their grace period.
         let period = RESCAN_INTERVAL

@@ -3,6 +3,7 @@
 //! changes the kernel's maps must follow.
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    hash::BuildHasher as _,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -208,13 +209,15 @@ pub enum MapOp {
 }
 
 /// What names a credential across scans: (pod uid, volume, file).
-type CredentialKey = (String, String, String);
 
 #[derive(Default, Debug)]
 pub struct CredentialTable {
     /// Shared with scrapes, which take the records without copying them; changed copy-on-write.
     by_id: BTreeMap<u32, Arc<Credential>>,
-    by_key: HashMap<CredentialKey, u32>,
+    /// Record ids by (pod uid, volume, file), compared against the records themselves: the key
+    /// strings are not stored a second time (at 5,000 pods that was ~5 MiB).
+    by_key: hashbrown::HashTable<u32>,
+    hasher: std::hash::RandomState,
     next_id: u32,
 }
 
@@ -339,20 +342,41 @@ impl CredentialTable {
         );
         for id in forget {
             if let Some(rec) = self.by_id.remove(&id) {
-                let rec = Arc::unwrap_or_clone(rec);
-                self.by_key.remove(&(rec.pod_uid, rec.volume, rec.file));
+                let h = self.key_hash(&rec.pod_uid, &rec.volume, &rec.file);
+                if let Ok(entry) = self.by_key.find_entry(h, |x| *x == id) {
+                    entry.remove();
+                }
                 ops.push(MapOp::Purge(id));
             }
         }
         ops
     }
 
+    fn key_hash(&self, pod_uid: &str, volume: &str, file: &str) -> u64 {
+        self.hasher.hash_one((pod_uid, volume, file))
+    }
+
     fn id_for(&mut self, f: &Found) -> u32 {
-        let key = (f.pod_uid.clone(), f.volume.clone(), f.file.clone());
-        *self.by_key.entry(key).or_insert_with(|| {
-            self.next_id += 1;
-            self.next_id - 1
-        })
+        let h = self.key_hash(&f.pod_uid, &f.volume, &f.file);
+        let by_id = &self.by_id;
+        let same = |id: &u32| {
+            by_id
+                .get(id)
+                .is_some_and(|r| r.pod_uid == f.pod_uid && r.volume == f.volume && r.file == f.file)
+        };
+        if let Some(id) = self.by_key.find(h, same) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let hasher = &self.hasher;
+        // Rehashing moves only ids already recorded (a new id's record follows this call).
+        self.by_key.insert_unique(h, id, |id| {
+            by_id.get(id).map_or(0, |r| {
+                hasher.hash_one((r.pod_uid.as_str(), r.volume.as_str(), r.file.as_str()))
+            })
+        });
+        id
     }
 
     /// Records not in this scan: unwatched and marked removed at once; returns those gone for
@@ -436,6 +460,36 @@ mod tests {
 
     fn apply(c: &mut CredentialTable, f: &[Found], now: Instant) -> Vec<MapOp> {
         c.apply(f, |_, _| Arc::default(), now, 0.0, DEFAULT_SERIES_GRACE)
+    }
+
+    /// The id index holds no key strings of its own: ids must stay stable across scans and
+    /// through its rehashing, and a forgotten file's key must resolve to a new id.
+    #[test]
+    fn ids_are_stable_across_scans_and_rehashes_and_new_after_forgetting() {
+        let mut c = CredentialTable::default();
+        let files: Vec<Found> = (0..1000).map(|i| found(&format!("f{i}"), i + 1)).collect();
+        let now = Instant::now();
+        apply(&mut c, &files, now);
+        let ids: Vec<u32> = (0..1000).map(|i| c.id_for(&files[i])).collect();
+        let mut distinct = ids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 1000);
+        apply(&mut c, &files, now);
+        assert_eq!(
+            (0..1000).map(|i| c.id_for(&files[i])).collect::<Vec<_>>(),
+            ids
+        );
+        // f0 goes, and is forgotten after the grace period.
+        apply(&mut c, &files[1..], now);
+        apply(&mut c, &files[1..], now + DEFAULT_SERIES_GRACE * 2);
+        assert!(c.get(ids[0]).is_none());
+        let again = c.id_for(&files[0]);
+        assert!(
+            !ids.contains(&again),
+            "a forgotten file comes back under a new id"
+        );
+        assert_eq!(c.id_for(&files[1]), ids[1]);
     }
 
     fn w(cred_id: u32, ino: u64, generation: u32) -> MapOp {

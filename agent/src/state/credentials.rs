@@ -51,7 +51,7 @@ pub struct Credential {
     pub parsed: Arc<Parsed>,
     /// Expiry of each generation seen (newest `MAX_GENERATIONS_KEPT`), for readers that hold an
     /// old one.
-    pub generation_expiry: BTreeMap<u32, Option<f64>>,
+    pub generation_expiry: GenerationExpiry,
     /// Every (inode, generation) of this credential in `WATCHED`.
     #[serde(skip)]
     pub watched: Vec<(InodeKey, u32)>,
@@ -59,6 +59,46 @@ pub struct Credential {
     #[serde(skip)]
     pub removed_at: Option<Instant>,
     pub present: bool,
+}
+
+/// Expiry by generation (oldest first, at most `MAX_GENERATIONS_KEPT`): a sorted vector, which for
+/// the usual one or two generations takes a tenth of a `BTreeMap`'s node (25,000 credentials at
+/// 5,000 pods). Serialized as a map, generation -> expiry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationExpiry(Vec<(u32, Option<f64>)>);
+
+impl GenerationExpiry {
+    pub fn get(&self, generation: &u32) -> Option<&Option<f64>> {
+        self.0
+            .binary_search_by_key(generation, |(g, _)| *g)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, generation: &u32) -> bool {
+        self.get(generation).is_some()
+    }
+
+    pub fn insert(&mut self, generation: u32, expiry: Option<f64>) {
+        match self.0.binary_search_by_key(&generation, |(g, _)| *g) {
+            Ok(i) => self.0[i].1 = expiry,
+            Err(i) => self.0.insert(i, (generation, expiry)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for GenerationExpiry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(g, e)| (g, e)))
+    }
 }
 
 impl Credential {
@@ -80,7 +120,7 @@ impl Credential {
             generation_seen_at: unix_now,
             modified: f.modified,
             parsed: Arc::default(),
-            generation_expiry: BTreeMap::new(),
+            generation_expiry: GenerationExpiry::default(),
             watched: Vec::new(),
             removed_at: None,
             present: false,
@@ -184,7 +224,7 @@ impl Credential {
             }
         }
         while self.generation_expiry.len() > MAX_GENERATIONS_KEPT {
-            self.generation_expiry.pop_first();
+            self.generation_expiry.0.remove(0);
         }
         for (inode, generation) in &self.watched {
             if !wanted.iter().any(|(i, g, _)| i == inode && g == generation) {
@@ -460,6 +500,23 @@ mod tests {
 
     fn apply(c: &mut CredentialTable, f: &[Found], now: Instant) -> Vec<MapOp> {
         c.apply(f, |_, _| Arc::default(), now, 0.0, DEFAULT_SERIES_GRACE)
+    }
+
+    #[test]
+    fn generation_expiry_is_a_sorted_map() {
+        let mut e = GenerationExpiry::default();
+        e.insert(3, Some(30.0));
+        e.insert(1, None);
+        e.insert(2, Some(20.0));
+        e.insert(3, Some(31.0));
+        assert_eq!(e.len(), 3);
+        assert_eq!(e.get(&3), Some(&Some(31.0)));
+        assert_eq!(e.get(&1), Some(&None));
+        assert!(!e.contains_key(&4));
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"1":null,"2":20.0,"3":31.0}"#
+        );
     }
 
     /// The id index holds no key strings of its own: ids must stay stable across scans and

@@ -25,8 +25,7 @@ pub fn encode(w: &mut Families, state: &State) -> fmt::Result {
                 l.push(("endpoint", endpoint.into()));
                 l.push(("result", result.into()));
                 (l, n)
-            })
-            .collect(),
+            }),
     )?;
     w.counters(
         "auth_requests",
@@ -39,32 +38,28 @@ pub fn encode(w: &mut Families, state: &State) -> fmt::Result {
                 l.push(("operation", r.operation.into()));
                 l.push(("code", r.code.into()));
                 (l, n)
-            })
-            .collect(),
+            }),
     )?;
     w.histograms(
         "auth_request_duration_seconds",
         "Time from a request's first byte written to its response's first byte read.",
-        durations
-            .into_iter()
-            .map(|((endpoint, operation), h)| {
-                let mut buckets: Vec<(f64, u64)> =
-                    DURATION_BUCKETS.iter().copied().zip(h.buckets).collect();
-                let inf = h.count - h.buckets.iter().sum::<u64>();
-                buckets.push((f64::MAX, inf));
-                let labels: Labels = vec![
-                    ("endpoint", endpoint.into()),
-                    ("operation", operation.into()),
-                ];
-                (
-                    labels,
-                    ConstHistogram {
-                        sum: h.sum,
-                        count: h.count,
-                        buckets,
-                    },
-                )
-            })
-            .collect(),
+        durations.into_iter().map(|((endpoint, operation), h)| {
+            let mut buckets: Vec<(f64, u64)> =
+                DURATION_BUCKETS.iter().copied().zip(h.buckets).collect();
+            let inf = h.count - h.buckets.iter().sum::<u64>();
+            buckets.push((f64::MAX, inf));
+            let labels: Labels = vec![
+                ("endpoint", endpoint.into()),
+                ("operation", operation.into()),
+            ];
+            (
+                labels,
+                ConstHistogram {
+                    sum: h.sum,
+                    count: h.count,
+                    buckets,
+                },
+            )
+        }),
     )
 }

@@ -17,27 +17,26 @@ pub fn credential_labels<'a>(c: &Named<'a>) -> Labels<'a> {
     l
 }
 
-fn dated<'a>(creds: &[Named<'a>], f: impl Fn(&Named) -> Option<f64>) -> Vec<(Labels<'a>, f64)> {
+fn dated<'c, 'a>(
+    creds: &'c [Named<'a>],
+    f: impl Fn(&Named) -> Option<f64> + 'c,
+) -> impl Iterator<Item = (Labels<'a>, f64)> + 'c {
     creds
         .iter()
-        .filter_map(|c| Some((credential_labels(c), f(c)?)))
-        .collect()
+        .filter_map(move |c| Some((credential_labels(c), f(c)?)))
 }
 
 pub fn encode(w: &mut Families, creds: &[Named]) -> fmt::Result {
-    let info = creds
-        .iter()
-        .map(|c| {
-            let mut l = credential_labels(c);
-            l.extend([
-                ("kind", c.kind.as_str().into()),
-                ("source", c.source.into()),
-                ("pod_uid", c.record.pod_uid.as_str().into()),
-                ("service_account", c.service_account.into()),
-            ]);
-            (l, 1.0)
-        })
-        .collect();
+    let info = creds.iter().map(|c| {
+        let mut l = credential_labels(c);
+        l.extend([
+            ("kind", c.kind.as_str().into()),
+            ("source", c.source.into()),
+            ("pod_uid", c.record.pod_uid.as_str().into()),
+            ("service_account", c.service_account.into()),
+        ]);
+        (l, 1.0)
+    });
     w.gauges("credential_info", "One per known credential file.", info)?;
     w.gauges(
         "credential_expiry_timestamp_seconds",
@@ -62,9 +61,6 @@ pub fn encode(w: &mut Families, creds: &[Named]) -> fmt::Result {
     w.counters(
         "credential_rotations",
         "Generations observed after the first.",
-        creds
-            .iter()
-            .map(|c| (credential_labels(c), c.rotations))
-            .collect(),
+        creds.iter().map(|c| (credential_labels(c), c.rotations)),
     )
 }

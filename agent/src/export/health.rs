@@ -36,23 +36,17 @@ pub fn encode(
     w.counters(
         "events_lost",
         "Everything dropped anywhere, by stage.",
-        lost.iter()
-            .map(|(s, v)| (vec![("stage", (*s).into())], *v))
-            .collect(),
+        lost.iter().map(|(s, v)| (vec![("stage", (*s).into())], *v)),
     )?;
     w.gauges(
         "probe_attached",
         "1 when the probe is attached.",
-        state
-            .hooks()
-            .into_iter()
-            .map(|h| {
-                (
-                    vec![("probe", h.probe.into())],
-                    if h.attached { 1.0 } else { 0.0 },
-                )
-            })
-            .collect(),
+        state.hooks().into_iter().map(|h| {
+            (
+                vec![("probe", h.probe.into())],
+                if h.attached { 1.0 } else { 0.0 },
+            )
+        }),
     )?;
     w.gauges(
         "kernel_map_entries",
@@ -65,15 +59,15 @@ pub fn encode(
             ),
         ],
     )?;
-    w.gauges(
+    w.gauge(
         "credential_shared_files",
         "Credential files found under a second identity (a volume two pods mount, a hard link): their reads count for the first.",
-        vec![(vec![], state.shared_files() as f64)],
+        state.shared_files() as f64,
     )?;
-    w.gauges(
+    w.gauge(
         "pod_metadata_up",
         "1 while the Kubernetes pod watch works; 0 without an API or while it fails (pods are then labelled by uid).",
-        vec![(vec![], if pod_metadata_up { 1.0 } else { 0.0 })],
+        if pod_metadata_up { 1.0 } else { 0.0 },
     )?;
     w.gauges(
         "build_info",

@@ -1,5 +1,5 @@
 //! The families of reads by reader: counts, last read, generation lag, held expiry.
-use std::{collections::BTreeMap, fmt};
+use std::{borrow::Cow, collections::BTreeMap, fmt};
 
 use super::{
     credentials::credential_labels,
@@ -7,46 +7,46 @@ use super::{
 };
 use crate::{sensors::file::tally::Tally, state::credentials::Named, sys::MonotonicClock};
 
-pub fn encode(w: &mut Families, creds: &[Named], tally: &Tally) -> fmt::Result {
+pub fn encode<'a>(w: &mut Families, creds: &'a [Named<'a>], tally: &'a Tally<'a>) -> fmt::Result {
     let clock = MonotonicClock::now();
-    let by_id: BTreeMap<u32, &Named> = creds.iter().map(|c| (c.id, c)).collect();
-    let mut read_rows = Vec::new();
-    let mut last_rows = Vec::new();
-    let mut lag_rows = Vec::new();
-    let mut held_rows = Vec::new();
-    for ((id, container), r) in tally {
-        let Some(c) = by_id.get(id) else { continue };
-        let mut l: Labels = credential_labels(c);
+    let by_id: BTreeMap<u32, &Named<'a>> = creds.iter().map(|c| (c.id, c)).collect();
+    // Each family is written as its rows are made (see `Families::family`): one pass each.
+    let rows = || {
+        tally
+            .iter()
+            .filter_map(|((id, container), r)| Some((*by_id.get(id)?, container, r)))
+    };
+    let labels = |c: &Named<'a>, container: &'a Cow<'a, str>| -> Labels<'a> {
+        let mut l = credential_labels(c);
         l.push(("container", container.as_ref().into()));
-        if r.count > 0 {
-            last_rows.push((l.clone(), clock.to_unix_seconds(r.last_read_ns)));
-        }
-        if let Some(g) = r.newest_generation {
-            lag_rows.push((l.clone(), f64::from(c.generation.saturating_sub(g))));
-            if let Some(Some(exp)) = c.generation_expiry.get(&g) {
-                held_rows.push((l.clone(), *exp));
-            }
-        }
-        read_rows.push((l, r.count));
-    }
+        l
+    };
     w.counters(
         "credential_reads",
         "Opens of the credential for reading, by reader.",
-        read_rows,
+        rows().map(|(c, k, r)| (labels(c, k), r.count)),
     )?;
     w.gauges(
         "credential_last_read_timestamp_seconds",
         "Unix time of the reader's last read.",
-        last_rows,
+        rows()
+            .filter(|(_, _, r)| r.count > 0)
+            .map(|(c, k, r)| (labels(c, k), clock.to_unix_seconds(r.last_read_ns))),
     )?;
     w.gauges(
         "credential_reader_generation_lag",
         "Rotations since this reader last read the credential (0 = it has read the current generation).",
-        lag_rows,
+        rows().filter_map(|(c, k, r)| {
+            let g = r.newest_generation?;
+            Some((labels(c, k), f64::from(c.generation.saturating_sub(g))))
+        }),
     )?;
     w.gauges(
         "credential_reader_held_expiry_timestamp_seconds",
         "Expiry of the newest generation this reader has read: below time() it can only hold an expired credential.",
-        held_rows,
+        rows().filter_map(|(c, k, r)| {
+            let exp = (*c.generation_expiry.get(&r.newest_generation?)?)?;
+            Some((labels(c, k), exp))
+        }),
     )
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
@@ -37,29 +37,21 @@ impl SeriesCap {
         }
     }
 
-    /// Keeps at most `max_series` rows of a `credential_*` or `auth_*` family (the others have a fixed
-    /// size, and the loss counters must never be hidden); counts each dropped series once.
-    fn cap<'a, V>(
-        &self,
-        state: &State,
-        name: &str,
-        mut rows: Vec<(Labels<'a>, V)>,
-    ) -> Vec<(Labels<'a>, V)> {
+    /// Whether row `index` of family `name` is written: a `credential_*` or `auth_*` family keeps
+    /// its first `max_series` rows (the others have a fixed size, and the loss counters must
+    /// never be hidden); a dropped series is counted once.
+    fn admit(&self, state: &State, name: &str, index: usize, labels: &Labels) -> bool {
         let capped = name.starts_with("credential_") || name.starts_with("auth_");
-        if rows.len() <= self.max_series || !capped {
-            return rows;
+        if index < self.max_series || !capped {
+            return true;
         }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (name, labels).hash(&mut h);
         let mut dropped = self.dropped.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut new = 0;
-        for (labels, _) in rows.drain(self.max_series..) {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (name, &labels).hash(&mut h);
-            if dropped.len() > MAX_REMEMBERED_DROPS || dropped.insert(h.finish()) {
-                new += 1;
-            }
+        if dropped.len() > MAX_REMEMBERED_DROPS || dropped.insert(h.finish()) {
+            state.count_lost(UserLoss::Cardinality, 1);
         }
-        state.count_lost(UserLoss::Cardinality, new);
-        rows
+        false
     }
 }
 
@@ -86,49 +78,73 @@ pub fn escape_label_value(v: &str) -> String {
     out
 }
 
-fn escape_rows<V>(rows: &mut [(Labels, V)]) {
-    for (labels, _) in rows {
-        for (_, v) in labels.iter_mut() {
-            if v.contains(['\\', '"', '\n']) {
-                *v = Cow::Owned(escape_label_value(v));
-            }
+fn escape(labels: &mut Labels) {
+    for (_, v) in labels.iter_mut() {
+        if v.contains(['\\', '"', '\n']) {
+            *v = Cow::Owned(escape_label_value(v));
         }
     }
 }
 
 impl Families<'_, '_> {
-    pub fn counters(
+    /// Writes a family row by row as `rows` yields them: each row's labels are made, written and
+    /// freed in turn (a scrape of 5,000 pods has ~140,000 rows; holding them all was most of its
+    /// allocator time).
+    fn family<'a, V>(
         &mut self,
         name: &str,
         help: &str,
-        rows: Vec<(Labels<'_>, u64)>,
+        ty: MetricType,
+        rows: impl IntoIterator<Item = (Labels<'a>, V)>,
+        write: impl Fn(&V, MetricEncoder) -> fmt::Result,
     ) -> fmt::Result {
-        let mut rows = self.cap.cap(self.state, name, rows);
-        escape_rows(&mut rows);
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Counter)?;
-        for (labels, v) in &rows {
-            ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+        let mut m = self.enc.encode_descriptor(name, help, None, ty)?;
+        for (i, (mut labels, v)) in rows.into_iter().enumerate() {
+            if self.cap.admit(self.state, name, i, &labels) {
+                escape(&mut labels);
+                write(&v, m.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }
 
-    pub fn gauges(&mut self, name: &str, help: &str, rows: Vec<(Labels<'_>, f64)>) -> fmt::Result {
-        let mut rows = self.cap.cap(self.state, name, rows);
-        escape_rows(&mut rows);
-        let mut m = self
+    pub fn counters<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels<'a>, u64)>,
+    ) -> fmt::Result {
+        self.family(name, help, MetricType::Counter, rows, |v, m| {
+            ConstCounter::new(*v).encode(m)
+        })
+    }
+
+    pub fn gauges<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels<'a>, f64)>,
+    ) -> fmt::Result {
+        self.family(name, help, MetricType::Gauge, rows, |v, m| {
+            ConstGauge::new(*v).encode(m)
+        })
+    }
+
+    /// A family of one series without labels.
+    pub fn gauge(&mut self, name: &str, help: &str, v: f64) -> fmt::Result {
+        let m = self
             .enc
             .encode_descriptor(name, help, None, MetricType::Gauge)?;
-        if let [(labels, v)] = rows.as_slice() {
-            if labels.is_empty() {
-                return ConstGauge::new(*v).encode(m);
-            }
-        }
-        for (labels, v) in &rows {
-            ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-        }
-        Ok(())
+        ConstGauge::new(v).encode(m)
+    }
+
+    pub fn histograms<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        rows: impl IntoIterator<Item = (Labels<'a>, ConstHistogram)>,
+    ) -> fmt::Result {
+        self.family(name, help, MetricType::Histogram, rows, |h, m| h.encode(m))
     }
 }
 
@@ -153,24 +169,6 @@ impl EncodeMetric for ConstHistogram {
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
-    }
-}
-
-impl Families<'_, '_> {
-    pub fn histograms(
-        &mut self,
-        name: &str,
-        help: &str,
-        mut rows: Vec<(Labels, ConstHistogram)>,
-    ) -> fmt::Result {
-        escape_rows(&mut rows);
-        let mut m = self
-            .enc
-            .encode_descriptor(name, help, None, MetricType::Histogram)?;
-        for (labels, h) in &rows {
-            h.encode(m.encode_family(labels)?)?;
-        }
-        Ok(())
     }
 }
 

@@ -230,7 +230,7 @@ fn follow_inventory(
     let grace = sources.grace;
     let mut sync = WatchSync::new(state.clone(), maps.clone(), cgroups.clone(), grace);
     let mut watcher = Watcher::new(sources);
-    let first = watcher.rescan();
+    let mut first = watcher.rescan();
     sync.apply(&first);
     tracing::info!(
         credentials = state.credential_count(),
@@ -238,14 +238,11 @@ fn follow_inventory(
         "inventory scanned"
     );
     state.mark_inventory_done();
+    let dirs = std::mem::take(&mut first.scan.dirs);
+    drop(first);
     sys::release_free_memory();
     supervise(state, "inventory watcher", async move {
-        watcher
-            .run(first.scan.dirs, |pass| {
-                sync.apply(pass);
-                sys::release_free_memory();
-            })
-            .await
+        watcher.run(dirs, |pass| sync.apply(pass)).await
     });
 }
 

@@ -5,17 +5,22 @@ use super::{
     credentials::credential_labels,
     series::{Families, Labels},
 };
-use crate::{sensors::file::tally::Tally, state::credentials::Named, sys::MonotonicClock};
+use crate::{
+    sensors::file::tally::Tally,
+    state::{credentials::Named, ReaderReads},
+    sys::MonotonicClock,
+};
 
 pub fn encode<'a>(w: &mut Families, creds: &'a [Named<'a>], tally: &'a Tally<'a>) -> fmt::Result {
     let clock = MonotonicClock::now();
     let by_id: BTreeMap<u32, &Named<'a>> = creds.iter().map(|c| (c.id, c)).collect();
     // Each family is written as its rows are made (see `Families::family`): one pass each.
-    let rows = || {
-        tally
-            .iter()
-            .filter_map(|((id, container), r)| Some((*by_id.get(id)?, container, r)))
-    };
+    // Joined once; each family below is one pass over it.
+    let joined: Vec<(&Named<'a>, &Cow<'a, str>, &ReaderReads)> = tally
+        .iter()
+        .filter_map(|((id, container), r)| Some((*by_id.get(id)?, container, r)))
+        .collect();
+    let rows = || joined.iter().copied();
     let labels = |c: &Named<'a>, container: &'a Cow<'a, str>| -> Labels<'a> {
         let mut l = credential_labels(c);
         l.push(("container", container.as_ref().into()));

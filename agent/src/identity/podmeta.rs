@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{watcher, WatchStreamExt},
+    runtime::watcher,
     Api, Client,
 };
 
@@ -225,7 +225,8 @@ fn node_name(cfg: &ApiConfig) -> String {
 }
 
 /// Watches this node's pods until the process ends. Errors (unreachable, 401/403, a dropped or
-/// expired watch) are retried with backoff; `index.up()` says whether the last attempt worked.
+/// expired watch) are retried with backoff, each time with a fresh list; `index.up()` says
+/// whether the last attempt worked.
 pub async fn run(cfg: ApiConfig, index: Arc<PodIndex>) {
     let client = match client(&cfg).await {
         Ok(Some(c)) => c,
@@ -244,48 +245,75 @@ pub async fn run(cfg: ApiConfig, index: Arc<PodIndex>) {
     let config = watcher::Config::default()
         .fields(&format!("spec.nodeName={node}"))
         .timeout(290);
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut listing: HashSet<String> = HashSet::new();
+    let mut delay = RETRY_MIN;
     let mut last_eviction = Instant::now();
-    while let Some(item) = stream.next().await {
-        // Deleted pods go after their TTL even when no relist comes (a watch can last hours).
-        if last_eviction.elapsed() >= EVICTION_PERIOD {
-            index.evict_deleted(Instant::now());
-            last_eviction = Instant::now();
+    loop {
+        // A fresh watcher lists first. After an error metadata counts as up again only once a
+        // list went through: a watch that merely resumes sends nothing that shows it works (with
+        // kube's own retries, a 401 on a watch start left `up` at 0 until the next relist).
+        let mut stream = watcher(api.clone(), config.clone()).boxed();
+        let mut listing: HashSet<String> = HashSet::new();
+        while let Some(item) = stream.next().await {
+            // Deleted pods go after their TTL even when no relist comes (a watch can last hours).
+            if last_eviction.elapsed() >= EVICTION_PERIOD {
+                index.evict_deleted(Instant::now());
+                last_eviction = Instant::now();
+            }
+            match item {
+                Ok(event) => {
+                    if on_event(&index, &mut listing, event) {
+                        delay = RETRY_MIN;
+                    }
+                }
+                Err(e) => {
+                    if index.up.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "pod metadata is down: counting goes on, new pods are labelled by uid; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %e, "pod watch still failing");
+                    }
+                    break;
+                }
+            }
         }
-        match item {
-            Ok(watcher::Event::Init) => listing.clear(),
-            Ok(watcher::Event::InitApply(pod)) => {
-                if let Some(meta) = PodMeta::from_pod(&pod) {
-                    listing.insert(meta.uid.clone());
-                    index.apply(meta);
-                }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(RETRY_MAX);
+    }
+}
+
+/// Backoff between attempts after an error: doubling from `RETRY_MIN` to `RETRY_MAX`, back to
+/// the minimum after a list goes through (kube's own default is the same range).
+const RETRY_MIN: Duration = Duration::from_millis(800);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Applies one watch event to the index; true when a list completed (metadata is up).
+fn on_event(index: &PodIndex, listing: &mut HashSet<String>, event: watcher::Event<Pod>) -> bool {
+    match event {
+        watcher::Event::Init => listing.clear(),
+        watcher::Event::InitApply(pod) => {
+            if let Some(meta) = PodMeta::from_pod(&pod) {
+                listing.insert(meta.uid.clone());
+                index.apply(meta);
             }
-            Ok(watcher::Event::InitDone) => {
-                index.resync(&listing, Instant::now());
-                if !index.up.swap(true, Ordering::Relaxed) {
-                    tracing::info!(pods = listing.len(), "pod metadata is up");
-                }
+        }
+        watcher::Event::InitDone => {
+            index.resync(listing, Instant::now());
+            if !index.up.swap(true, Ordering::Relaxed) {
+                tracing::info!(pods = listing.len(), "pod metadata is up");
             }
-            Ok(watcher::Event::Apply(pod)) => {
-                if let Some(meta) = PodMeta::from_pod(&pod) {
-                    index.apply(meta);
-                }
+            return true;
+        }
+        watcher::Event::Apply(pod) => {
+            if let Some(meta) = PodMeta::from_pod(&pod) {
+                index.apply(meta);
             }
-            Ok(watcher::Event::Delete(pod)) => {
-                if let Some(uid) = pod.metadata.uid.as_deref() {
-                    index.delete(uid, Instant::now());
-                }
-            }
-            Err(e) => {
-                if index.up.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "pod metadata is down: counting goes on, new pods are labelled by uid; retrying with backoff");
-                } else {
-                    tracing::debug!(error = %e, "pod watch still failing");
-                }
+        }
+        watcher::Event::Delete(pod) => {
+            if let Some(uid) = pod.metadata.uid.as_deref() {
+                index.delete(uid, Instant::now());
             }
         }
     }
+    false
 }
 
 #[cfg(test)]

@@ -198,22 +198,31 @@ unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<Opened> {
         let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
         let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
         let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
-        // The one lookup every open pays.
-        let key = InodeKey::new(dev, ino);
-        if let Some(cred) = WATCHED.get(&key) {
-            let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
-            return Some(Opened::Watched(*cred, f_mode));
-        }
-        if !on_volume_dev(dev) {
-            return None;
-        }
-        let i_mode = *(inode.add(off.inode_i_mode as usize) as *const u16);
-        if i_mode & S_IFMT != S_IFREG {
-            return None;
-        }
-        let f_mode = *(file.add(off.file_f_mode as usize) as *const u32);
-        Some(Opened::Unseen(key, f_mode))
+        classify(
+            InodeKey::new(dev, ino),
+            || Some(*(inode.add(off.inode_i_mode as usize) as *const u16)),
+            || Some(*(file.add(off.file_f_mode as usize) as *const u32)),
+        )
     }
+}
+
+/// What an opened file is to the sensor: a watched credential, a regular file on a marked
+/// volume mount that is not watched yet, or nothing. The modes are read only when needed, by
+/// the walk's own kind of load (direct, or helper reads).
+#[inline(always)]
+fn classify(
+    key: InodeKey,
+    i_mode: impl FnOnce() -> Option<u16>,
+    f_mode: impl FnOnce() -> Option<u32>,
+) -> Option<Opened> {
+    // The one lookup every open pays.
+    if let Some(cred) = unsafe { WATCHED.get(&key) } {
+        return Some(Opened::Watched(*cred, f_mode()?));
+    }
+    if !on_volume_dev(key.dev) || i_mode()? & S_IFMT != S_IFREG {
+        return None;
+    }
+    Some(Opened::Unseen(key, f_mode()?))
 }
 
 /// The walk from the table slot on, for kernels without `bpf_rdonly_cast`: the slot's value is an
@@ -226,20 +235,11 @@ unsafe fn watched_open_by_helpers(off: &KernelOffsets, table: u64, fd: u64) -> O
         let ino: u64 = read(inode, off.inode_i_ino).ok()?;
         let sb: *const u8 = read(inode, off.inode_i_sb).ok()?;
         let dev: u32 = read(sb, off.sb_s_dev).ok()?;
-        let key = InodeKey::new(dev, ino);
-        if let Some(cred) = WATCHED.get(&key) {
-            let f_mode: u32 = read(file, off.file_f_mode).ok()?;
-            return Some(Opened::Watched(*cred, f_mode));
-        }
-        if !on_volume_dev(dev) {
-            return None;
-        }
-        let i_mode: u16 = read(inode, off.inode_i_mode).ok()?;
-        if i_mode & S_IFMT != S_IFREG {
-            return None;
-        }
-        let f_mode: u32 = read(file, off.file_f_mode).ok()?;
-        Some(Opened::Unseen(key, f_mode))
+        classify(
+            InodeKey::new(dev, ino),
+            || read(inode, off.inode_i_mode).ok(),
+            || read(file, off.file_f_mode).ok(),
+        )
     }
 }
 

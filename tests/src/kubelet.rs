@@ -26,40 +26,9 @@ impl Drop for KubeletTree {
     fn drop(&mut self) {
         let mounts = self.mounts.get_mut().unwrap_or_else(|e| e.into_inner());
         for m in mounts.drain(..).rev() {
-            unmount(&m);
+            crate::mounts::detach(&m);
         }
     }
-}
-
-fn unmount(dir: &Path) {
-    let c = std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path");
-    // SAFETY: a valid path; MNT_DETACH never blocks on a busy mount.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-}
-
-/// Mounts a fresh tmpfs on `dir` (mode 0755: readers of any user, as the kubelet's).
-fn mount_tmpfs(dir: &Path) {
-    let (src, target) = (
-        std::ffi::CString::new("tmpfs").unwrap(),
-        std::ffi::CString::new(dir.to_string_lossy().as_bytes()).expect("path"),
-    );
-    let opts = std::ffi::CString::new("mode=0755").unwrap();
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            src.as_ptr(),
-            0,
-            opts.as_ptr().cast(),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "tmpfs on {dir:?}: {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 impl Default for KubeletTree {
@@ -93,7 +62,7 @@ impl KubeletTree {
         mounts.retain(|m| {
             let inside = m.starts_with(&dir);
             if inside {
-                unmount(m);
+                crate::mounts::detach(m);
             }
             !inside
         });
@@ -107,7 +76,8 @@ impl KubeletTree {
         let new = !v.exists();
         std::fs::create_dir_all(&v).expect("volume dir");
         if new && (plugin == SECRET || plugin == PROJECTED) {
-            mount_tmpfs(&v);
+            // Mode 0755: readers of any user, as the kubelet's.
+            crate::mounts::tmpfs(&v, "mode=0755").unwrap_or_else(|e| panic!("tmpfs on {v:?}: {e}"));
             self.mounts
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -6,6 +6,7 @@
 
 pub mod kubeapi;
 pub mod kubelet;
+pub mod mounts;
 pub mod netns;
 
 use std::{
@@ -136,10 +137,7 @@ impl Drop for HungFs {
         // Killing the server closes /dev/fuse: the kernel aborts the connection.
         let _ = self.server.kill();
         let _ = self.server.wait();
-        let mnt = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes())
-            .expect("no NUL in a temp path");
-        // SAFETY: a valid NUL-terminated path; EINVAL when it is no longer a mount point.
-        unsafe { libc::umount2(mnt.as_ptr(), libc::MNT_DETACH) };
+        mounts::detach(self.dir.path());
     }
 }
 

@@ -355,29 +355,15 @@ fn scale_row(pods: usize, args: &Args) -> String {
     )
 }
 
-/// A mount namespace of our own (the agent and readers, our children, share it): the thousands
-/// of volume tmpfs mounts go with it even when the bench is killed before it cleans up.
-fn private_mount_namespace() {
-    // SAFETY: plain syscalls, before any thread exists.
-    unsafe {
-        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare(CLONE_NEWNS)");
-        let root = std::ffi::CString::new("/").unwrap();
-        let null = std::ptr::null();
-        let flags = libc::MS_REC | libc::MS_PRIVATE;
-        assert_eq!(
-            libc::mount(null, root.as_ptr(), null, flags, null.cast()),
-            0,
-            "make / private"
-        );
-    }
-}
-
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("credwatch-bench-scale: {e}");
         std::process::exit(2)
     });
-    private_mount_namespace();
+    // A mount namespace of our own (the agent and readers, our children, share it): the
+    // thousands of volume tmpfs mounts go with it even when the bench is killed before it
+    // cleans up.
+    credwatch_e2e::mounts::private_namespace().expect("a private mount namespace");
     let empty = TempDir::new("scale-empty");
     std::fs::create_dir_all(empty.join("pods")).expect("pods dir");
     let idle = Agent::start_args(

@@ -13,6 +13,8 @@
 //! Prints the number of successful opens.
 use std::ffi::CString;
 
+use credwatch_e2e::mounts;
+
 fn die(msg: String) -> ! {
     eprintln!("credwatch-probe-reader: {msg}");
     std::process::exit(2)
@@ -30,25 +32,16 @@ fn check(rc: i32, what: &str) {
 
 fn private_mount_namespace() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    // SAFETY: plain syscalls with valid NUL-terminated strings.
-    ONCE.call_once(|| unsafe {
-        check(libc::unshare(libc::CLONE_NEWNS), "unshare(CLONE_NEWNS)");
-        let root = cstr("/");
-        let flags = libc::MS_REC | libc::MS_PRIVATE;
-        let null = std::ptr::null();
-        check(
-            libc::mount(null, root.as_ptr(), null, flags, null.cast()),
-            "make / private",
-        );
+    ONCE.call_once(|| {
+        mounts::private_namespace()
+            .unwrap_or_else(|e| die(format!("a private mount namespace: {e}")));
     });
 }
 
 fn tmpfs(dir: &str) {
     private_mount_namespace();
-    let (src, d) = (cstr("tmpfs"), cstr(dir));
-    // SAFETY: valid NUL-terminated strings.
-    let rc = unsafe { libc::mount(src.as_ptr(), d.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
-    check(rc, &format!("tmpfs on {dir}"));
+    mounts::tmpfs(std::path::Path::new(dir), "")
+        .unwrap_or_else(|e| die(format!("tmpfs on {dir}: {e}")));
 }
 
 fn bind(src: &str, dst: &str) {

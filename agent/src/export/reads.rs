@@ -14,8 +14,8 @@ use crate::{
 pub fn encode<'a>(w: &mut Families, creds: &'a [Named<'a>], tally: &'a Tally<'a>) -> fmt::Result {
     let clock = MonotonicClock::now();
     let by_id: BTreeMap<u32, &Named<'a>> = creds.iter().map(|c| (c.id, c)).collect();
-    // Each family is written as its rows are made (see `Families::family`): one pass each.
-    // Joined once; each family below is one pass over it.
+    // Joined once; each family below is one pass over it, its rows written as they are made
+    // (see `Families::family`).
     let joined: Vec<(&Named<'a>, &Cow<'a, str>, &ReaderReads)> = tally
         .iter()
         .filter_map(|((id, container), r)| Some((*by_id.get(id)?, container, r)))

@@ -132,52 +132,26 @@ pub fn workload(reader: Option<&Reader>, pods: &PodIndex) -> Workload {
     }
 }
 
-/// What pod metadata says about a credential of a pod's volume.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodNames {
-    pub namespace: String,
-    pub pod: String,
-    pub service_account: String,
-    /// `secret/<name>`, `serviceaccount/<name>`, `csi/<driver>`, ...; `None` keeps the scan's.
-    pub source: Option<String>,
-}
-
-/// The names of the pod `pod_uid` for a credential in its volume `volume` whose source the scan
-/// took as `scanned_source`; `None` for host credentials and pods without metadata. A projected
-/// volume the token's claims already named (`serviceaccount/<name>`) keeps that name.
-pub fn pod_names(
-    pods: &PodIndex,
-    pod_uid: &str,
-    volume: &str,
-    scanned_source: &str,
-) -> Option<PodNames> {
-    let m = (!pod_uid.is_empty()).then(|| pods.get(pod_uid)).flatten()?;
-    let names = names_in(&m, volume, scanned_source);
-    Some(PodNames {
-        namespace: names.namespace.to_owned(),
-        pod: names.pod.to_owned(),
-        service_account: names.service_account.to_owned(),
-        source: names.source.map(str::to_owned),
-    })
-}
-
-/// [`PodNames`] borrowed from pod metadata already at hand (a scrape looks each pod up once).
+/// What pod metadata says about a credential of a pod's volume, borrowed from it.
 #[derive(Clone, Copy, Debug)]
-pub struct PodNamesRef<'a> {
+pub struct PodNames<'a> {
     pub namespace: &'a str,
     pub pod: &'a str,
     pub service_account: &'a str,
+    /// `secret/<name>`, `serviceaccount/<name>`, `csi/<driver>`, ...; `None` keeps the scan's.
     pub source: Option<&'a str>,
 }
 
-/// The names `m` gives a credential in its volume `volume` (see [`pod_names`]).
-pub fn names_in<'a>(m: &'a PodMeta, volume: &str, scanned_source: &str) -> PodNamesRef<'a> {
+/// The names the metadata `m` of a pod gives a credential in its volume `volume` whose source
+/// the scan took as `scanned_source`. A projected volume the token's claims already named
+/// (`serviceaccount/<name>`) keeps that name.
+pub fn names_in<'a>(m: &'a PodMeta, volume: &str, scanned_source: &str) -> PodNames<'a> {
     let source = m
         .volume_sources
         .get(volume)
         .filter(|src| !(*src == "projected" && scanned_source.starts_with("serviceaccount/")))
         .map(String::as_str);
-    PodNamesRef {
+    PodNames {
         namespace: &m.namespace,
         pod: &m.name,
         service_account: &m.service_account,

@@ -221,9 +221,11 @@ impl KernelMaps {
         keep: impl FnOnce(Vec<ReadTotal>) -> R,
     ) -> R {
         let mut reads = lock(&self.reads);
-        let gone: Vec<ReadTotal> = Self::totals(&reads)
-            .into_iter()
-            .filter(|t| which(&t.key))
+        let gone: Vec<ReadTotal> = reads
+            .iter()
+            .flatten()
+            .filter(|(k, _)| which(k))
+            .map(|(key, per_cpu)| ReadTotal::new(key, &per_cpu))
             .collect();
         for t in &gone {
             let _ = reads.remove(&t.key);

@@ -13,7 +13,7 @@ use credwatch_common::file::{CredentialGeneration, InodeKey};
 use serde::Serialize;
 
 use crate::{
-    identity::{attribution, PodIndex, PodMeta},
+    identity::{attribution, PodMeta},
     inventory::{
         content::{Kind, Parsed},
         Beneath, Found,
@@ -149,21 +149,6 @@ impl Credential {
         })
     }
 
-    /// The same, with the names pod metadata gives its pod (namespace, pod, service account,
-    /// the volume's source), when there is some.
-    pub fn with_pod_names(mut self, pods: &PodIndex) -> Credential {
-        if let Some(names) = attribution::pod_names(pods, &self.pod_uid, &self.volume, &self.source)
-        {
-            self.namespace = names.namespace;
-            self.pod = names.pod;
-            self.service_account = names.service_account;
-            if let Some(source) = names.source {
-                self.source = source;
-            }
-        }
-        self
-    }
-
     /// Takes `current` (found at `f`) as the current generation when it is new, or the inode
     /// changed, or the record was just made.
     fn update_current(
@@ -248,8 +233,6 @@ pub enum MapOp {
     Purge(u32),
 }
 
-/// What names a credential across scans: (pod uid, volume, file).
-
 #[derive(Default, Debug)]
 pub struct CredentialTable {
     /// Shared with scrapes, which take the records without copying them; changed copy-on-write.
@@ -282,6 +265,11 @@ fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey,
         ),
         (None, None) => (0, vec![(f.inode, 0, f.at.clone())]),
     }
+}
+
+/// What names a credential across scans: (pod uid, volume, file), hashed for `by_key`.
+fn key_hash(hasher: &std::hash::RandomState, pod_uid: &str, volume: &str, file: &str) -> u64 {
+    hasher.hash_one((pod_uid, volume, file))
 }
 
 /// A credential as a scrape shows it: the record, with the names its pod's metadata gives it
@@ -382,7 +370,7 @@ impl CredentialTable {
         );
         for id in forget {
             if let Some(rec) = self.by_id.remove(&id) {
-                let h = self.key_hash(&rec.pod_uid, &rec.volume, &rec.file);
+                let h = key_hash(&self.hasher, &rec.pod_uid, &rec.volume, &rec.file);
                 if let Ok(entry) = self.by_key.find_entry(h, |x| *x == id) {
                     entry.remove();
                 }
@@ -392,12 +380,8 @@ impl CredentialTable {
         ops
     }
 
-    fn key_hash(&self, pod_uid: &str, volume: &str, file: &str) -> u64 {
-        self.hasher.hash_one((pod_uid, volume, file))
-    }
-
     fn id_for(&mut self, f: &Found) -> u32 {
-        let h = self.key_hash(&f.pod_uid, &f.volume, &f.file);
+        let h = key_hash(&self.hasher, &f.pod_uid, &f.volume, &f.file);
         let by_id = &self.by_id;
         let same = |id: &u32| {
             by_id
@@ -412,9 +396,9 @@ impl CredentialTable {
         let hasher = &self.hasher;
         // Rehashing moves only ids already recorded (a new id's record follows this call).
         self.by_key.insert_unique(h, id, |id| {
-            by_id.get(id).map_or(0, |r| {
-                hasher.hash_one((r.pod_uid.as_str(), r.volume.as_str(), r.file.as_str()))
-            })
+            by_id
+                .get(id)
+                .map_or(0, |r| key_hash(hasher, &r.pod_uid, &r.volume, &r.file))
         });
         id
     }

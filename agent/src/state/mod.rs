@@ -112,8 +112,7 @@ impl State {
         lock(&self.credentials).get(id).cloned()
     }
 
-    /// A snapshot of every credential, by id.
-    /// Every credential record, shared (not copied).
+    /// Every credential record, by id, shared (not copied).
     pub fn credentials(&self) -> Vec<Arc<Credential>> {
         lock(&self.credentials).iter().cloned().collect()
     }

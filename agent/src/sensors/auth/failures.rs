@@ -7,9 +7,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::state::{
-    auth::{AuthFailure, HeldCredential, Workload},
-    Credential, ReaderRecord,
+use crate::{
+    identity::PodIndex,
+    state::{
+        auth::{AuthFailure, HeldCredential, Workload},
+        credentials::Named,
+        Credential, ReaderRecord,
+    },
 };
 
 /// A failure after this long without one starts a new burst (and a new event).
@@ -42,10 +46,12 @@ impl Bursts {
     }
 }
 
-/// What the container read most recently: per credential, the newest generation it read.
+/// What the container read most recently: per credential, the newest generation it read, named
+/// as `/metrics` names it.
 pub fn held_credentials(
     reader: Option<&ReaderRecord>,
-    creds: &[Credential],
+    creds: &[std::sync::Arc<Credential>],
+    pods: &PodIndex,
 ) -> Vec<HeldCredential> {
     let Some(reader) = reader else {
         return Vec::new();
@@ -62,10 +68,12 @@ pub fn held_credentials(
     let mut held: Vec<HeldCredential> = newest
         .into_iter()
         .filter_map(|(id, (generation, at))| {
-            let c = creds.iter().find(|c| c.id == id)?;
+            let record = creds.iter().find(|c| c.id == id)?;
+            let meta = pods.get(&record.pod_uid);
+            let c = Named::new(record, meta.as_deref());
             Some(HeldCredential {
-                namespace: c.namespace.clone(),
-                pod: c.pod.clone(),
+                namespace: c.namespace.to_owned(),
+                pod: c.pod.to_owned(),
                 volume: c.volume.clone(),
                 file: c.file.clone(),
                 kind: c.kind.as_str().to_owned(),

@@ -203,13 +203,11 @@ impl Requests {
         if !self.bursts.opens_burst(key, Instant::now()) {
             return;
         }
-        let creds: Vec<_> = self
-            .state
-            .credentials()
-            .into_iter()
-            .map(|c| crate::state::Credential::clone(&c).with_pod_names(&self.pods))
-            .collect();
-        let held = failures::held_credentials(self.state.reader_record(cgroup_id).as_ref(), &creds);
+        let held = failures::held_credentials(
+            self.state.reader_record(cgroup_id).as_ref(),
+            &self.state.credentials(),
+            &self.pods,
+        );
         let now = unix_now();
         let mut f = AuthFailure {
             at: now,

@@ -102,33 +102,31 @@ impl WatchSync {
     }
 
     /// Makes `VOLUME_DEVS` mark exactly `devs` (kernel device numbers, major 0).
+    /// A word that cannot be written keeps its old value here, so the next pass tries again.
     fn mark_volume_devs(&mut self, devs: &BTreeSet<u32>) {
         let mut want: BTreeMap<u32, u64> = BTreeMap::new();
         for dev in devs {
             *want.entry(dev >> 6).or_default() |= 1 << (dev & 63);
         }
-        let cleared: Vec<u32> = self
-            .volume_words
+        let words: BTreeSet<u32> = want
             .keys()
-            .filter(|w| !want.contains_key(w))
+            .chain(self.volume_words.keys())
             .copied()
             .collect();
-        let changes = want
-            .iter()
-            .filter(|(w, bits)| self.volume_words.get(w) != Some(bits))
-            .map(|(w, bits)| (*w, *bits))
-            .chain(cleared.into_iter().map(|w| (w, 0)));
-        for (word, bits) in changes.collect::<Vec<_>>() {
-            match self.maps.set_volume_word(word, bits) {
-                Ok(()) if bits == 0 => {
-                    self.volume_words.remove(&word);
-                }
-                Ok(()) => {
-                    self.volume_words.insert(word, bits);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot mark credential volume mounts"),
+        for word in words {
+            let (old, new) = (self.volume_words.get(&word), want.get(&word));
+            if old.copied().unwrap_or(0) == new.copied().unwrap_or(0) {
+                continue;
+            }
+            if let Err(e) = self.maps.set_volume_word(word, new.copied().unwrap_or(0)) {
+                tracing::warn!(error = %e, "cannot mark credential volume mounts");
+                match old {
+                    Some(bits) => want.insert(word, *bits),
+                    None => want.remove(&word),
+                };
             }
         }
+        self.volume_words = want;
     }
 
     /// Reads the kernel counted by inode before a scan named them (a new generation read right

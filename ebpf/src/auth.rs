@@ -150,10 +150,15 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         if info.flags & SOCK_DATA != 0 {
             emit_close(sk, &info);
         }
-        let _ = FDS.remove(&FdKey {
+        // The descriptor number may belong to a newer socket by now (closed, or dup'd and
+        // closed, then taken by the next connect while this socket lived on): not ours to remove.
+        let fd = FdKey {
             tgid: info.tgid,
             fd: info.fd,
-        });
+        };
+        if unsafe { FDS.get(&fd) }.copied() == Some(sk) {
+            let _ = FDS.remove(&fd);
+        }
         let _ = SOCKS.remove(&sk);
     }
     0

@@ -696,6 +696,98 @@ fn garbage_and_oversized_responses_on_an_endpoint_socket_are_survived_and_classi
     drop(cg);
 }
 
+/// Two lookups on two connections that share a descriptor number: the first socket is kept
+/// open by a `dup` while its descriptor is closed and taken by the second connect, and only
+/// closes after that. (Python's urllib under load does the same by timing: the old socket's
+/// final close comes after the next connect took its descriptor number.)
+const REUSED_FD_CLIENT: &str = r#"
+import os, socket, sys, time
+req = b"GET /v1/auth/token/lookup-self HTTP/1.1\r\nHost: x\r\nX-Vault-Token: t\r\n\r\n"
+a = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+a.sendall(req); print(a.recv(65536).split(b" ")[1].decode())
+keep = os.dup(a.fileno()); number = a.fileno(); a.close()
+b = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+assert b.fileno() == number, (b.fileno(), number)
+os.close(keep); time.sleep(0.3)
+b.sendall(req); print(b.recv(65536).split(b" ")[1].decode())
+"#;
+
+const TWO_ANSWERS_SERVER: &str = r#"
+import socket, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("127.0.0.1", 0)); l.listen(); print(l.getsockname()[1]); sys.stdout.flush()
+for code in (b"403 Forbidden", b"401 Unauthorized"):
+    c, _ = l.accept(); data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        data += c.recv(65536)
+    c.sendall(b"HTTP/1.1 " + code + b"\r\nContent-Length: 0\r\n\r\n")
+    c.close()
+"#;
+
+#[test]
+fn a_socket_closing_after_its_descriptor_number_was_reused_does_not_hide_the_new_one() {
+    require_e2e!();
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", TWO_ANSWERS_SERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let port: u16 = port.trim().parse().unwrap();
+    let dir = TempDir::new("reused-fd");
+    let cfg = config(&dir, &[("lo", "127.0.0.1", port, false, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let (rel, uid, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let out = cg
+        .command("python3")
+        .args(["-c", REUSED_FD_CLIENT, &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["403", "401"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = server.wait();
+    let count = |m: &str, code: &str| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[
+                ("pod", &uid),
+                ("endpoint", "lo"),
+                ("operation", "lookup"),
+                ("code", code),
+            ],
+        )
+    };
+    let m = agent.wait_metrics("the first lookup", |m| count(m, "403").is_some());
+    // The second request went out 0.3 s after the first connection closed: if it was seen, it
+    // is on the page by the time the first is (one ring, drained in order).
+    let m = if count(&m, "401").is_none() {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        agent.metrics()
+    } else {
+        m
+    };
+    assert_eq!(count(&m, "403"), Some(1.0), "{m}");
+    assert_eq!(
+        count(&m, "401"),
+        Some(1.0),
+        "the second connection was lost:\n{m}"
+    );
+    drop(cg);
+}
+
 /// Node.js: waits for the agent's next scan of /proc, then makes a bad-token and a good-token
 /// lookup over one keep-alive connection. Prints the two codes.
 const NODE_CLIENT: &str = r#"

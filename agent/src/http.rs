@@ -58,15 +58,15 @@ fn api_allowed(app: &App, peer: SocketAddr) -> Result<(), (StatusCode, &'static 
 
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
     // Rendering reads kernel maps (syscalls) and may walk the cgroup tree: off the async threads.
-    let render = move || {
-        let body = crate::export::render(&app.registry);
-        // The render's label sets and buffers are freed by now; without this the heap keeps
-        // their high-water mark resident.
-        crate::sys::release_free_memory();
-        body
-    };
+    let render = move || crate::export::render(&app.registry);
     match tokio::task::spawn_blocking(render).await {
-        Ok(body) => ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response(),
+        Ok(body) => {
+            // The render's label sets and buffers are freed by now; without this the heap keeps
+            // their high-water mark resident. Beside the reply, not before it: a trim walks the
+            // whole heap.
+            tokio::task::spawn_blocking(crate::sys::release_free_memory);
+            ([(header::CONTENT_TYPE, OPENMETRICS)], body).into_response()
+        }
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("rendering metrics failed: {e}\n"),

@@ -1,41 +1,30 @@
 //! The families that describe credentials: info, expiry, issue, staleness, refresh, rotations.
 use std::fmt;
 
-use super::series::{Families, Labels};
+use super::series::{Families, Row};
 use crate::state::credentials::Named;
 
-/// A credential's identity labels.
-pub fn credential_labels<'a>(c: &Named<'a>) -> Labels<'a> {
-    // Room for the most any family adds (`credential_info`'s four): no reallocation per row.
-    let mut l = Vec::with_capacity(8);
-    l.extend([
-        ("namespace", c.namespace.into()),
-        ("pod", c.pod.into()),
-        ("volume", c.record.volume.as_str().into()),
-        ("file", c.record.file.as_str().into()),
-    ]);
-    l
-}
+/// A credential named for this scrape, with its identity labels rendered ([`super::series::identity`]).
+pub type Described<'a> = (Named<'a>, String);
 
 fn dated<'c, 'a>(
-    creds: &'c [Named<'a>],
+    creds: &'c [Described<'a>],
     f: impl Fn(&Named) -> Option<f64> + 'c,
-) -> impl Iterator<Item = (Labels<'a>, f64)> + 'c {
+) -> impl Iterator<Item = (Row<'c, 0>, f64)> + 'c {
     creds
         .iter()
-        .filter_map(move |c| Some((credential_labels(c), f(c)?)))
+        .filter_map(move |(c, id)| Some((Row { id, more: [] }, f(c)?)))
 }
 
-pub fn encode(w: &mut Families, creds: &[Named]) -> fmt::Result {
-    let info = creds.iter().map(|c| {
-        let mut l = credential_labels(c);
-        l.extend([
-            ("kind", c.kind.as_str().into()),
-            ("source", c.source.into()),
-            ("pod_uid", c.record.pod_uid.as_str().into()),
-            ("service_account", c.service_account.into()),
-        ]);
-        (l, 1.0)
+pub fn encode(w: &mut Families, creds: &[Described]) -> fmt::Result {
+    let info = creds.iter().map(|(c, id)| {
+        let more = [
+            ("kind", c.kind.as_str()),
+            ("source", c.source),
+            ("pod_uid", c.record.pod_uid.as_str()),
+            ("service_account", c.service_account),
+        ];
+        (Row { id, more }, 1.0)
     });
     w.gauges("credential_info", "One per known credential file.", info)?;
     w.gauges(
@@ -61,6 +50,8 @@ pub fn encode(w: &mut Families, creds: &[Named]) -> fmt::Result {
     w.counters(
         "credential_rotations",
         "Generations observed after the first.",
-        creds.iter().map(|c| (credential_labels(c), c.rotations)),
+        creds
+            .iter()
+            .map(|(c, id)| (Row { id, more: [] }, c.rotations)),
     )
 }

@@ -119,8 +119,15 @@ impl prometheus_client::collector::Collector for Collector {
             cap: &self.cap,
             state: &self.state,
         };
-        credentials::encode(&mut w, &creds)?;
-        reads::encode(&mut w, &creds, &tally)?;
+        let described: Vec<credentials::Described> = creds
+            .into_iter()
+            .map(|c| {
+                let id = series::identity(&c);
+                (c, id)
+            })
+            .collect();
+        credentials::encode(&mut w, &described)?;
+        reads::encode(&mut w, &described, &tally)?;
         if let Some(fold) = &self.connects {
             fold.fold();
         }

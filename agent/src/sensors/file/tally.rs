@@ -32,9 +32,12 @@ pub struct Counted<'a> {
     pub retired: Vec<((u32, String), ReaderReads)>,
 }
 
-/// Every row `/metrics` shows for reads of `creds`: a row at 0 for host processes and, with pod
-/// metadata, for every container of the owning pod (so "mounted, never read" is one expression);
-/// reads kept for readers that are gone; and the live counters in `totals`.
+/// Every row `/metrics` shows for reads of `creds`: a row at 0 for every container of the owning
+/// pod, or for host processes (`_node`) where no container is known (host credentials, pods
+/// without metadata), so "mounted, never read" is one expression and a first read is an
+/// increase; reads kept for readers that are gone; and the live counters in `totals`. (A zero
+/// `_node` row beside the containers' was a fifth of a node's series, for a reader that is
+/// rare and shows anyway once it reads.)
 pub fn reads_by_label<'a>(
     creds: &[Named<'a>],
     counted: &'a Counted,
@@ -45,11 +48,15 @@ pub fn reads_by_label<'a>(
     let by_id: BTreeMap<u32, &Named> = creds.iter().map(|c| (c.id, c)).collect();
     let mut reads = Tally::new();
     for c in creds {
-        reads
-            .entry((c.id, Cow::Borrowed(attribution::NODE)))
-            .or_default();
+        let mut named = false;
         for name in c.meta.iter().flat_map(|m| m.containers.values()) {
             reads.entry((c.id, Cow::Borrowed(name))).or_default();
+            named = true;
+        }
+        if !named {
+            reads
+                .entry((c.id, Cow::Borrowed(attribution::NODE)))
+                .or_default();
         }
     }
     for ((cred_id, label), r) in &counted.retired {

@@ -157,7 +157,7 @@ mod tests {
         let state = Arc::new(State::default());
         state.apply_scan(
             &[Found {
-                pod_uid: String::new(),
+                pod_uid: "".into(),
                 volume: "/run/secrets".into(),
                 file: "db/password".into(),
                 source: "host".into(),
@@ -208,7 +208,7 @@ mod tests {
         let state = Arc::new(State::default());
         let found: Vec<Found> = (0..10)
             .map(|i| Found {
-                pod_uid: String::new(),
+                pod_uid: "".into(),
                 volume: "/v".into(),
                 file: format!("f{i}"),
                 source: "host".into(),

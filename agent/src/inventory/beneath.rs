@@ -15,19 +15,32 @@ use std::{
         unix::ffi::OsStrExt,
     },
     path::{Component, Path, PathBuf},
+    sync::Arc,
 };
 
-/// A file as the agent may open it: `rel` below `root`, no symlink followed in `rel`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+/// A file as the agent may open it: `rel` below `root`, no symlink followed in `rel`. The root
+/// is shared by the files of a volume (a scan of 5,000 pods names ~60,000 files).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Beneath {
-    pub root: PathBuf,
+    pub root: Arc<Path>,
     pub rel: PathBuf,
 }
 
+impl Default for Beneath {
+    fn default() -> Self {
+        Self::new("", "")
+    }
+}
+
 impl Beneath {
-    pub fn new(root: impl Into<PathBuf>, rel: impl Into<PathBuf>) -> Self {
+    pub fn new(root: impl AsRef<Path>, rel: impl Into<PathBuf>) -> Self {
+        Self::under(&Arc::from(root.as_ref()), rel)
+    }
+
+    /// `rel` below a root other files share.
+    pub fn under(root: &Arc<Path>, rel: impl Into<PathBuf>) -> Self {
         Self {
-            root: root.into(),
+            root: Arc::clone(root),
             rel: rel.into(),
         }
     }
@@ -35,7 +48,7 @@ impl Beneath {
     /// The path as a person reads it.
     pub fn path(&self) -> PathBuf {
         if self.rel.as_os_str().is_empty() {
-            self.root.clone()
+            self.root.to_path_buf()
         } else {
             self.root.join(&self.rel)
         }

@@ -149,14 +149,14 @@ fn scan_spec(spec: &WatchSpec, host_root: &Path, inodes: &mut HashSet<InodeKey>,
         tracked += 1;
         let path = at.path();
         out.found.push(Found {
-            pod_uid: String::new(),
-            volume: node_path(host_root, &root),
+            pod_uid: "".into(),
+            volume: node_path(host_root, &root).into(),
             file: path
                 .strip_prefix(&root)
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .into_owned(),
-            source: "host".to_owned(),
+            source: "host".into(),
             inode: key,
             modified,
             generations: None,
@@ -279,7 +279,7 @@ mod tests {
         let got: Vec<(String, String)> = s
             .found
             .iter()
-            .map(|f| (f.volume.clone(), f.file.clone()))
+            .map(|f| (f.volume.to_string(), f.file.clone()))
             .collect();
         // vol/token is a symlink: not followed below the `vol` entry, found through the entry
         // that names it exactly (the operator's choice).
@@ -325,7 +325,7 @@ mod tests {
         let got: Vec<(&str, &str)> = s
             .found
             .iter()
-            .map(|f| (f.volume.as_str(), f.file.as_str()))
+            .map(|f| (&*f.volume, f.file.as_str()))
             .collect();
         assert_eq!(
             got,

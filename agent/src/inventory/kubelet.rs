@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use credwatch_common::file::InodeKey;
@@ -176,10 +177,16 @@ impl GenerationNumbers {
             out.skipped += (files.len() - MAX_FILES_PER_VOLUME) as u64;
             files.truncate(MAX_FILES_PER_VOLUME);
         }
+        let root: Arc<Path> = Arc::from(dir.as_path());
+        let (uid, name, source): (Arc<str>, Arc<str>, Arc<str>) = (
+            uid.into(),
+            volume.name.as_str().into(),
+            volume.source.as_str().into(),
+        );
         for rel in files {
             let at = match &generations {
-                Some((cur, by_gen)) => Beneath::new(dir, Path::new(&by_gen[cur]).join(&rel)),
-                None => Beneath::new(dir, &rel),
+                Some((cur, by_gen)) => Beneath::under(&root, Path::new(&by_gen[cur]).join(&rel)),
+                None => Beneath::under(&root, &rel),
             };
             // A symlink (in a volume the pod writes) is tracked under its name, never followed.
             let (inode, modified) = regular_file(&at).unwrap_or((InodeKey::default(), 0.0));
@@ -188,7 +195,7 @@ impl GenerationNumbers {
                 files: by_gen
                     .iter()
                     .filter_map(|(g, name)| {
-                        let at = Beneath::new(dir, Path::new(name).join(&rel));
+                        let at = Beneath::under(&root, Path::new(name).join(&rel));
                         regular_file(&at).map(|(inode, _)| GenFile {
                             generation: *g,
                             inode,
@@ -198,10 +205,10 @@ impl GenerationNumbers {
                     .collect(),
             });
             out.found.push(Found {
-                pod_uid: uid.to_owned(),
-                volume: volume.name.clone(),
+                pod_uid: Arc::clone(&uid),
+                volume: Arc::clone(&name),
                 file: rel.to_string_lossy().into_owned(),
-                source: volume.source.clone(),
+                source: Arc::clone(&source),
                 path: dir.join(&rel),
                 at,
                 inode,
@@ -358,7 +365,7 @@ mod tests {
         let ids: Vec<(String, String, String)> = out
             .found
             .iter()
-            .map(|f| (f.volume.clone(), f.file.clone(), f.source.clone()))
+            .map(|f| (f.volume.to_string(), f.file.clone(), f.source.to_string()))
             .collect();
         assert_eq!(
             ids,
@@ -382,7 +389,7 @@ mod tests {
             ]
         );
         let token = &out.found[1];
-        assert_eq!(token.pod_uid, uid);
+        assert_eq!(&*token.pod_uid, uid);
         assert_eq!(token.generations.as_ref().unwrap().current, 0);
         assert!(out.problems.is_empty(), "{:?}", out.problems);
 
@@ -445,7 +452,7 @@ mod tests {
             InodeKey::default(),
             "dangling: unwatchable"
         );
-        assert_eq!(out.found[0].pod_uid, "not a uid");
+        assert_eq!(&*out.found[0].pod_uid, "not a uid");
         // No kubelet root at all: nothing, no error.
         let mut out = Scan::default();
         scan(

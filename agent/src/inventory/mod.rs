@@ -13,6 +13,7 @@ use std::{
     collections::{BTreeSet, HashSet},
     os::unix::fs::MetadataExt,
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
@@ -42,12 +43,12 @@ pub struct Generations {
 /// One file a scan found: its identity (pod uid, volume, file) and what it is now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Found {
-    /// Empty for host credentials.
-    pub pod_uid: String,
-    pub volume: String,
+    /// Empty for host credentials. (This and `volume`, `source` are shared by a volume's files.)
+    pub pod_uid: Arc<str>,
+    pub volume: Arc<str>,
     pub file: String,
     /// `host`, `secret`, `projected`, `csi/<driver>`, `emptydir`.
-    pub source: String,
+    pub source: Arc<str>,
     /// The visible path.
     pub path: PathBuf,
     /// How the agent opens the current file: below a trusted root, no symlink followed.

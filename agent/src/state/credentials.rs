@@ -106,14 +106,14 @@ impl Credential {
         Credential {
             id,
             namespace: String::new(),
-            pod: f.pod_uid.clone(),
-            pod_uid: f.pod_uid.clone(),
+            pod: f.pod_uid.to_string(),
+            pod_uid: f.pod_uid.to_string(),
             service_account: String::new(),
-            volume: f.volume.clone(),
+            volume: f.volume.to_string(),
             file: f.file.clone(),
             path: f.path.clone(),
             kind: Kind::Opaque,
-            source: f.source.clone(),
+            source: f.source.to_string(),
             inode: InodeKey::default(),
             generation,
             rotations: 0,
@@ -384,9 +384,9 @@ impl CredentialTable {
         let h = key_hash(&self.hasher, &f.pod_uid, &f.volume, &f.file);
         let by_id = &self.by_id;
         let same = |id: &u32| {
-            by_id
-                .get(id)
-                .is_some_and(|r| r.pod_uid == f.pod_uid && r.volume == f.volume && r.file == f.file)
+            by_id.get(id).is_some_and(|r| {
+                *r.pod_uid == *f.pod_uid && *r.volume == *f.volume && r.file == f.file
+            })
         };
         if let Some(id) = self.by_key.find(h, same) {
             return *id;
@@ -470,7 +470,7 @@ mod tests {
 
     fn found(file: &str, ino: u64) -> Found {
         Found {
-            pod_uid: String::new(),
+            pod_uid: "".into(),
             volume: "/v".into(),
             file: file.into(),
             source: "host".into(),

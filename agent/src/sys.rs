@@ -137,30 +137,23 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
     (major << 20) | (minor & 0xfffff)
 }
 
-/// Gives the heap's free memory back to the kernel. glibc keeps what a burst of allocations
-/// freed (parsing the kernel's BTF at start-up is ~50 MiB; a scan, a scrape) in its arenas,
-/// where it stays resident: trimmed, the idle agent is ~13 MiB instead of ~65.
+/// Returns the allocator's free pages to the kernel now (after start-up, a scan pass, a scrape)
+/// instead of at the next decay tick.
 pub fn release_free_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: no arguments beyond the padding to keep; safe to call at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// Tunes glibc malloc for an agent whose memory is a steady state plus bursts (a scan, a
-/// scrape's page). One arena for every thread: by default each thread that allocates gets its
-/// own (up to 8 per CPU), and what a tokio worker frees stays resident there (with 1,000 pods
-/// ~20 of the agent's ~63 MiB); the agent allocates little on hot paths, so the shared lock
-/// costs nothing measurable. Buffers from 1 MiB up (a scrape's page: 20 MB at 5,000 pods) are
-/// mapped and unmapped on their own, never left in the heap (a fixed threshold also stops glibc
-/// from raising it after the first such free).
-pub fn tune_malloc() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    // Every arena (MALLCTL_ARENAS_ALL); a command: no value in or out.
+    let name = c"arena.4096.purge";
+    // SAFETY: a NUL-terminated name and null in/out pointers, as the command takes.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "cannot purge the allocator's free pages");
     }
 }
 

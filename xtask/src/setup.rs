@@ -17,8 +17,11 @@ pub fn ebpf_toolchain() -> &'static str {
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
-/// To build bpf-linker against LLVM 22.
+/// gcc and make build ring's C and the jemalloc allocator the agent links; LLVM 22 is for
+/// building bpf-linker.
 const BUILD_PACKAGES: &[&str] = &[
+    "gcc",
+    "make",
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",

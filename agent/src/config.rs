@@ -81,6 +81,21 @@ pub struct Flags {
     /// container, mount the host's / read-only (the DaemonSet uses /host) [default: /]
     #[arg(long, env = "CREDWATCH_HOST_ROOT", value_name = "DIR")]
     pub host_root: Option<PathBuf>,
+
+    /// How the file sensor sees opens: `auto` takes the return of security_file_open (fexit:
+    /// every open, io_uring's included, no descriptor walk) where the kernel runs BPF trampolines,
+    /// else the open syscalls' tracepoints; `tracepoints` skips the first [default: auto]
+    #[arg(long, env = "CREDWATCH_FILE_HOOK", value_name = "HOOK")]
+    pub file_hook: Option<FileHook>,
+}
+
+/// See `Flags::file_hook`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FileHook {
+    #[default]
+    Auto,
+    Tracepoints,
 }
 
 /// Options of `credwatch agent` only.
@@ -141,6 +156,7 @@ pub struct FileConfig {
     pub watch: Vec<String>,
     pub no_default_watch: bool,
     pub host_root: Option<PathBuf>,
+    pub file_hook: Option<FileHook>,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: Option<u64>,
@@ -197,6 +213,7 @@ pub struct Config {
     /// The node's paths: found below `host_root`.
     pub watch: Vec<String>,
     pub host_root: PathBuf,
+    pub file_hook: FileHook,
     pub kubeconfig: Option<PathBuf>,
     pub node_name: Option<String>,
     pub series_grace: std::time::Duration,
@@ -275,6 +292,11 @@ impl Config {
                 .clone()
                 .or(file.host_root)
                 .unwrap_or_else(|| "/".into()),
+            file_hook: flags
+                .common
+                .file_hook
+                .or(file.file_hook)
+                .unwrap_or_default(),
             kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig),
             node_name: flags.node_name.clone().or(file.node_name),
             series_grace: flags

@@ -1,5 +1,6 @@
-//! File sensor: on the exit of every open syscall, resolve the new descriptor to its inode
-//! (`current->files->fdt->fd[ret]->f_inode`), look the inode up in `WATCHED`, and for a watched file
+//! File sensor: at the return of `security_file_open` where the kernel runs BPF trampolines
+//! (fexit: the `struct file` in hand), else on the exit of every open syscall (the descriptor
+//! walked to `current->files->fdt->fd[ret]`), take the file's inode, look it up in `WATCHED`, and for a watched file
 //! opened with read access bump an exact per-CPU counter keyed by (reader cgroup, credential,
 //! generation). Only the first read of such a triple becomes a ring-buffer event. A non-credential
 //! open costs the pointer walk (no helper calls) and one hash lookup.
@@ -15,9 +16,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{map, tracepoint},
+    macros::{fexit, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
     EbpfContext as _,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -107,6 +108,37 @@ pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
     on_open_exit(&ctx)
 }
 
+/// The fast hook, where the kernel allows BPF trampolines: the return of `security_file_open`,
+/// which every open of a file passes (any syscall, io_uring, compat, kernel helpers opening for
+/// a process) with the `struct file` in hand: no descriptor walk. Only opens the LSMs allowed
+/// (`ret == 0`) count; an open that fails after this point (rare: the file system's own `open`)
+/// would count where the tracepoints would not.
+#[fexit(function = "security_file_open")]
+pub fn security_file_open_exit(ctx: FExitContext) -> u32 {
+    let ret: i64 = ctx.arg(1);
+    if ret as i32 != 0 {
+        return 0;
+    }
+    let file: *const u8 = ctx.arg(0);
+    let off = offsets();
+    // `file` is a BTF-typed pointer: direct loads, as in `watched_open`.
+    let opened = unsafe {
+        let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
+        let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
+        let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
+        let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
+        classify(
+            InodeKey::new(dev, ino),
+            || Some(*(inode.add(off.inode_i_mode as usize) as *const u16)),
+            || Some(*(file.add(off.file_f_mode as usize) as *const u32)),
+        )
+    };
+    if let Some(opened) = opened {
+        count_open(opened);
+    }
+    0
+}
+
 /// Every step is an early return: nothing on this path can fail in a way worth reporting (a
 /// descriptor that vanished or an unwatched inode is simply not a credential read).
 #[inline(always)]
@@ -117,24 +149,30 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let off = offsets();
-    let Some(opened) = (unsafe { watched_open(&off, fd as u64) }) else {
-        return 0;
-    };
+    if let Some(opened) = unsafe { watched_open(&off, fd as u64) } {
+        count_open(opened);
+    }
+    0
+}
+
+/// The counting core both hooks share: a read-access open of a watched credential or of an
+/// unseen file on a credential volume, by anyone but the agent.
+#[inline(always)]
+fn count_open(opened: Opened) {
     let f_mode = match opened {
         Opened::Watched(_, m) | Opened::Unseen(_, m) => m,
     };
     if f_mode & FMODE_READ == 0 {
-        return 0;
+        return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == agent_tgid() {
-        return 0;
+        return;
     }
     match opened {
         Opened::Watched(cred, _) => count_read(cred, pid_tgid),
         Opened::Unseen(inode, _) => count_unseen(inode, pid_tgid),
     }
-    0
 }
 
 /// Whether `dev` is an anonymous device (tmpfs) marked as a credential volume's mount.

@@ -1,8 +1,10 @@
 #!/bin/bash
 # The kernel-compatibility tier: boots Debian's current 6.1 and 6.12 cloud kernels under QEMU (TCG)
-# and checks, inside each, that credwatch's file probes load, attach, take the expected walk from
-# descriptor to inode (6.1 has no bpf_rdonly_cast: the helper walk; 6.12: the kfunc walk, and the
-# helper walk again when forced) and count reads exactly through every descriptor-table shape.
+# and checks, inside each, that credwatch's file probes load and attach: the fast hook
+# (fexit/security_file_open) by default, counting io_uring opens too; and, forced, the syscall
+# tracepoints with the expected walk from descriptor to inode (6.1 has no bpf_rdonly_cast: the
+# helper walk; 6.12: the kfunc walk, and the helper walk again when forced); each counts reads
+# exactly through every descriptor-table shape.
 # Run by `cargo xtask test` (as root); idempotent, kernels and the initramfs are cached.
 #
 #   tests/kernels/run.sh BIN_DIR     BIN_DIR holds credwatch and credwatch-probe-reader
@@ -146,12 +148,17 @@ want_walk() {
     if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 2 ]; }; then echo rdonly_cast; else echo helpers; fi
 }
 
+# Per kernel: the fast hook (chosen by default: both kernels allow BPF trampolines), then the
+# tracepoint path forced, with the walk the kernel allows and (6.2+) the helper walk too. The
+# same reads are expected from both paths, plus the io_uring opens from the fast hook only.
 status=0
 for pkg in "${KERNELS[@]}"; do
     want=$(want_walk "$pkg")
-    boot "$pkg" "cw.want=$want" "$pkg" || status=1
+    boot "$pkg" "cw.wanthook=fexit" "$pkg" || status=1
+    tp="cw.hook=tracepoints cw.wanthook=tracepoints"
+    boot "$pkg" "$tp cw.want=$want" "$pkg-tracepoints" || status=1
     if [ "$want" = rdonly_cast ]; then
-        boot "$pkg" "cw.walk=helpers cw.want=helpers" "$pkg-helpers" || status=1
+        boot "$pkg" "$tp cw.walk=helpers cw.want=helpers" "$pkg-helpers" || status=1
     fi
 done
 exit $status

@@ -12,7 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use tokio::{net::TcpListener, sync::mpsc};
 
 use crate::{
-    config::Config,
+    config::{Config, FileHook},
     export, http,
     identity::{podmeta, CgroupResolver, PodIndex},
     inventory::{watcher::Watcher, Sources},
@@ -50,7 +50,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     mount_pseudo_filesystems();
     let state = Arc::new(State::default());
-    let kernel = load_kernel(&state, &cfg.host_root)?;
+    let kernel = load_kernel(&state, &cfg.host_root, cfg.file_hook)?;
     sys::release_free_memory();
     let (maps, auth_maps) = (kernel.maps.clone(), kernel.auth_maps.clone());
     let cgroups = Arc::new(CgroupResolver::new(
@@ -126,8 +126,12 @@ struct Kernel {
 
 /// Loads the object, attaches the file and auth-call sensors and the TLS probes (on the
 /// system's libssl and every one mapped now, then as processes map them), takes the maps.
-fn load_kernel(state: &Arc<State>, host_root: &Path) -> anyhow::Result<Kernel> {
-    let mut loaded = attach_file_sensor()?;
+fn load_kernel(
+    state: &Arc<State>,
+    host_root: &Path,
+    file_hook: FileHook,
+) -> anyhow::Result<Kernel> {
+    let mut loaded = attach_file_sensor(file_hook)?;
     let auth_hooks = attach_auth_sensor(&mut loaded);
     let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
     let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
@@ -170,14 +174,18 @@ fn mount_pseudo_filesystems() {
 
 /// The file sensor, attached as `credwatch check` attaches it: with the walk this kernel allows,
 /// falling back to helper reads where the verifier refuses the kfunc.
-fn attach_file_sensor() -> anyhow::Result<Loaded> {
+fn attach_file_sensor(file_hook: FileHook) -> anyhow::Result<Loaded> {
     let kernel = btf::probe_btf(Path::new(btf::VMLINUX_BTF))?;
     tracing::debug!(offsets = ?kernel.offsets, "kernel struct offsets");
-    let loaded = file::attach(&kernel, std::process::id())?;
-    tracing::info!(
-        walk = loaded.btf.file_walk(),
-        "file probe: descriptor to inode by"
-    );
+    let loaded = file::attach(&kernel, std::process::id(), file_hook)?;
+    match &loaded.fast_refused {
+        None => tracing::info!("file probe: fexit/security_file_open (every open, file in hand)"),
+        Some(why) => tracing::info!(
+            fast_hook = %why,
+            walk = loaded.btf.file_walk(),
+            "file probe: the open syscalls' tracepoints, descriptor to inode by"
+        ),
+    }
     for s in &loaded.hooks {
         match &s.error {
             None => tracing::info!(probe = %s.probe, "probe attached"),

@@ -2,6 +2,7 @@
 use std::path::Path;
 
 use crate::{
+    config::FileHook,
     kernel::btf,
     sensors::{
         auth::{self, catalog::Catalog, tls},
@@ -29,7 +30,7 @@ fn item(name: impl Into<String>, ok: bool, required: bool, detail: impl Into<Str
 }
 
 /// Runs every check. Probes are really loaded and attached (then detached) when privileges allow.
-pub fn run(catalog: &Catalog) -> Vec<Item> {
+pub fn run(catalog: &Catalog, file_hook: FileHook) -> Vec<Item> {
     let mut items = Vec::new();
     let privileged = sys::missing_privileges();
     items.push(match &privileged {
@@ -84,7 +85,7 @@ pub fn run(catalog: &Catalog) -> Vec<Item> {
         ),
     });
     match (&privileged, &kernel) {
-        (None, Ok(k)) => items.extend(probe_items(k)),
+        (None, Ok(k)) => items.extend(probe_items(k, file_hook)),
         _ => items.push(item(
             "probes",
             false,
@@ -164,8 +165,8 @@ fn mount_item(path: &str, fstype: &str, required: bool, why: &str, may_mount: bo
 }
 
 /// Loads the object and attaches the file sensor's hooks exactly as the agent does, then detaches.
-fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
-    let loaded = match file::attach(kernel, std::process::id()) {
+fn probe_items(kernel: &btf::ProbeBtf, file_hook: FileHook) -> Vec<Item> {
+    let loaded = match file::attach(kernel, std::process::id(), file_hook) {
         Ok(loaded) => loaded,
         Err(e) => return vec![item("eBPF object", false, true, format!("{e}"))],
     };
@@ -174,7 +175,21 @@ fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
         .into_iter()
         .map(|(map, detail)| item(format!("map {map}"), true, false, detail))
         .collect();
-    if any {
+    items.push(match &loaded.fast_refused {
+        None => item(
+            "file hook",
+            true,
+            false,
+            "fexit/security_file_open: every open, with the file in hand",
+        ),
+        Some(why) => item(
+            "file hook",
+            true,
+            false,
+            format!("the open syscalls' tracepoints (the fast hook: {why})"),
+        ),
+    });
+    if any && loaded.fast_refused.is_some() {
         items.push(item(
             "descriptor to inode",
             true,
@@ -186,7 +201,9 @@ fn probe_items(kernel: &btf::ProbeBtf) -> Vec<Item> {
     let auth_hooks = auth::attach(&mut loaded.ebpf);
     for s in loaded.hooks.into_iter().chain(auth_hooks) {
         // openat is what every libc uses; without it the agent is blind.
-        let required = s.probe == file::REQUIRED_HOOK || !any;
+        let required = s.probe == file::REQUIRED_HOOK
+            || file::FAST_HOOKS.iter().any(|h| h.label() == s.probe)
+            || !any;
         let detail = s.error.unwrap_or_else(|| "attached".to_owned());
         items.push(item(
             format!("probe {}", s.probe),

@@ -9,7 +9,7 @@ use std::{io::IsTerminal, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{AgentFlags, Config, Flags},
+    config::{AgentFlags, Config, FileHook, Flags},
     sensors::auth::catalog::Catalog,
 };
 
@@ -67,14 +67,14 @@ pub fn main() -> ExitCode {
         Command::Agent(flags) => run_agent(flags),
         Command::Inventory { flags, json } => inventory::run(flags, json),
         Command::Check { flags } => {
-            let catalog = match catalog_of(flags) {
+            let (catalog, file_hook) = match catalog_of(flags) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("credwatch: error: {e:#}");
                     return ExitCode::FAILURE;
                 }
             };
-            return if check::print(&check::run(&catalog)) {
+            return if check::print(&check::run(&catalog, file_hook)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -90,13 +90,13 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The endpoint catalog the agent would use with these flags.
-fn catalog_of(flags: Flags) -> anyhow::Result<Catalog> {
+/// The endpoint catalog and file hook the agent would use with these flags.
+fn catalog_of(flags: Flags) -> anyhow::Result<(Catalog, FileHook)> {
     let cfg = Config::from_agent_flags(&AgentFlags {
         common: flags,
         ..Default::default()
     })?;
-    Ok(Catalog::from_config(&cfg)?)
+    Ok((Catalog::from_config(&cfg)?, cfg.file_hook))
 }
 
 fn run_agent(flags: AgentFlags) -> anyhow::Result<()> {

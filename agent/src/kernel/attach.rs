@@ -1,18 +1,23 @@
 //! Attaching programs to their hooks; a failure is reported per hook, never fatal here.
 use aya::{
-    programs::{ProgramError, TracePoint},
-    Ebpf,
+    programs::{FExit, ProgramError, TracePoint},
+    Btf, Ebpf,
 };
 use serde::Serialize;
 
-/// Where a program of the object attaches. Tracepoints today; uprobes, cgroup hooks and the
-/// trampoline hooks (fentry, LSM) join as the sensors that need them arrive.
+/// Where a program of the object attaches: a tracepoint, or the return of a kernel function
+/// through a BPF trampoline (fexit; kernels that allow trampolines only). Uprobes and cgroup
+/// hooks are attached by their sensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Tracepoint {
         program: &'static str,
         category: &'static str,
         name: &'static str,
+    },
+    Fexit {
+        program: &'static str,
+        function: &'static str,
     },
 }
 
@@ -35,16 +40,22 @@ impl Hook {
         }
     }
 
+    /// The return of kernel function `function`, run by `program`.
+    pub const fn fexit(program: &'static str, function: &'static str) -> Hook {
+        Hook::Fexit { program, function }
+    }
+
     pub fn program(&self) -> &'static str {
         match self {
-            Hook::Tracepoint { program, .. } => program,
+            Hook::Tracepoint { program, .. } | Hook::Fexit { program, .. } => program,
         }
     }
 
-    /// The `probe` label and the name in logs: `tracepoint/<category>/<name>`.
+    /// The `probe` label and the name in logs: `tracepoint/<category>/<name>`, `fexit/<function>`.
     pub fn label(&self) -> String {
         match self {
             Hook::Tracepoint { category, name, .. } => format!("tracepoint/{category}/{name}"),
+            Hook::Fexit { function, .. } => format!("fexit/{function}"),
         }
     }
 }
@@ -82,6 +93,12 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
             prog.load().map_err(|e| describe(&e))?;
             prog.attach(category, name).map_err(|e| describe(&e))?;
         }
+        Hook::Fexit { function, .. } => {
+            let prog: &mut FExit = program.try_into().map_err(|e| describe(&e))?;
+            let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+            prog.load(function, &btf).map_err(|e| describe(&e))?;
+            prog.attach().map_err(|e| describe(&e))?;
+        }
     }
     Ok(())
 }
@@ -94,6 +111,10 @@ fn describe(e: &ProgramError) -> String {
             verifier_log,
         } => {
             let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                // Refused before the verifier ran (EPERM: no BPF trampolines here, lockdown).
+                return format!("the kernel refused to load it ({io_error})");
+            }
             let tail: Vec<&str> = log.lines().rev().take(8).collect();
             format!(
                 "verifier rejected it ({io_error}); last lines of its log:\n  {}",

@@ -12,6 +12,9 @@ pub struct Loaded {
     pub hooks: Vec<HookStatus>,
     /// The BTF the programs were loaded with: says which walk runs (`ProbeBtf::file_walk`).
     pub btf: ProbeBtf,
+    /// Why the fast hooks are not the ones in use (refused by the kernel, or not asked for);
+    /// `None` when they are.
+    pub fast_refused: Option<String>,
 }
 
 impl Loaded {
@@ -20,17 +23,48 @@ impl Loaded {
     }
 }
 
-/// Loads the object and attaches `hooks`. If none attaches with the `bpf_rdonly_cast` walk (a
-/// kernel whose verifier does not allow the kfunc for these programs), loads it again with the
+/// Loads the object and attaches `fast` if given and the kernel allows all of it (trampoline
+/// hooks), else `hooks`. If none of `hooks` attaches with the `bpf_rdonly_cast` walk (a kernel
+/// whose verifier does not allow the kfunc for these programs), loads the object again with the
 /// helper walk.
-pub fn load_and_attach(btf: &ProbeBtf, agent_tgid: u32, hooks: &[Hook]) -> Result<Loaded> {
+pub fn load_and_attach(
+    btf: &ProbeBtf,
+    agent_tgid: u32,
+    fast: Option<&[Hook]>,
+    hooks: &[Hook],
+) -> Result<Loaded> {
     let mut ebpf = object::load(btf, agent_tgid)?;
+    let fast_refused = match fast {
+        None => Some("not asked for (--file-hook tracepoints)".to_owned()),
+        Some(fast) => {
+            let statuses = attach(&mut ebpf, fast);
+            if statuses.iter().all(|s| s.attached) {
+                return Ok(Loaded {
+                    ebpf,
+                    hooks: statuses,
+                    btf: *btf,
+                    fast_refused: None,
+                });
+            }
+            // A partly attached fast set would count twice beside the fallback: start over.
+            drop(ebpf);
+            ebpf = object::load(btf, agent_tgid)?;
+            Some(
+                statuses
+                    .into_iter()
+                    .filter_map(|s| Some(format!("{}: {}", s.probe, s.error?)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        }
+    };
     let statuses = attach(&mut ebpf, hooks);
     if btf.rdonly_cast.is_none() || statuses.iter().any(|s| s.attached) {
         return Ok(Loaded {
             ebpf,
             hooks: statuses,
             btf: *btf,
+            fast_refused,
         });
     }
     let fallback = btf.without_kfuncs();
@@ -45,6 +79,7 @@ pub fn load_and_attach(btf: &ProbeBtf, agent_tgid: u32, hooks: &[Hook]) -> Resul
         ebpf,
         hooks: statuses,
         btf: fallback,
+        fast_refused,
     })
 }
 
@@ -69,7 +104,7 @@ mod tests {
             return;
         };
         let refused = real.with_refused_kfunc(vmlinux).expect("vfs_open in BTF");
-        let loaded = load_and_attach(&refused, std::process::id(), &HOOKS).unwrap();
+        let loaded = load_and_attach(&refused, std::process::id(), None, &HOOKS).unwrap();
         assert!(
             loaded.hooks.iter().all(|s| s.attached),
             "{:?}",

@@ -2,7 +2,7 @@
 //! controlled ways.
 //!
 //! usage: credwatch-probe-reader [--chdir DIR] [--tmpfs DIR] [--mkdir DIR] [--bind SRC:DST]...
-//!                                open PATH N [r|w|rw]
+//!                                open PATH N [r|w|rw] | open-uring PATH N
 //!
 //! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
 //! mount is seen by nobody else (`--tmpfs /run --mkdir /run/secrets/... --bind VOL:/run/secrets/...`
@@ -10,7 +10,8 @@
 //! after closing every descriptor above 2 (its table is the array inside `files_struct`);
 //! `--fdtable expanded` first dups a descriptor to 100 and closes it (an expanded table, low
 //! descriptors); `--fdtable high` fills descriptors 3..200 (opens return 200 and up).
-//! Prints the number of successful opens.
+//! `open-uring` opens read-only through io_uring (`IORING_OP_OPENAT`), which no open syscall
+//! carries. Prints the number of successful opens.
 use std::ffi::CString;
 
 use credwatch_e2e::mounts;
@@ -105,6 +106,37 @@ fn open_n(path: &str, n: u64, mode: &str) -> u64 {
     ok
 }
 
+/// Opens `path` read-only `n` times through io_uring, closing each; returns the count.
+fn open_uring(path: &str, n: u64) -> u64 {
+    use io_uring::{opcode, types, IoUring};
+    let p = cstr(path);
+    let mut ring = IoUring::new(8).unwrap_or_else(|e| die(format!("io_uring_setup: {e}")));
+    let mut ok = 0u64;
+    for _ in 0..n {
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), p.as_ptr())
+            .flags(libc::O_RDONLY | libc::O_CLOEXEC)
+            .build();
+        // SAFETY: `p` outlives the submission, which completes before the next loop.
+        unsafe { ring.submission().push(&open) }.unwrap_or_else(|_| die("ring full".into()));
+        ring.submit_and_wait(1)
+            .unwrap_or_else(|e| die(format!("io_uring_enter: {e}")));
+        let cqe = ring
+            .completion()
+            .next()
+            .unwrap_or_else(|| die("no completion".into()));
+        if cqe.result() < 0 {
+            die(format!(
+                "io_uring open {path}: {}",
+                std::io::Error::from_raw_os_error(-cqe.result())
+            ));
+        }
+        // SAFETY: the descriptor the open returned, closed once.
+        unsafe { libc::close(cqe.result()) };
+        ok += 1;
+    }
+    ok
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -155,6 +187,17 @@ fn main() {
                     .unwrap_or_else(|| die("open needs a count".into()));
                 let mode = args.get(i + 3).map(String::as_str).unwrap_or("r");
                 println!("{}", open_n(path, n, mode));
+                return;
+            }
+            "open-uring" => {
+                let path = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("open-uring needs PATH".into()));
+                let n: u64 = args
+                    .get(i + 2)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| die("open-uring needs a count".into()));
+                println!("{}", open_uring(path, n));
                 return;
             }
             other => die(format!("unknown argument {other}")),

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! inventory passes --watch_sync--> State credentials + WATCHED (kernel)
-//! open syscall exits (HOOKS) --> per-CPU READS (kernel) --tally--> export, at scrape time
+//! security_file_open returns (FAST_HOOKS) or open syscall exits (HOOKS)
+//!                            --> per-CPU READS (kernel) --tally--> export, at scrape time
 //!                            --> first reads on EVENTS --first_reads--> State readers
 //! reader cgroups gone --reader_gc--> READS entries removed, aggregate counts kept in State
 //! ```
@@ -11,7 +12,10 @@ pub mod reader_gc;
 pub mod tally;
 pub mod watch_sync;
 
-use crate::kernel::{btf::ProbeBtf, compat, Hook, Result};
+use crate::{
+    config::FileHook,
+    kernel::{btf::ProbeBtf, compat, Hook, Result},
+};
 
 /// The exits of every syscall that returns a new descriptor for a path. (`creat` is left out:
 /// it always opens write-only, so it can never be a read.)
@@ -22,10 +26,19 @@ pub const HOOKS: [Hook; 4] = [
     Hook::syscall_exit("sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at"),
 ];
 
-/// The hook every libc opens through: without it the sensor is blind.
+/// The fast hook: the return of `security_file_open`, which every open of a file passes with
+/// the `struct file` in hand (io_uring's, compat syscalls' and kernel helpers' too). It needs
+/// BPF trampolines (fexit), which many kernels allow and some refuse (lockdown, no
+/// FUNCTION_TRACER); fexit rather than BPF LSM because it needs no `lsm=` boot list and sees
+/// the verdict of every LSM (only allowed opens count).
+pub const FAST_HOOKS: [Hook; 1] = [Hook::fexit("security_file_open_exit", "security_file_open")];
+
+/// The hook every libc opens through on the tracepoint path: without it the sensor is blind.
 pub const REQUIRED_HOOK: &str = "tracepoint/syscalls/sys_exit_openat";
 
-/// Loads the object and attaches the file sensor's hooks, with the walk this kernel allows.
-pub fn attach(btf: &ProbeBtf, agent_tgid: u32) -> Result<compat::Loaded> {
-    compat::load_and_attach(btf, agent_tgid, &HOOKS)
+/// Loads the object and attaches the file sensor's hooks: the fast hook where the kernel allows
+/// it and `choice` asks for it, else the syscall tracepoints with the walk this kernel allows.
+pub fn attach(btf: &ProbeBtf, agent_tgid: u32, choice: FileHook) -> Result<compat::Loaded> {
+    let fast = (choice == FileHook::Auto).then_some(&FAST_HOOKS[..]);
+    compat::load_and_attach(btf, agent_tgid, fast, &HOOKS)
 }

@@ -10,6 +10,8 @@
 #   tests/kernels/run.sh BIN_DIR     BIN_DIR holds credwatch and credwatch-probe-reader
 #   OPENS=1000 TIMEOUT=600           opens per reader run; seconds per boot
 #   EXTRA_APPEND=cw.expect=1         (checks the FAIL path: every run must fail)
+#   BENCH=N                          instead of the tests: one "BENCH ..." line per kernel and file
+#                                    hook, the hook's BPF run time per open (cargo xtask bench)
 # Output: one "KERNEL ... PASS|FAIL" line per run; console logs in target/kernels/logs/.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -147,6 +149,25 @@ want_walk() {
     major=${v%%.*}; minor=${v#*.}; minor=${minor%%[.-]*}
     if [ "$major" -gt 6 ] || { [ "$major" -eq 6 ] && [ "$minor" -ge 2 ]; }; then echo rdonly_cast; else echo helpers; fi
 }
+
+if [ -n "${BENCH:-}" ]; then
+    status=0
+    for pkg in "${KERNELS[@]}"; do
+        for hook in fexit tracepoints; do
+            log=$LOGS/$pkg-bench-$hook.log
+            flag=; [ "$hook" = tracepoints ] && flag="cw.hook=tracepoints"
+            kernel=$CACHE/$pkg/vmlinux
+            [ -s "$kernel" ] || kernel=$CACHE/$pkg/vmlinuz
+            timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 1G \
+                -display none -monitor none -serial stdio -no-reboot -net none \
+                -kernel "$kernel" -initrd "$INITRD" \
+                -append "console=ttyS0 panic=-1 quiet cw.bench=$BENCH $flag" </dev/null >"$log" 2>&1 || true
+            line=$(tr -d '\r' <"$log" | grep -a '^CWBENCH ' | tail -n1 | sed 's/^CWBENCH //')
+            if [ -n "$line" ]; then echo "BENCH $pkg $line"; else echo "BENCH $pkg hook=$hook FAIL (see $log)"; status=1; fi
+        done
+    done
+    exit $status
+fi
 
 # Per kernel: the fast hook (chosen by default: both kernels allow BPF trampolines), then the
 # tracepoint path forced, with the walk the kernel allows and (6.2+) the helper walk too. The

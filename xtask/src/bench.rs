@@ -36,7 +36,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     tree: Option<PathBuf>,
     /// Which part to run: the file sensor's, the auth-call sensor's, or both; `scale` is the
-    /// agent on kubelet trees of 1,000 and 5,000 pods (memory, scan, /metrics, rotation).
+    /// agent on kubelet trees of 1,000 and 5,000 pods (memory, scan, /metrics, rotation);
+    /// `kernels` the file hooks' BPF run time per open inside Debian 6.1 and 6.12 guests (QEMU),
+    /// where the fast hook can run (also part of `all`).
     #[arg(long, value_enum, default_value_t = Part::All)]
     part: Part,
     /// The scale benchmark only (`--part scale`).
@@ -53,14 +55,21 @@ pub enum Part {
     Files,
     Auth,
     Scale,
+    Kernels,
 }
 
 pub fn run(root: &Path, args: &Args) -> Result<()> {
     if args.scale || args.part == Part::Scale {
         return run_scale(root, args.quick);
     }
+    if args.part == Part::Kernels {
+        return run_kernels(root, args.quick);
+    }
     if args.part != Part::Auth {
         run_files(root, args)?;
+    }
+    if args.part == Part::All {
+        run_kernels(root, args.quick)?;
     }
     if args.part != Part::Files {
         let _stats = BpfStats::restore_on_drop();
@@ -112,6 +121,64 @@ fn run_scale(root: &Path, quick: bool) -> Result<()> {
     let report = String::from_utf8_lossy(&out.stdout);
     print!("{report}");
     let path = root.join("target/bench/report-scale.md");
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    std::fs::write(&path, report.as_bytes())?;
+    eprintln!("bench: report written to {}", path.display());
+    Ok(())
+}
+
+/// The file hooks inside QEMU guests (tests/kernels/run.sh with BENCH): the BPF run time per
+/// open of a file no one watches, from the kernel's accounting (wall time under TCG means
+/// nothing), for the fast hook and the syscall tracepoints side by side on each kernel.
+fn run_kernels(root: &Path, quick: bool) -> Result<()> {
+    let opens = if quick { "50000" } else { "200000" };
+    eprintln!("bench: file hooks in Debian 6.1 and 6.12 guests under QEMU ({opens} opens x 5)");
+    let out = Command::new("bash")
+        .arg(root.join("tests/kernels/run.sh"))
+        .arg(root.join("target/release"))
+        .env("BENCH", opens)
+        .env("CREDWATCH_KERNEL_CACHE", root.join("target/kernels"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run tests/kernels/run.sh")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "the guest benchmark failed:\n{text}");
+    // "BENCH <pkg> KERNEL <release> ... hook=<h> walk=<w> ns_per_open=<n> runs_per_open=<r>"
+    let field = |line: &str, key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map(str::to_owned)
+    };
+    let mut rows: BTreeMap<String, BTreeMap<String, (String, f64)>> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("BENCH ")) {
+        let kernel = line.split_whitespace().nth(3).unwrap_or("?").to_owned();
+        let (Some(hook), Some(walk), Some(ns)) = (
+            field(line, "hook="),
+            field(line, "walk="),
+            field(line, "ns_per_open=").and_then(|n| n.parse::<f64>().ok()),
+        ) else {
+            bail!("unreadable line from the guest benchmark: {line}");
+        };
+        rows.entry(kernel).or_default().insert(hook, (walk, ns));
+    }
+    let mut report = format!(
+        "# credwatch file hooks in guests\n\nBPF run time of the file hook per open of a file no one \
+         watches (kernel accounting, BPF_ENABLE_STATS; median of 5 batches of {opens} opens; Debian \
+         kernels under QEMU TCG):\n\n| kernel | fexit/security_file_open (ns) | syscall tracepoints (ns, walk) | fexit / tracepoints |\n|---|---|---|---|\n"
+    );
+    for (kernel, hooks) in &rows {
+        let (Some((_, fast)), Some((walk, tp))) = (hooks.get("fexit"), hooks.get("tracepoints"))
+        else {
+            bail!("the guest benchmark lacks a hook on {kernel}: {hooks:?}");
+        };
+        writeln!(
+            report,
+            "| {kernel} | {fast:.0} | {tp:.0} ({walk}) | {:.2} |",
+            fast / tp
+        )?;
+    }
+    print!("{report}");
+    let path = root.join("target/bench/report-kernels.md");
     std::fs::create_dir_all(root.join("target/bench"))?;
     std::fs::write(&path, report.as_bytes())?;
     eprintln!("bench: report written to {}", path.display());

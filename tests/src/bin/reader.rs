@@ -3,6 +3,7 @@
 //!
 //! usage: credwatch-probe-reader [--chdir DIR] [--tmpfs DIR] [--mkdir DIR] [--bind SRC:DST]...
 //!                                open PATH N [r|w|rw] | open-uring PATH N
+//!        credwatch-probe-reader bpf-cost PATH N BATCHES PROGRAM...
 //!
 //! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
 //! mount is seen by nobody else (`--tmpfs /run --mkdir /run/secrets/... --bind VOL:/run/secrets/...`
@@ -12,6 +13,10 @@
 //! descriptors); `--fdtable high` fills descriptors 3..200 (opens return 200 and up).
 //! `open-uring` opens read-only through io_uring (`IORING_OP_OPENAT`), which no open syscall
 //! carries. Prints the number of successful opens.
+//!
+//! `bpf-cost` measures what the loaded programs whose names start with a PROGRAM prefix cost per
+//! open of PATH (a file no one watches), from the kernel's BPF accounting (`BPF_ENABLE_STATS`):
+//! BATCHES batches of N opens; prints `ns_per_open=<median> runs_per_open=<median>`.
 use std::ffi::CString;
 
 use credwatch_e2e::mounts;
@@ -137,6 +142,45 @@ fn open_uring(path: &str, n: u64) -> u64 {
     ok
 }
 
+/// Run time and count summed over the loaded programs whose names start with one of `prefixes`
+/// (the kernel keeps 15 characters of a name).
+fn bpf_totals(prefixes: &[String]) -> (u64, u64) {
+    let (mut ns, mut runs) = (0u64, 0u64);
+    for info in aya::programs::loaded_programs().flatten() {
+        let name = String::from_utf8_lossy(info.name()).into_owned();
+        if prefixes
+            .iter()
+            .any(|p| p.starts_with(&name) || name.starts_with(p.as_str()))
+        {
+            ns += info.run_time().as_nanos() as u64;
+            runs += info.run_count();
+        }
+    }
+    (ns, runs)
+}
+
+fn bpf_cost(path: &str, n: u64, batches: usize, prefixes: &[String]) {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .unwrap_or_else(|e| die(format!("BPF_ENABLE_STATS: {e}")));
+    let (mut ns, mut runs) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        let before = bpf_totals(prefixes);
+        open_n(path, n, "r");
+        let after = bpf_totals(prefixes);
+        ns.push((after.0 - before.0) as f64 / n as f64);
+        runs.push((after.1 - before.1) as f64 / n as f64);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "ns_per_open={:.1} runs_per_open={:.2}",
+        median(ns),
+        median(runs)
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -198,6 +242,18 @@ fn main() {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or_else(|| die("open-uring needs a count".into()));
                 println!("{}", open_uring(path, n));
+                return;
+            }
+            "bpf-cost" => {
+                let num = |j: usize| -> u64 {
+                    args.get(i + j)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| die("bpf-cost PATH N BATCHES PROGRAM...".into()))
+                };
+                let path = args
+                    .get(i + 1)
+                    .unwrap_or_else(|| die("bpf-cost needs PATH".into()));
+                bpf_cost(path, num(2), num(3) as usize, &args[i + 4..]);
                 return;
             }
             other => die(format!("unknown argument {other}")),

@@ -120,20 +120,8 @@ pub fn security_file_open_exit(ctx: FExitContext) -> u32 {
         return 0;
     }
     let file: *const u8 = ctx.arg(0);
-    let off = offsets();
-    // `file` is a BTF-typed pointer: direct loads, as in `watched_open`.
-    let opened = unsafe {
-        let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
-        let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
-        let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
-        let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
-        classify(
-            InodeKey::new(dev, ino),
-            || Some(*(inode.add(off.inode_i_mode as usize) as *const u16)),
-            || Some(*(file.add(off.file_f_mode as usize) as *const u32)),
-        )
-    };
-    if let Some(opened) = opened {
+    // `file` is a BTF-typed pointer, as the walk's end is.
+    if let Some(opened) = unsafe { classify_file(&offsets(), file) } {
         count_open(opened);
     }
     0
@@ -232,6 +220,15 @@ unsafe fn watched_open(off: &KernelOffsets, fd: u64) -> Option<Opened> {
         if file.is_null() {
             return None;
         }
+        classify_file(off, file)
+    }
+}
+
+/// A `struct file` the verifier knows as one (a trampoline's argument, or the typed walk's end):
+/// its inode by direct loads, classified.
+#[inline(always)]
+unsafe fn classify_file(off: &KernelOffsets, file: *const u8) -> Option<Opened> {
+    unsafe {
         let inode = *(file.add(off.file_f_inode as usize) as *const *const u8);
         let ino = *(inode.add(off.inode_i_ino as usize) as *const u64);
         let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);

@@ -613,6 +613,22 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_and_a_fak
     drop(cg);
 }
 
+/// Starts a Python server script that prints its port first; returns it and the port.
+fn python_server(script: &str) -> (std::process::Child, u16) {
+    let mut server = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    (server, port.trim().parse().unwrap())
+}
+
 /// Garbage both ways on a plaintext endpoint's socket, then a request split over three writes
 /// whose response is larger than the capture, on the same connection.
 const GARBAGE_CLIENT: &str = r#"
@@ -646,18 +662,7 @@ c.close()
 #[test]
 fn garbage_and_oversized_responses_on_an_endpoint_socket_are_survived_and_classified() {
     require_e2e!();
-    let mut server = std::process::Command::new("python3")
-        .args(["-c", GARBAGE_SERVER])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut port = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut port,
-    )
-    .unwrap();
-    let port: u16 = port.trim().parse().unwrap();
+    let (mut server, port) = python_server(GARBAGE_SERVER);
     let dir = TempDir::new("garbage");
     let cfg = config(&dir, &[("junk", "127.0.0.1", port, false, "vault")]);
     let agent = Agent::start(&[], &["--config", &cfg]);
@@ -727,18 +732,7 @@ for code in (b"403 Forbidden", b"401 Unauthorized"):
 #[test]
 fn a_socket_closing_after_its_descriptor_number_was_reused_does_not_hide_the_new_one() {
     require_e2e!();
-    let mut server = std::process::Command::new("python3")
-        .args(["-c", TWO_ANSWERS_SERVER])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut port = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().unwrap()),
-        &mut port,
-    )
-    .unwrap();
-    let port: u16 = port.trim().parse().unwrap();
+    let (mut server, port) = python_server(TWO_ANSWERS_SERVER);
     let dir = TempDir::new("reused-fd");
     let cfg = config(&dir, &[("lo", "127.0.0.1", port, false, "vault")]);
     let agent = Agent::start(&[], &["--config", &cfg]);

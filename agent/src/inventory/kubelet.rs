@@ -178,7 +178,7 @@ impl GenerationNumbers {
             files.truncate(MAX_FILES_PER_VOLUME);
         }
         let root: Arc<Path> = Arc::from(dir.as_path());
-        let (uid, name, source): (Arc<str>, Arc<str>, Arc<str>) = (
+        let (uid, volume_name, source): (Arc<str>, Arc<str>, Arc<str>) = (
             uid.into(),
             volume.name.as_str().into(),
             volume.source.as_str().into(),
@@ -206,7 +206,7 @@ impl GenerationNumbers {
             });
             out.found.push(Found {
                 pod_uid: Arc::clone(&uid),
-                volume: Arc::clone(&name),
+                volume: Arc::clone(&volume_name),
                 file: rel.to_string_lossy().into_owned(),
                 source: Arc::clone(&source),
                 path: dir.join(&rel),

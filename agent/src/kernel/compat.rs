@@ -47,8 +47,10 @@ pub fn load_and_attach(
                 });
             }
             // A partly attached fast set would count twice beside the fallback: start over.
-            drop(ebpf);
-            ebpf = object::load(btf, agent_tgid)?;
+            if statuses.iter().any(|s| s.attached) {
+                drop(ebpf);
+                ebpf = object::load(btf, agent_tgid)?;
+            }
             Some(
                 statuses
                     .into_iter()

@@ -125,15 +125,19 @@ if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; t
 fi
 
 # --- boots ----------------------------------------------------------------------------------
-boot() { # boot PKG EXTRA_APPEND LOGNAME
-    local pkg=$1 extra=$2 log=$LOGS/$3.log kernel start end rc line
-    kernel=$CACHE/$pkg/vmlinux
-    [ -s "$kernel" ] || kernel=$CACHE/$pkg/vmlinuz
-    start=$(date +%s)
+qemu() { # qemu PKG APPEND LOG: one boot of the guest, its console in LOG
+    local kernel=$CACHE/$1/vmlinux
+    [ -s "$kernel" ] || kernel=$CACHE/$1/vmlinuz
     timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 1G \
         -display none -monitor none -serial stdio -no-reboot -net none \
         -kernel "$kernel" -initrd "$INITRD" \
-        -append "console=ttyS0 panic=-1 quiet cw.opens=$OPENS $EXTRA_APPEND $extra" </dev/null >"$log" 2>&1 && rc=0 || rc=$?
+        -append "console=ttyS0 panic=-1 quiet $2" </dev/null >"$3" 2>&1
+}
+
+boot() { # boot PKG EXTRA_APPEND LOGNAME
+    local pkg=$1 extra=$2 log=$LOGS/$3.log start end rc line
+    start=$(date +%s)
+    qemu "$pkg" "cw.opens=$OPENS $EXTRA_APPEND $extra" "$log" && rc=0 || rc=$?
     end=$(date +%s)
     line=$(tr -d '\r' <"$log" | grep -a '^CWRESULT ' | tail -n1 | sed 's/^CWRESULT //')
     if [ -z "$line" ]; then
@@ -156,12 +160,7 @@ if [ -n "${BENCH:-}" ]; then
         for hook in fexit tracepoints; do
             log=$LOGS/$pkg-bench-$hook.log
             flag=; [ "$hook" = tracepoints ] && flag="cw.hook=tracepoints"
-            kernel=$CACHE/$pkg/vmlinux
-            [ -s "$kernel" ] || kernel=$CACHE/$pkg/vmlinuz
-            timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 1G \
-                -display none -monitor none -serial stdio -no-reboot -net none \
-                -kernel "$kernel" -initrd "$INITRD" \
-                -append "console=ttyS0 panic=-1 quiet cw.bench=$BENCH $flag" </dev/null >"$log" 2>&1 || true
+            qemu "$pkg" "cw.bench=$BENCH $flag" "$log" || true
             line=$(tr -d '\r' <"$log" | grep -a '^CWBENCH ' | tail -n1 | sed 's/^CWBENCH //')
             if [ -n "$line" ]; then echo "BENCH $pkg $line"; else echo "BENCH $pkg hook=$hook FAIL (see $log)"; status=1; fi
         done

@@ -16,6 +16,8 @@ pub const DEFAULT_SERIES_GRACE: std::time::Duration = std::time::Duration::from_
 /// Series per metric family; beyond it series are dropped and counted as
 /// `events_lost_total{stage="cardinality"}` (once per distinct series). `--max-series`.
 pub const DEFAULT_MAX_SERIES: usize = 50_000;
+/// Where the file sensor's maps and programs are pinned (`kernel::pin`). `--pin-dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/credwatch";
 
 /// CSI drivers whose volumes hold credentials (secret stores, certificate and identity drivers);
 /// the volumes of any other driver (block, NFS, Ceph data disks) are not walked. The YAML key
@@ -136,6 +138,18 @@ pub struct AgentFlags {
     /// loopback ones.
     #[arg(long, env = "CREDWATCH_API_ALLOW_REMOTE", requires = "api")]
     pub api_allow_remote: bool,
+
+    /// Directory on bpffs where the file sensor's maps and programs are pinned: the kernel goes on
+    /// counting reads while the agent is down (a crash, a restart, an upgrade) and the next agent
+    /// takes the counters over. `none`: pin nothing (counters start from zero with each agent)
+    /// [default: /sys/fs/bpf/credwatch]
+    #[arg(long, env = "CREDWATCH_PIN_DIR", value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+
+    /// Remove every pin under --pin-dir (the pinned programs stop, the kept counters go) and exit:
+    /// the last step of an uninstall. Refused while an agent runs with that directory.
+    #[arg(long)]
+    pub unpin: bool,
 }
 
 /// Who may use the JSON API.
@@ -166,6 +180,7 @@ pub struct FileConfig {
     pub credential_csi_drivers: Vec<String>,
     pub api: bool,
     pub api_allow_remote: bool,
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// An outbound authentication endpoint, added to the built-in catalog.
@@ -223,6 +238,8 @@ pub struct Config {
     /// `DEFAULT_CSI_DRIVERS`, then the file's.
     pub credential_csi_drivers: Vec<String>,
     pub api: ApiAccess,
+    /// Where the file sensor pins its maps and programs; `None`: nowhere (`--pin-dir none`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -318,6 +335,7 @@ impl Config {
                 (true, false) => ApiAccess::Loopback,
                 (true, true) => ApiAccess::Anyone,
             },
+            pin_dir: pin_dir(flags.pin_dir.clone().or(file.pin_dir)),
             credential_csi_drivers: DEFAULT_CSI_DRIVERS
                 .iter()
                 .map(|d| d.to_string())
@@ -330,6 +348,11 @@ impl Config {
                 }),
         }
     }
+}
+
+/// The pin directory asked for, the default if none was, nothing for `none`.
+fn pin_dir(asked: Option<PathBuf>) -> Option<PathBuf> {
+    Some(asked.unwrap_or_else(|| DEFAULT_PIN_DIR.into())).filter(|d| d.as_os_str() != "none")
 }
 
 /// `~/x` becomes `$HOME/x`; nothing else is expanded.

@@ -33,7 +33,7 @@ use credwatch_common::{
     EventKind, LostStage,
 };
 
-use crate::{agent_tgid, file::offsets, lost};
+use crate::{file::offsets, is_agent, lost};
 
 /// `credwatch_common::auth::maps::*`.
 #[map]
@@ -188,7 +188,7 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == agent_tgid() {
+    if is_agent(tgid) {
         return;
     }
     let fd = match unsafe { CONNECTING.get(&pid_tgid) } {

@@ -11,7 +11,7 @@
 //! `VOLUME_DEVS` (an inlined array load) is counted in `UNSEEN` by inode, and the agent's next
 //! scan claims it for the generation it turns out to be.
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -25,15 +25,15 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use credwatch_common::{
     file::{
-        CredentialGeneration, FirstReadEvent, InodeKey, KernelOffsets, ReadKey, ReadStats,
-        UnseenKey, UnseenRead, FMODE_READ, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER,
-        READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES, VOLUME_DEV_WORDS,
-        WATCHED_MAX_ENTRIES,
+        CredentialGeneration, FirstReadEvent, InodeKey, KeptKey, KeptReads, KernelOffsets, ReadKey,
+        ReadStats, UnseenKey, UnseenRead, FMODE_READ, KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT,
+        RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES,
+        VOLUME_DEV_WORDS, WATCHED_MAX_ENTRIES,
     },
     EventKind, LostStage,
 };
 
-use crate::{agent_tgid, lost, EVENTS};
+use crate::{is_agent, links_active, lost, EVENTS};
 
 /// Filled in by the loader from the kernel's BTF (see `credwatch_common::file::KernelOffsets`).
 #[unsafe(no_mangle)]
@@ -67,6 +67,17 @@ static READS: PerCpuHashMap<ReadKey, ReadStats> =
 /// `credwatch_common::file::maps::VOLUME_DEVS`.
 #[map]
 static VOLUME_DEVS: Array<u64> = Array::with_max_entries(VOLUME_DEV_WORDS, 0);
+
+/// `credwatch_common::file::maps::KEPT`: the agent's store, pinned with the maps above; no
+/// program uses it.
+#[map]
+static KEPT: HashMap<KeptKey, KeptReads> =
+    HashMap::with_max_entries(KEPT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// `credwatch_common::file::maps::IDENTITIES`: the agent's, like `KEPT`.
+#[map]
+static IDENTITIES: HashMap<u64, CredentialGeneration> =
+    HashMap::with_max_entries(WATCHED_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// `credwatch_common::file::maps::UNSEEN`.
 #[map]
@@ -144,7 +155,8 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
 }
 
 /// The counting core both hooks share: a read-access open of a watched credential or of an
-/// unseen file on a credential volume, by anyone but the agent.
+/// unseen file on a credential volume, by anyone but the agent, while this object's programs are
+/// the set that counts (both checks only after a hit: a non-credential open never gets here).
 #[inline(always)]
 fn count_open(opened: Opened) {
     let f_mode = match opened {
@@ -154,7 +166,7 @@ fn count_open(opened: Opened) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if (pid_tgid >> 32) as u32 == agent_tgid() {
+    if is_agent((pid_tgid >> 32) as u32) || !links_active() {
         return;
     }
     match opened {

@@ -1,5 +1,5 @@
 //! credwatch's kernel programs, one module per sensor (`file`, `auth`), and what they share: the
-//! event ring, the drop counters, the agent's own tgid.
+//! event ring, the drop counters, the control word (the agent's tgid, which file programs count).
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the one atomic add on a map value shared by every CPU (`file::UNSEEN`).
@@ -12,17 +12,21 @@ mod tls;
 
 use aya_ebpf::{
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
-use credwatch_common::{LostStage, EVENTS_BYTE_SIZE, LOST_STAGES};
+use credwatch_common::{Control, LostStage, EVENTS_BYTE_SIZE, LOST_STAGES};
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
 pub static LICENSE: [u8; 4] = *b"GPL\0";
 
-/// The agent's tgid: the agent opens credential files to parse them, which are not reads.
+/// This object's token (`credwatch_common::globals::LINKS_TOKEN`), filled in by the loader.
 #[unsafe(no_mangle)]
-static AGENT_TGID: u32 = 0;
+static LINKS_TOKEN: u64 = 0;
+
+/// `credwatch_common::maps::CONTROL`: one `Control`, written by the agent.
+#[map]
+static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 
 /// Every sensor's events (`credwatch_common::maps::EVENTS`).
 #[map]
@@ -32,10 +36,20 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTE_SIZE, 0);
 #[map]
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(LOST_STAGES, 0);
 
-/// The agent's tgid, through a volatile load so the compiler cannot fold the zero placeholder.
+/// Whether `tgid` is the agent's (which opens credential files to parse them: not reads).
 #[inline(always)]
-fn agent_tgid() -> u32 {
-    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+fn is_agent(tgid: u32) -> bool {
+    CONTROL.get(0).is_some_and(|c| c.agent_tgid == tgid)
+}
+
+/// Whether this object's file programs are the attached set that counts: after a restart the
+/// pinned set of the agent before and this agent's own may both be attached for a moment (an
+/// upgrade replaces them), and the agent switches from one to the other with one map write.
+#[inline(always)]
+fn links_active() -> bool {
+    // A volatile load: the compiler must not fold the zero placeholder.
+    let token = unsafe { core::ptr::read_volatile(&LINKS_TOKEN) };
+    CONTROL.get(0).is_some_and(|c| c.active_links == token)
 }
 
 #[inline(always)]

@@ -202,6 +202,7 @@ fn the_json_api_is_off_unless_asked_for() {
     // Without --api: the scrape port serves /metrics and health only.
     let out = Command::new(agent_bin())
         .args(["agent", "--no-default-watch", "--listen", "127.0.0.1:0"])
+        .args(["--pin-dir", "none"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -14,3 +14,4 @@ mod inputs;
 mod kubelet;
 mod pods;
 mod prometheus;
+mod restart;

@@ -175,12 +175,36 @@ impl Drop for TempDir {
     }
 }
 
+/// A directory on bpffs for an agent's pins (`--pin-dir`), removed with every pin in it on drop:
+/// the pinned programs stop counting then.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    /// A new name under `/sys/fs/bpf` (the agent makes the directory). bpffs refuses dots in
+    /// names.
+    pub fn new(name: &str) -> Self {
+        PinDir(PathBuf::from("/sys/fs/bpf").join(unique(name).replace('.', "-")))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("UTF-8 path")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A running `credwatch agent`, stopped with SIGTERM on drop.
 pub struct Agent {
     child: Child,
     pub addr: SocketAddr,
     pub log: PathBuf,
     _dir: TempDir,
+    /// Its own pin directory, unless the test gave one (dropped after the agent stopped).
+    _pins: Option<PinDir>,
 }
 
 impl Agent {
@@ -203,13 +227,19 @@ impl Agent {
     }
 
     /// Starts `credwatch agent --listen 127.0.0.1:0 --api ARGS...` (the built-in watch list
-    /// stays on unless ARGS turn it off) and waits until /readyz says ready.
+    /// stays on unless ARGS turn it off) and waits until /readyz says ready. Unless ARGS name a
+    /// `--pin-dir`, the agent pins into a directory of its own, removed when it is dropped
+    /// (agents of tests running at once must not share counters).
     pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Agent {
         let dir = TempDir::new("agent");
         let log = dir.join("agent.log");
         let mut cmd = Command::new(agent_bin());
         // --api: the tests look at /api/v1/* (from loopback).
         cmd.args(["agent", "--listen", "127.0.0.1:0", "--api"]);
+        let pins = (!args.contains(&"--pin-dir")).then(|| PinDir::new("agent-pins"));
+        if let Some(p) = &pins {
+            cmd.args(["--pin-dir", p.path()]);
+        }
         cmd.args(args)
             .envs(env.iter().copied())
             .env("CREDWATCH_LOG", "info")
@@ -240,9 +270,18 @@ impl Agent {
             addr,
             log,
             _dir: dir,
+            _pins: pins,
         };
         agent.wait_ready();
         agent
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: nothing of the agent runs after it. Returns
+    /// its log.
+    pub fn kill9(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
     }
 
     fn wait_ready(&self) {
@@ -313,6 +352,9 @@ impl Drop for Agent {
 
 /// SIGTERM, up to 10 s to exit, then SIGKILL: how the tests stop the servers they start.
 pub fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return; // reaped already: its pid may be another process's now
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -549,6 +549,9 @@ impl Bench {
                     .args([
                         "agent",
                         "--no-default-watch",
+                        // Pinned programs would go on costing in the other setups' rounds.
+                        "--pin-dir",
+                        "none",
                         "--listen",
                         "127.0.0.1:0",
                         "--watch",

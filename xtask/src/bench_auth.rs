@@ -140,6 +140,9 @@ impl AuthBench {
             .args([
                 "agent",
                 "--no-default-watch",
+                // Pinned programs would go on costing in the rounds without the agent.
+                "--pin-dir",
+                "none",
                 "--listen",
                 "127.0.0.1:0",
                 "--config",

@@ -16,7 +16,15 @@ use crate::{
     export, http,
     identity::{podmeta, CgroupResolver, PodIndex},
     inventory::{watcher::Watcher, Sources},
-    kernel::{self, auth_maps::AuthMaps, btf, compat::Loaded, maps::KernelMaps, ring},
+    kernel::{
+        self,
+        auth_maps::AuthMaps,
+        btf,
+        compat::{Links, Loaded},
+        maps::KernelMaps,
+        pin::{self, Pins, Prior},
+        ring,
+    },
     sensors::{
         auth::{
             self,
@@ -26,7 +34,11 @@ use crate::{
             requests::Requests,
             tls::{self, TlsProbes},
         },
-        file::{self, first_reads, reader_gc::ReaderGc, watch_sync::WatchSync},
+        file::{
+            self, first_reads,
+            reader_gc::ReaderGc,
+            watch_sync::{Left, WatchSync},
+        },
     },
     state::{State, UserLoss},
     sys,
@@ -50,7 +62,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     mount_pseudo_filesystems();
     let state = Arc::new(State::default());
-    let kernel = load_kernel(&state, &cfg.host_root, cfg.file_hook)?;
+    let pins = open_pins(cfg.pin_dir.as_deref());
+    let kernel = load_kernel(&state, &cfg.host_root, cfg.file_hook, pins)?;
     sys::release_free_memory();
     let (maps, auth_maps) = (kernel.maps.clone(), kernel.auth_maps.clone());
     let cgroups = Arc::new(CgroupResolver::new(
@@ -65,7 +78,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods.clone(),
     ));
     // Inventory first, so that reads are counted from the moment we report ready.
-    follow_inventory(sources, &state, &maps, &cgroups);
+    follow_inventory(sources, &state, &maps, &cgroups, kernel.left);
     follow_first_reads(kernel.ring, &state, &cgroups);
     let gc = ReaderGc::new(
         state.clone(),
@@ -109,9 +122,69 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(shutdown())
     .await
     .context("HTTP server")?;
-    tracing::info!("stopping; probes detach as the process exits");
-    drop(kernel.ebpf);
+    stop(kernel.ebpf, kernel.pins);
     Ok(())
+}
+
+/// Lets go of the object: its own probes detach, the pinned ones go on counting.
+fn stop(ebpf: Arc<std::sync::Mutex<aya::Ebpf>>, pins: Option<Pins>) {
+    match &pins {
+        Some(p) => {
+            tracing::info!(dir = ?p.root(), "stopping; the pinned file probes go on counting for the next agent (credwatch agent --unpin removes them)")
+        }
+        None => tracing::info!("stopping; probes detach as the process exits"),
+    }
+    drop(ebpf);
+}
+
+/// `credwatch agent --unpin`: removes every pin (the last step of an uninstall).
+pub fn unpin(cfg: &Config) -> anyhow::Result<()> {
+    let Some(dir) = &cfg.pin_dir else {
+        bail!("--unpin needs a pin directory (--pin-dir is none)");
+    };
+    if !dir.exists() {
+        println!("credwatch: nothing pinned: {dir:?} does not exist");
+        return Ok(());
+    }
+    let (pins, _) = Pins::open(dir, std::time::Duration::ZERO)
+        .with_context(|| format!("cannot take {dir:?} (stop the agent first)"))?;
+    let removed = pins
+        .remove_all()
+        .with_context(|| format!("removing the pins in {dir:?}"))?;
+    drop(pins);
+    let _ = std::fs::remove_dir(dir);
+    println!(
+        "credwatch: removed {} pinned sets from {dir:?}: {}",
+        removed.len(),
+        removed.join(", ")
+    );
+    Ok(())
+}
+
+/// The pin directory, locked; without one (not asked for, or not usable here) the file probes
+/// and their counters live as long as the agent.
+fn open_pins(dir: Option<&Path>) -> Option<Pins> {
+    let dir = dir?;
+    match Pins::open(dir, pin::LOCK_WAIT) {
+        Ok((pins, prior)) => {
+            match prior {
+                Prior::Nothing => {
+                    tracing::info!(dir = ?dir, "pinning the file probes and their maps")
+                }
+                Prior::Maps => {
+                    tracing::info!(dir = ?dir, "taking over the pinned maps of the agent before")
+                }
+                Prior::OtherLayout(old) => {
+                    tracing::warn!(dir = ?dir, removed = ?old, "the pinned maps are of another layout (another version): removed, counting starts afresh")
+                }
+            }
+            Some(pins)
+        }
+        Err(e) => {
+            tracing::warn!(dir = ?dir, error = %e, "cannot pin: the file probes and their counters live only as long as this agent");
+            None
+        }
+    }
 }
 
 /// The loaded object's handles: maps, rings, and the object itself (the TLS task attaches more
@@ -122,6 +195,10 @@ struct Kernel {
     ring: RingBuf<MapData>,
     auth_ring: RingBuf<MapData>,
     ebpf: Arc<std::sync::Mutex<aya::Ebpf>>,
+    /// The pin directory, locked while the agent runs.
+    pins: Option<Pins>,
+    /// What the agent before left in the pinned maps, for the first inventory pass to take over.
+    left: Option<Left>,
 }
 
 /// Loads the object, attaches the file and auth-call sensors and the TLS probes (on the
@@ -130,10 +207,14 @@ fn load_kernel(
     state: &Arc<State>,
     host_root: &Path,
     file_hook: FileHook,
+    pins: Option<Pins>,
 ) -> anyhow::Result<Kernel> {
-    let mut loaded = attach_file_sensor(file_hook)?;
+    let mut loaded = attach_file_sensor(file_hook, pins.as_ref())?;
     let auth_hooks = attach_auth_sensor(&mut loaded);
     let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
+    let left = pins
+        .is_some()
+        .then(|| take_over(state, &maps, &loaded.links));
     let auth_maps = Arc::new(AuthMaps::take(&mut loaded.ebpf)?);
     let auth_ring =
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
@@ -158,7 +239,35 @@ fn load_kernel(
         ring,
         auth_ring,
         ebpf,
+        pins,
+        left,
     })
+}
+
+/// Takes over what the agent before left in the pinned maps: its kept reads (finishing a move it
+/// was killed in), the ids of its credentials, its `WATCHED` entries and volume marks.
+fn take_over(state: &State, maps: &Arc<KernelMaps>, links: &Links) -> Left {
+    let kept = state.keep_in(maps.clone());
+    let left = Left {
+        watched: maps.watched(),
+        identities: maps.identities(),
+        volume_words: maps.volume_words(),
+    };
+    state.adopt_ids(&left.watched, &left.identities);
+    if !left.watched.is_empty() || kept.entries > 0 {
+        tracing::info!(
+            watched = left.watched.len(),
+            kept = kept.entries,
+            finished_moves = kept.finished_moves,
+            probes = match links {
+                Links::Kept => "kept: they never stopped counting",
+                Links::Pinned => "replaced by this build's, without a gap",
+                Links::Own => "this agent's, unpinned",
+            },
+            "took over the counters of the agent before"
+        );
+    }
+    left
 }
 
 /// tracefs (aya finds tracepoint ids through it) and bpffs, which fresh hosts often lack.
@@ -174,10 +283,10 @@ fn mount_pseudo_filesystems() {
 
 /// The file sensor, attached as `credwatch check` attaches it: with the walk this kernel allows,
 /// falling back to helper reads where the verifier refuses the kfunc.
-fn attach_file_sensor(file_hook: FileHook) -> anyhow::Result<Loaded> {
+fn attach_file_sensor(file_hook: FileHook, pins: Option<&Pins>) -> anyhow::Result<Loaded> {
     let kernel = btf::probe_btf(Path::new(btf::VMLINUX_BTF))?;
     tracing::debug!(offsets = ?kernel.offsets, "kernel struct offsets");
-    let loaded = file::attach(&kernel, std::process::id(), file_hook)?;
+    let loaded = file::attach(&kernel, std::process::id(), file_hook, pins)?;
     match &loaded.fast_refused {
         None => tracing::info!("file probe: fexit/security_file_open (every open, file in hand)"),
         Some(why) => tracing::info!(
@@ -233,10 +342,14 @@ fn follow_inventory(
     state: &Arc<State>,
     maps: &Arc<KernelMaps>,
     cgroups: &Arc<CgroupResolver>,
+    left: Option<Left>,
 ) {
     let started = std::time::Instant::now();
     let grace = sources.grace;
     let mut sync = WatchSync::new(state.clone(), maps.clone(), cgroups.clone(), grace);
+    if let Some(left) = left {
+        sync.take_over(left);
+    }
     let mut watcher = Watcher::new(sources);
     let mut first = watcher.rescan();
     sync.apply(&first);

@@ -166,7 +166,7 @@ fn mount_item(path: &str, fstype: &str, required: bool, why: &str, may_mount: bo
 
 /// Loads the object and attaches the file sensor's hooks exactly as the agent does, then detaches.
 fn probe_items(kernel: &btf::ProbeBtf, file_hook: FileHook) -> Vec<Item> {
-    let loaded = match file::attach(kernel, std::process::id(), file_hook) {
+    let loaded = match file::attach(kernel, std::process::id(), file_hook, None) {
         Ok(loaded) => loaded,
         Err(e) => return vec![item("eBPF object", false, true, format!("{e}"))],
     };

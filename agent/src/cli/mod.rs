@@ -101,6 +101,9 @@ fn catalog_of(flags: Flags) -> anyhow::Result<(Catalog, FileHook)> {
 
 fn run_agent(flags: AgentFlags) -> anyhow::Result<()> {
     let cfg = Config::from_agent_flags(&flags)?;
+    if flags.unpin {
+        return agent::unpin(&cfg);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -84,8 +84,12 @@ pub fn container_label(cred_pod_uid: &str, reader: Option<&Reader>, pods: &PodIn
 /// Labels that aggregate many readers and outlive any one of them: their counts are kept when a
 /// reader's cgroup is purged, so these counters never go down.
 pub fn is_aggregate_label(label: &str) -> bool {
-    [NODE, KUBELET, OTHER_POD, UNKNOWN_READER, SANDBOX].contains(&label)
+    AGGREGATE_LABELS.contains(&label)
 }
+
+/// The labels that sum several readers; reads of gone readers are kept under them. Their order
+/// numbers them in the pinned `KEPT` map: append only.
+pub const AGGREGATE_LABELS: [&str; 5] = [NODE, KUBELET, OTHER_POD, UNKNOWN_READER, SANDBOX];
 
 /// Who made a call: the `namespace`, `pod` and `container` labels of the auth metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]

@@ -1,6 +1,9 @@
 //! Attaching programs to their hooks; a failure is reported per hook, never fatal here.
 use aya::{
-    programs::{FExit, ProgramError, TracePoint},
+    programs::{
+        fexit::FExitLinkId, links::FdLink, trace_point::TracePointLinkId, FExit, ProgramError,
+        TracePoint,
+    },
     Btf, Ebpf,
 };
 use serde::Serialize;
@@ -68,39 +71,99 @@ pub struct HookStatus {
     pub error: Option<String>,
 }
 
+impl HookStatus {
+    /// A hook attached by an agent before this one and kept (pinned).
+    pub fn kept(probe: String) -> Self {
+        HookStatus {
+            probe,
+            attached: true,
+            error: None,
+        }
+    }
+}
+
 /// Loads and attaches each hook's program.
 pub fn attach(ebpf: &mut Ebpf, hooks: &[Hook]) -> Vec<HookStatus> {
-    hooks
+    attach_with_ids(ebpf, hooks).0
+}
+
+/// The link one attach made, owned by its program until taken (to be pinned).
+#[derive(Debug)]
+pub enum LinkId {
+    Tracepoint(TracePointLinkId),
+    Fexit(FExitLinkId),
+}
+
+/// [`attach`], with the link of each hook that attached.
+pub fn attach_with_ids(ebpf: &mut Ebpf, hooks: &[Hook]) -> (Vec<HookStatus>, Vec<(Hook, LinkId)>) {
+    let mut ids = Vec::new();
+    let statuses = hooks
         .iter()
         .map(|hook| {
             let result = attach_one(ebpf, hook);
-            HookStatus {
+            let status = HookStatus {
                 probe: hook.label(),
                 attached: result.is_ok(),
-                error: result.err(),
+                error: result.as_ref().err().cloned(),
+            };
+            if let Ok(id) = result {
+                ids.push((*hook, id));
             }
+            status
         })
-        .collect()
+        .collect();
+    (statuses, ids)
 }
 
-fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+/// Whether every link [`take_fd_link`] may be asked for is a bpf_link that can be pinned: fexit
+/// links always are; a tracepoint's is from Linux 5.15 (before, a perf event holds it).
+pub fn links_can_be_pinned() -> bool {
+    aya::features().bpf_perf_link()
+}
+
+/// Takes the link of `hook` out of its program; from then on it stays attached as long as the
+/// returned `FdLink` or a pin of it lives. Call only where [`links_can_be_pinned`]: a link that
+/// is not a bpf_link would be dropped, detached.
+pub fn take_fd_link(ebpf: &mut Ebpf, hook: &Hook, id: LinkId) -> Result<FdLink, String> {
+    let program = ebpf
+        .program_mut(hook.program())
+        .ok_or_else(|| format!("program {} missing from the object", hook.program()))?;
+    match id {
+        LinkId::Tracepoint(id) => {
+            let prog: &mut TracePoint = program.try_into().map_err(|e| describe(&e))?;
+            let link = prog.take_link(id).map_err(|e| describe(&e))?;
+            FdLink::try_from(link).map_err(|e| e.to_string())
+        }
+        LinkId::Fexit(id) => {
+            let prog: &mut FExit = program.try_into().map_err(|e| describe(&e))?;
+            Ok(prog.take_link(id).map_err(|e| describe(&e))?.into())
+        }
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
     let program = ebpf
         .program_mut(hook.program())
         .ok_or_else(|| format!("program {} missing from the object", hook.program()))?;
     match *hook {
         Hook::Tracepoint { category, name, .. } => {
             let prog: &mut TracePoint = program.try_into().map_err(|e| describe(&e))?;
-            prog.load().map_err(|e| describe(&e))?;
-            prog.attach(category, name).map_err(|e| describe(&e))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| describe(&e))?;
+            }
+            let id = prog.attach(category, name).map_err(|e| describe(&e))?;
+            Ok(LinkId::Tracepoint(id))
         }
         Hook::Fexit { function, .. } => {
             let prog: &mut FExit = program.try_into().map_err(|e| describe(&e))?;
-            let btf = Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
-            prog.load(function, &btf).map_err(|e| describe(&e))?;
-            prog.attach().map_err(|e| describe(&e))?;
+            if prog.fd().is_err() {
+                let btf =
+                    Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+                prog.load(function, &btf).map_err(|e| describe(&e))?;
+            }
+            Ok(LinkId::Fexit(prog.attach().map_err(|e| describe(&e))?))
         }
     }
-    Ok(())
 }
 
 /// An error with its causes, or the last lines of the verifier's log.

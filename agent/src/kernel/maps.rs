@@ -7,7 +7,10 @@ use aya::{
     Ebpf,
 };
 use credwatch_common::{
-    file::{self, CredentialGeneration, InodeKey, ReadKey, ReadStats, UnseenKey, UnseenRead},
+    file::{
+        self, CredentialGeneration, InodeKey, KeptKey, KeptReads, ReadKey, ReadStats, UnseenKey,
+        UnseenRead,
+    },
     maps, LostStage,
 };
 
@@ -118,6 +121,8 @@ pub struct KernelMaps {
     reads: Mutex<PerCpuHashMap<MapData, ReadKey, ReadStats>>,
     volume_devs: Mutex<Array<MapData, u64>>,
     unseen: Mutex<HashMap<MapData, UnseenKey, UnseenRead>>,
+    kept: Mutex<HashMap<MapData, KeptKey, KeptReads>>,
+    identities: Mutex<HashMap<MapData, u64, CredentialGeneration>>,
     lost: PerCpuArray<MapData, u64>,
 }
 
@@ -148,8 +153,59 @@ impl KernelMaps {
             reads: Mutex::new(take(ebpf, file::maps::READS)?),
             volume_devs: Mutex::new(take(ebpf, file::maps::VOLUME_DEVS)?),
             unseen: Mutex::new(take(ebpf, file::maps::UNSEEN)?),
+            kept: Mutex::new(take(ebpf, file::maps::KEPT)?),
+            identities: Mutex::new(take(ebpf, file::maps::IDENTITIES)?),
             lost: take(ebpf, maps::LOST)?,
         })
+    }
+
+    /// Every `WATCHED` entry: after a restart, what the agent before left (pinned maps).
+    pub fn watched(&self) -> Vec<(InodeKey, CredentialGeneration)> {
+        lock(&self.watched).iter().flatten().collect()
+    }
+
+    /// The `VOLUME_DEVS` words that are not 0.
+    pub fn volume_words(&self) -> Vec<(u32, u64)> {
+        let devs = lock(&self.volume_devs);
+        (0..file::VOLUME_DEV_WORDS)
+            .filter_map(|i| Some((i, devs.get(&i, 0).ok()?)))
+            .filter(|(_, bits)| *bits != 0)
+            .collect()
+    }
+
+    /// Every `KEPT` entry.
+    pub fn kept(&self) -> Vec<(KeptKey, KeptReads)> {
+        lock(&self.kept).iter().flatten().collect()
+    }
+
+    pub fn kept_entry(&self, key: &KeptKey) -> Option<KeptReads> {
+        lock(&self.kept).get(key, 0).ok()
+    }
+
+    pub fn put_kept(&self, key: KeptKey, reads: KeptReads) -> Result<(), MapError> {
+        lock(&self.kept).insert(key, reads, 0)
+    }
+
+    pub fn remove_kept(&self, key: &KeptKey) {
+        let _ = lock(&self.kept).remove(key);
+    }
+
+    /// Every `IDENTITIES` entry.
+    pub fn identities(&self) -> Vec<(u64, CredentialGeneration)> {
+        lock(&self.identities).iter().flatten().collect()
+    }
+
+    pub fn put_identity(&self, key: u64, cred: CredentialGeneration) -> Result<(), MapError> {
+        lock(&self.identities).insert(key, cred, 0)
+    }
+
+    pub fn remove_identity(&self, key: u64) {
+        let _ = lock(&self.identities).remove(&key);
+    }
+
+    /// Removes one read counter (one a restart found already moved to `KEPT`).
+    pub fn remove_read_counter(&self, key: &ReadKey) -> bool {
+        lock(&self.reads).remove(key).is_ok()
     }
 
     /// Counts opens of `inode` as reads of that credential generation.
@@ -215,6 +271,9 @@ impl KernelMaps {
         self.take_counters(|k| k.cred_id == cred_id && k.generation == generation, keep)
     }
 
+    /// `keep` runs before the counters are removed: it writes them where they are kept
+    /// (`KEPT`) first, so an agent killed in between leaves them in both places, which the next
+    /// one sees (`KeptReads::source`), rather than in neither.
     fn take_counters<R>(
         &self,
         which: impl Fn(&ReadKey) -> bool,
@@ -227,10 +286,12 @@ impl KernelMaps {
             .filter(|(k, _)| which(k))
             .map(|(key, per_cpu)| ReadTotal::new(key, &per_cpu))
             .collect();
-        for t in &gone {
-            let _ = reads.remove(&t.key);
+        let keys: Vec<ReadKey> = gone.iter().map(|t| t.key).collect();
+        let kept = keep(gone);
+        for k in &keys {
+            let _ = reads.remove(k);
         }
-        keep(gone)
+        kept
     }
 
     /// Sets word `index` of the `VOLUME_DEVS` bitmap.

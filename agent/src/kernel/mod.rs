@@ -6,6 +6,7 @@ pub mod btf;
 pub mod compat;
 pub mod maps;
 pub mod object;
+pub mod pin;
 pub mod ring;
 
 mod attach;

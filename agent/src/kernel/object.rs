@@ -3,7 +3,7 @@
 use aya::{Ebpf, EbpfLoader};
 use credwatch_common::{file::RDONLY_CAST_PLACEHOLDER, globals};
 
-use super::{btf::ProbeBtf, Error, Result};
+use super::{btf::ProbeBtf, pin::Pins, Error, Result};
 
 /// The object built by `build.rs` from the `ebpf/` crate.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch"));
@@ -13,21 +13,29 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub static FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/credwatch-floor"));
 
-/// Loads the object with the kernel offsets and the agent's tgid filled in and its `bpf_rdonly_cast`
-/// calls emitted (see `patch_kfunc_calls`). Programs are verified when attached.
-pub fn load(btf: &ProbeBtf, agent_tgid: u32) -> Result<Ebpf> {
+/// Loads the object with the kernel offsets and its links token filled in and its
+/// `bpf_rdonly_cast` calls emitted (see `patch_kfunc_calls`); with `pins`, the maps of
+/// `pin::PINNED_MAPS` are the pinned ones (made and pinned if not there yet). Programs are
+/// verified when attached.
+pub fn load(btf: &ProbeBtf, links_token: u64, pins: Option<&Pins>) -> Result<Ebpf> {
     raise_memlock_limit();
     let object = patch_kfunc_calls(EBPF_OBJECT, btf.rdonly_cast.map(|c| c.func))?;
     let reads = super::maps::reads_entries(super::maps::possible_cpus());
-    Ok(EbpfLoader::new()
+    let offsets = btf.globals();
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(credwatch_common::file::maps::READS, reads)
         .override_global(
             credwatch_common::file::globals::KERNEL_OFFSETS,
-            &btf.globals(),
+            &offsets,
             true,
         )
-        .override_global(globals::AGENT_TGID, &agent_tgid, true)
-        .load(object.bytes())?)
+        .override_global(globals::LINKS_TOKEN, &links_token, true);
+    for name in pins.map_or(&[][..], |_| &super::pin::PINNED_MAPS[..]) {
+        let path = pins.map(|p| p.map_path(name)).unwrap_or_default();
+        loader.map_pin_path(name, path);
+    }
+    Ok(loader.load(object.bytes())?)
 }
 
 /// On kernels that charge BPF memory to the memory cgroup (5.11+) the limit does not matter;
@@ -181,7 +189,10 @@ mod tests {
         for want in [
             credwatch_common::maps::EVENTS,
             credwatch_common::maps::LOST,
+            credwatch_common::maps::CONTROL,
             credwatch_common::file::maps::WATCHED,
+            credwatch_common::file::maps::KEPT,
+            credwatch_common::file::maps::IDENTITIES,
             credwatch_common::file::maps::READS,
             credwatch_common::auth::maps::ENDPOINTS,
             credwatch_common::auth::maps::CONNECTS,

@@ -58,6 +58,11 @@ pub struct Credential {
     /// Set while the file is gone, until the grace period passes.
     #[serde(skip)]
     pub removed_at: Option<Instant>,
+    /// Added to the inventory's generation numbers of an atomic-writer volume: after a restart
+    /// the inventory numbers from 0 again, and the record keeps the numbers the kernel's
+    /// counters were made under.
+    #[serde(skip)]
+    pub generation_offset: u32,
     pub present: bool,
 }
 
@@ -102,7 +107,7 @@ impl Serialize for GenerationExpiry {
 }
 
 impl Credential {
-    fn new(id: u32, f: &Found, generation: u32, unix_now: f64) -> Self {
+    fn new(id: u32, f: &Found, generation: u32, offset: u32, unix_now: f64) -> Self {
         Credential {
             id,
             namespace: String::new(),
@@ -123,6 +128,7 @@ impl Credential {
             generation_expiry: GenerationExpiry::default(),
             watched: Vec::new(),
             removed_at: None,
+            generation_offset: offset,
             present: false,
         }
     }
@@ -242,17 +248,39 @@ pub struct CredentialTable {
     by_key: hashbrown::HashTable<u32>,
     hasher: std::hash::RandomState,
     next_id: u32,
+    /// After a restart, until the first scan: what the pinned `WATCHED` says each inode is,
+    /// and the pinned `IDENTITIES` each identity (by `stable_key`).
+    adopted: HashMap<InodeKey, CredentialGeneration>,
+    adopted_identities: HashMap<u64, CredentialGeneration>,
+}
+
+/// A hash of a credential's identity that every build computes alike (FNV-1a, fields separated by
+/// a byte no UTF-8 text has): the key of the pinned `IDENTITIES`.
+pub fn stable_key(pod_uid: &str, volume: &str, file: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for field in [pod_uid, volume, file] {
+        for b in field.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
 }
 
 /// The current generation of a found file, and every (inode, generation, file) of it to watch:
-/// in atomic-writer volumes the generations on disk; elsewhere a new inode is a new generation.
-fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey, u32, Beneath)>) {
+/// in atomic-writer volumes the generations on disk (numbered by the inventory, plus `offset`);
+/// elsewhere a new inode is a new generation (the first one `offset`).
+fn generations_of(
+    f: &Found,
+    known: Option<&Credential>,
+    offset: u32,
+) -> (u32, Vec<(InodeKey, u32, Beneath)>) {
     match (&f.generations, known) {
         (Some(g), _) => (
-            g.current,
+            g.current + offset,
             g.files
                 .iter()
-                .map(|gf| (gf.inode, gf.generation, gf.at.clone()))
+                .map(|gf| (gf.inode, gf.generation + offset, gf.at.clone()))
                 .collect(),
         ),
         (None, Some(rec)) if rec.inode == f.inode => (
@@ -263,8 +291,29 @@ fn generations_of(f: &Found, known: Option<&Credential>) -> (u32, Vec<(InodeKey,
             rec.generation + 1,
             vec![(f.inode, rec.generation + 1, f.at.clone())],
         ),
-        (None, None) => (0, vec![(f.inode, 0, f.at.clone())]),
+        (None, None) => (offset, vec![(f.inode, offset, f.at.clone())]),
     }
+}
+
+/// The inventory's generation number of `inode` in `f` (0 outside atomic-writer volumes).
+fn scan_generation(f: &Found, inode: InodeKey) -> Option<u32> {
+    match &f.generations {
+        None => (f.inode == inode).then_some(0),
+        Some(g) => g
+            .files
+            .iter()
+            .find(|gf| gf.inode == inode)
+            .map(|gf| gf.generation),
+    }
+}
+
+/// Every inode of `f`: the current one and those of its generations on disk.
+fn inodes_of(f: &Found) -> impl Iterator<Item = InodeKey> + '_ {
+    std::iter::once(f.inode).chain(
+        f.generations
+            .iter()
+            .flat_map(|g| g.files.iter().map(|gf| gf.inode)),
+    )
 }
 
 /// What names a credential across scans: (pod uid, volume, file), hashed for `by_key`.
@@ -342,17 +391,21 @@ impl CredentialTable {
         for f in found {
             let id = self.id_for(f);
             seen.insert(id);
-            let (current, wanted) = generations_of(f, self.get(id));
-            let rec = Arc::make_mut(
-                self.by_id
-                    .entry(id)
-                    .or_insert_with(|| Arc::new(Credential::new(id, f, current, unix_now))),
-            );
+            let offset = self
+                .get(id)
+                .map_or_else(|| self.adopted_offset(id, f), |r| r.generation_offset);
+            let (current, wanted) = generations_of(f, self.get(id), offset);
+            let rec =
+                Arc::make_mut(self.by_id.entry(id).or_insert_with(|| {
+                    Arc::new(Credential::new(id, f, current, offset, unix_now))
+                }));
             rec.update_current(f, current, unix_now, &parse);
             rec.sync_watched(wanted, &parse, &mut watch, &mut unwatch);
             rec.present = true;
             rec.removed_at = None;
         }
+        self.adopted.clear();
+        self.adopted_identities.clear();
         let forget = self.mark_missing(&seen, now, grace, &mut unwatch);
         self.assign_service_accounts();
         // Never unwatch an inode that a record watches now.
@@ -391,8 +444,13 @@ impl CredentialTable {
         if let Some(id) = self.by_key.find(h, same) {
             return *id;
         }
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = match self.adopted_id(f) {
+            Some(id) => id,
+            None => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+        };
         let hasher = &self.hasher;
         // Rehashing moves only ids already recorded (a new id's record follows this call).
         self.by_key.insert_unique(h, id, |id| {
@@ -401,6 +459,55 @@ impl CredentialTable {
                 .map_or(0, |r| key_hash(hasher, &r.pod_uid, &r.volume, &r.file))
         });
         id
+    }
+
+    /// After a restart: takes the ids and generation numbers the pinned `WATCHED` gives the
+    /// inodes of the next scan, or else the pinned `IDENTITIES` their identities (a file
+    /// replaced while no agent ran), so the kernel's and the kept counters, made under them, go
+    /// on; new ids start above every id in use (`watched`, `identities`, `kept`).
+    pub fn adopt(
+        &mut self,
+        watched: &[(InodeKey, CredentialGeneration)],
+        identities: &[(u64, CredentialGeneration)],
+        kept: impl Iterator<Item = u32>,
+    ) {
+        let ids = (watched.iter().map(|(_, c)| c.cred_id))
+            .chain(identities.iter().map(|(_, c)| c.cred_id));
+        if let Some(max) = ids.chain(kept).max() {
+            self.next_id = self.next_id.max(max + 1);
+        }
+        self.adopted = watched.iter().copied().collect();
+        self.adopted_identities = identities.iter().copied().collect();
+    }
+
+    /// The id the pinned maps give `f` (by one of its inodes, else by its identity), unless a
+    /// record has it already.
+    fn adopted_id(&self, f: &Found) -> Option<u32> {
+        let by_identity = self
+            .adopted_identities
+            .get(&stable_key(&f.pod_uid, &f.volume, &f.file));
+        inodes_of(f)
+            .filter_map(|i| self.adopted.get(&i))
+            .chain(by_identity)
+            .map(|c| c.cred_id)
+            .find(|id| !self.by_id.contains_key(id))
+    }
+
+    /// How far the adopted generation numbers of credential `id` are above the inventory's: as
+    /// the pinned `WATCHED` numbered one of its inodes, else (every inode is new) one above the
+    /// generation `IDENTITIES` last had.
+    fn adopted_offset(&self, id: u32, f: &Found) -> u32 {
+        let by_inode = inodes_of(f)
+            .filter_map(|i| Some((self.adopted.get(&i)?, scan_generation(f, i)?)))
+            .find(|(c, _)| c.cred_id == id)
+            .map(|(c, g)| c.generation.saturating_sub(g));
+        by_inode
+            .or_else(|| {
+                let key = stable_key(&f.pod_uid, &f.volume, &f.file);
+                let c = self.adopted_identities.get(&key)?;
+                (c.cred_id == id).then_some(c.generation + 1)
+            })
+            .unwrap_or(0)
     }
 
     /// Records not in this scan: unwatched and marked removed at once; returns those gone for

@@ -4,10 +4,10 @@
 //! through `State`'s methods: no caller holds a lock.
 pub mod auth;
 pub mod credentials;
+pub mod kept;
 pub mod readers;
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -20,12 +20,12 @@ use dashmap::DashMap;
 pub use credentials::{Credential, CredentialTable, MapOp};
 pub use readers::{FirstRead, ReaderReads, ReaderRecord, MAX_READERS};
 
-use credwatch_common::file::InodeKey;
+use credwatch_common::file::{CredentialGeneration, InodeKey};
 
 use crate::{
     identity::Reader,
     inventory::{content::Parsed, Beneath},
-    kernel::HookStatus,
+    kernel::{maps::KernelMaps, HookStatus},
 };
 
 /// Drops in userspace, exported with the kernel's in `events_lost_total`.
@@ -48,13 +48,11 @@ pub enum UserLoss {
 pub struct State {
     credentials: Mutex<CredentialTable>,
     readers: DashMap<u64, ReaderRecord>,
-    /// Reads of purged reader cgroups under aggregate labels (`_node`, `_other_pod`), kept so
-    /// those counters never go down: (credential id, label) -> reads.
-    retired: Mutex<HashMap<(u32, String), ReaderReads>>,
     /// Reads of generations no longer on disk, folded out of the kernel's `READS` (which would
-    /// otherwise gain a key per live reader at every rotation): (reader cgroup, credential) ->
-    /// reads.
-    folded: Mutex<HashMap<(u64, u32), ReaderReads>>,
+    /// otherwise gain a key per live reader at every rotation), and reads of purged reader
+    /// cgroups under aggregate labels (`_node`, `_other_pod`), kept so those counters never go
+    /// down; written through to the pinned `KEPT` map once `keep_in` gave it.
+    kept: Mutex<kept::Kept>,
     /// Entries of `WATCHED`, as the file sensor keeps it.
     watched_entries: AtomicU64,
     /// Files found under a second identity at the last scan.
@@ -102,10 +100,47 @@ impl State {
             })
             .collect();
         if !purged.is_empty() {
-            lock(&self.retired).retain(|(c, _), _| !purged.contains(c));
-            lock(&self.folded).retain(|(_, c), _| !purged.contains(c));
+            lock(&self.kept).forget_credentials(|c| purged.contains(&c));
         }
         ops
+    }
+
+    /// After a restart: what the agent before left, as ids to take over ((inode -> credential
+    /// generation) from the pinned `WATCHED`, (identity -> the same) from `IDENTITIES`); ids of the next new credentials start above every
+    /// id in `WATCHED` and in the kept reads.
+    pub fn adopt_ids(
+        &self,
+        watched: &[(InodeKey, CredentialGeneration)],
+        identities: &[(u64, CredentialGeneration)],
+    ) {
+        let kept = lock(&self.kept);
+        let kept_ids = kept
+            .folded
+            .keys()
+            .map(|(_, c)| *c)
+            .chain(kept.retired.keys().map(|(c, _)| *c));
+        lock(&self.credentials).adopt(watched, identities, kept_ids);
+    }
+
+    /// Forgets the kept reads of credential ids no record has (after the first scan that
+    /// followed a restart: credentials that went while no agent ran); returns those ids.
+    pub fn forget_unknown_credentials(&self) -> Vec<u32> {
+        let known: std::collections::HashSet<u32> =
+            lock(&self.credentials).iter().map(|c| c.id).collect();
+        let mut gone = Vec::new();
+        let mut kept = lock(&self.kept);
+        for c in kept
+            .folded
+            .keys()
+            .map(|(_, c)| *c)
+            .chain(kept.retired.keys().map(|(c, _)| *c))
+        {
+            if !known.contains(&c) && !gone.contains(&c) {
+                gone.push(c);
+            }
+        }
+        kept.forget_credentials(|c| gone.contains(&c));
+        gone
     }
 
     pub fn credential(&self, id: u32) -> Option<Credential> {
@@ -172,41 +207,44 @@ impl State {
         self.readers.remove(&cgroup_id);
     }
 
+    /// Writes every kept read through to `store` (the pinned `KEPT` map), starting from what it
+    /// holds (see `kept::Kept::load`).
+    pub fn keep_in(&self, store: Arc<KernelMaps>) -> kept::Loaded {
+        lock(&self.kept).load(store)
+    }
+
     /// Keeps the reads of a purged reader cgroup under its aggregate `label`.
-    pub fn retire(&self, cred_id: u32, label: String, reads: &ReaderReads) {
-        lock(&self.retired)
-            .entry((cred_id, label))
-            .or_default()
-            .add(reads);
+    pub fn retire(&self, cred_id: u32, label: String, reads: &ReaderReads, source: kept::Source) {
+        lock(&self.kept).retire(cred_id, label, reads, source);
     }
 
     /// Keeps the reads of a retired generation's counter, by reader cgroup.
-    pub fn fold(&self, cgroup_id: u64, cred_id: u32, reads: &ReaderReads) {
-        lock(&self.folded)
-            .entry((cgroup_id, cred_id))
-            .or_default()
-            .add(reads);
+    pub fn fold(&self, cgroup_id: u64, cred_id: u32, reads: &ReaderReads, source: kept::Source) {
+        lock(&self.kept).fold(cgroup_id, cred_id, reads, source);
     }
 
     /// The folded reads: (reader cgroup, credential id) -> reads.
     pub fn folded(&self) -> Vec<((u64, u32), ReaderReads)> {
-        lock(&self.folded)
+        lock(&self.kept)
+            .folded
             .iter()
             .map(|(k, v)| (*k, v.clone()))
             .collect()
     }
 
-    /// Removes and returns the folded reads of a reader cgroup that is gone.
-    pub fn take_folded_of_cgroup(&self, cgroup_id: u64) -> Vec<(u32, ReaderReads)> {
-        let mut folded = lock(&self.folded);
-        let keys: Vec<(u64, u32)> = folded
-            .keys()
-            .filter(|(g, _)| *g == cgroup_id)
-            .copied()
-            .collect();
-        keys.into_iter()
-            .filter_map(|k| folded.remove(&k).map(|r| (k.1, r)))
+    /// The folded reads of one reader cgroup: credential id -> reads.
+    pub fn folded_of_cgroup(&self, cgroup_id: u64) -> Vec<(u32, ReaderReads)> {
+        lock(&self.kept)
+            .folded
+            .iter()
+            .filter(|((g, _), _)| *g == cgroup_id)
+            .map(|((_, c), r)| (*c, r.clone()))
             .collect()
+    }
+
+    /// Forgets the folded reads of a reader cgroup that is gone (once retired where they count).
+    pub fn forget_folded_of_cgroup(&self, cgroup_id: u64) {
+        lock(&self.kept).forget_folded_of_cgroup(cgroup_id);
     }
 
     pub fn set_watched_entries(&self, n: u64) {
@@ -227,7 +265,8 @@ impl State {
 
     /// The kept reads: (credential id, label) -> reads.
     pub fn retired(&self) -> Vec<((u32, String), ReaderReads)> {
-        lock(&self.retired)
+        lock(&self.kept)
+            .retired
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()

@@ -16,6 +16,14 @@ pub mod maps {
     /// LRU `UnseenKey -> UnseenRead`: reads of regular files on those mounts that `WATCHED` does
     /// not know yet (a new generation between the kubelet's `..data` swap and the agent's scan).
     pub const UNSEEN: &str = "UNSEEN";
+    /// `KeptKey -> KeptReads`: reads that left `READS` (of generations no longer on disk, of
+    /// reader cgroups that are gone), kept where a restarted agent finds them. Userspace only:
+    /// no program touches it.
+    pub const KEPT: &str = "KEPT";
+    /// `u64 -> CredentialGeneration`: each credential's id and current generation by a stable
+    /// hash of its identity (pod uid, volume, file), so that a restarted agent gives a file that
+    /// was replaced while it was down the id its counters have. Userspace only.
+    pub const IDENTITIES: &str = "IDENTITIES";
 }
 
 /// The file sensor's globals.
@@ -28,6 +36,10 @@ pub mod globals {
 pub const WATCHED_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `READS` ((reader cgroup, credential, generation) triples).
 pub const READS_MAX_ENTRIES: u32 = 65_536;
+
+/// Capacity of `KEPT`: one entry per (reader cgroup, credential) with a retired generation, and
+/// per (credential, aggregate label) of gone readers; allocated as used.
+pub const KEPT_MAX_ENTRIES: u32 = 65_536;
 
 /// `VOLUME_DEVS` words: one bit per anonymous device minor (`MINORBITS` = 20).
 pub const VOLUME_DEV_WORDS: u32 = (1 << 20) / 64;
@@ -127,6 +139,37 @@ pub struct ReadStats {
     pub last_read_ns: u64,
 }
 const _: () = assert!(size_of::<ReadStats>() == 16);
+
+/// Key of `KEPT`: reads of generations no longer watched by a live reader cgroup (`label` 0), or
+/// reads of gone reader cgroups under an aggregate `container` label (`cgroup_id` 0, `label` its
+/// number in the agent's list, from 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeptKey {
+    pub cgroup_id: u64,
+    pub cred_id: u32,
+    pub label: u32,
+}
+const _: () = assert!(size_of::<KeptKey>() == 16);
+
+/// Reads kept in `KEPT`, and the counter they came from last (`source`): an agent moves a
+/// counter by writing its destination first and removing it after, so a restart in between finds
+/// the source still there and removes it instead of counting it twice. A source whose
+/// `generation` is `KEPT_SOURCE` is the `KEPT` entry (`cgroup_id`, `cred_id`, label 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeptReads {
+    pub count: u64,
+    pub last_read_ns: u64,
+    pub newest_generation: u32,
+    /// 1 when `newest_generation` is set.
+    pub has_generation: u32,
+    pub source: ReadKey,
+}
+const _: () = assert!(size_of::<KeptReads>() == 40);
+
+/// `KeptReads::source.generation` naming a `KEPT` entry rather than a `READS` counter.
+pub const KEPT_SOURCE: u32 = u32::MAX;
 
 /// Key of `UNSEEN`: a reader cgroup and a file not in `WATCHED` (yet).
 #[repr(C)]

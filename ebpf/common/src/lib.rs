@@ -19,13 +19,38 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of drop counters, indexed by `LostStage`.
     pub const LOST: &str = "LOST";
+    /// One `Control`: which attached file programs count, and which process is the agent.
+    /// Written by userspace only.
+    pub const CONTROL: &str = "CONTROL";
 }
 
 /// Global variables the loader fills in before the programs are verified.
 pub mod globals {
-    /// The agent's own process id (tgid): its opens of credential files (to parse them) are not reads.
-    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// This object's token (`u64`): its file programs count only while `Control::active_links`
+    /// holds it, so that two attached sets (an agent's and the pinned set of the one before it)
+    /// never both count.
+    pub const LINKS_TOKEN: &str = "LINKS_TOKEN";
 }
+
+/// What userspace tells every program, in `CONTROL[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Control {
+    /// The `LINKS_TOKEN` of the object whose file programs count; 0: none yet.
+    pub active_links: u64,
+    /// The agent's own process id (tgid): its opens of credential files (to parse them) are not
+    /// reads. A map value, not a loader global, because pinned programs outlive the agent that
+    /// loaded them.
+    pub agent_tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Control>() == 16);
+
+/// The layout of the maps an agent pins (see the `file` maps and `CONTROL`, `EVENTS`, `LOST`):
+/// their pins live in a directory named after it, so an agent never takes over maps whose keys,
+/// values or sizes it reads differently. Bump it with any such change (a unit test of the agent
+/// lists the sizes it was set for).
+pub const PINNED_LAYOUT: u32 = 1;
 
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;

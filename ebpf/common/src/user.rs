@@ -1,7 +1,10 @@
 //! Userspace side of the shared types: decoding ring-buffer records.
 use core::{fmt, mem::size_of};
 
-use crate::{file::FirstReadEvent, EventKind};
+use crate::{file::FirstReadEvent, Control, EventKind};
+
+// SAFETY: repr(C), integers only, no padding (size asserted beside the type).
+unsafe impl aya::Pod for Control {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

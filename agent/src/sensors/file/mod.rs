@@ -14,7 +14,7 @@ pub mod watch_sync;
 
 use crate::{
     config::FileHook,
-    kernel::{btf::ProbeBtf, compat, Hook, Result},
+    kernel::{btf::ProbeBtf, compat, pin::Pins, Hook, Result},
 };
 
 /// The exits of every syscall that returns a new descriptor for a path. (`creat` is left out:
@@ -37,8 +37,15 @@ pub const FAST_HOOKS: [Hook; 1] = [Hook::fexit("security_file_open_exit", "secur
 pub const REQUIRED_HOOK: &str = "tracepoint/syscalls/sys_exit_openat";
 
 /// Loads the object and attaches the file sensor's hooks: the fast hook where the kernel allows
-/// it and `choice` asks for it, else the syscall tracepoints with the walk this kernel allows.
-pub fn attach(btf: &ProbeBtf, agent_tgid: u32, choice: FileHook) -> Result<compat::Loaded> {
+/// it and `choice` asks for it, else the syscall tracepoints with the walk this kernel allows;
+/// with `pins`, the maps are the pinned ones and the hooks the pinned set of the agent before
+/// when it is this build's (see `kernel::pin`).
+pub fn attach(
+    btf: &ProbeBtf,
+    agent_tgid: u32,
+    choice: FileHook,
+    pins: Option<&Pins>,
+) -> Result<compat::Loaded> {
     let fast = (choice == FileHook::Auto).then_some(&FAST_HOOKS[..]);
-    compat::load_and_attach(btf, agent_tgid, fast, &HOOKS)
+    compat::load_and_attach(btf, agent_tgid, fast, &HOOKS, pins)
 }

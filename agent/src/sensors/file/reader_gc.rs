@@ -12,7 +12,7 @@ use super::tally::reader_of;
 use crate::{
     identity::{attribution, CgroupResolver, PodIndex},
     kernel::maps::KernelMaps,
-    state::{ReaderReads, State},
+    state::{kept::Source, ReaderReads, State},
 };
 
 pub struct ReaderGc {
@@ -69,25 +69,31 @@ impl ReaderGc {
         purged
     }
 
-    /// Removes a gone cgroup's counters, keeping the reads that aggregate labels show.
+    /// Removes a gone cgroup's counters, keeping the reads that aggregate labels show: each is
+    /// written where it is kept before its source goes (see `state::kept`).
     fn purge(&mut self, cgroup_id: u64) {
         let reader = reader_of(&self.state, &self.cgroups, cgroup_id);
+        let label_of = |cred_id: u32| {
+            let c = self.state.credential(cred_id)?;
+            let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
+            attribution::is_aggregate_label(&label).then_some(label)
+        };
         // Under the counters' lock: a scrape meanwhile sees them in the kernel or in the state.
         self.maps.take_cgroup_counters(cgroup_id, |taken| {
-            let counters = taken.into_iter().map(|t| {
-                let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
-                (t.key.cred_id, reads)
-            });
-            let folded = self.state.take_folded_of_cgroup(cgroup_id);
-            for (cred_id, reads) in counters.chain(folded) {
-                let Some(c) = self.state.credential(cred_id) else {
-                    continue;
-                };
-                let label = attribution::container_label(&c.pod_uid, reader.as_ref(), &self.pods);
-                if attribution::is_aggregate_label(&label) {
-                    self.state.retire(cred_id, label, &reads);
+            for t in taken {
+                if let Some(label) = label_of(t.key.cred_id) {
+                    let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
+                    self.state
+                        .retire(t.key.cred_id, label, &reads, Source::Counter(t.key));
                 }
             }
+            for (cred_id, reads) in self.state.folded_of_cgroup(cgroup_id) {
+                if let Some(label) = label_of(cred_id) {
+                    let source = Source::Folded { cgroup_id, cred_id };
+                    self.state.retire(cred_id, label, &reads, source);
+                }
+            }
+            self.state.forget_folded_of_cgroup(cgroup_id);
         });
         self.state.forget_reader(cgroup_id);
         self.cgroups.forget(cgroup_id);

@@ -19,7 +19,7 @@ use crate::{
         Beneath, Found,
     },
     kernel::maps::KernelMaps,
-    state::{MapOp, ReaderReads, State, UserLoss},
+    state::{credentials::stable_key, kept::Source, MapOp, ReaderReads, State, UserLoss},
     sys,
 };
 
@@ -44,6 +44,20 @@ pub struct WatchSync {
     claimed: HashMap<UnseenKey, u64>,
     /// `UNSEEN` entries no credential has claimed, with the passes they have been seen.
     unclaimed: HashMap<UnseenKey, u32>,
+    /// After a restart, until the first pass: the `WATCHED` entries the agent before left that
+    /// no record has watched again (removed after that pass).
+    left: Option<HashSet<InodeKey>>,
+    /// With pinned maps: the `IDENTITIES` entries as this wrote them, by credential id: (key,
+    /// current generation).
+    identities: Option<HashMap<u32, (u64, u32)>>,
+}
+
+/// What the agent before left in the pinned maps.
+#[derive(Debug, Default)]
+pub struct Left {
+    pub watched: Vec<(InodeKey, CredentialGeneration)>,
+    pub identities: Vec<(u64, CredentialGeneration)>,
+    pub volume_words: Vec<(u32, u64)>,
 }
 
 /// Passes an unseen file may stay unclaimed (a file over the per-volume cap, one that vanished
@@ -69,6 +83,54 @@ impl WatchSync {
             volume_words: BTreeMap::new(),
             claimed: HashMap::new(),
             unclaimed: HashMap::new(),
+            left: None,
+            identities: None,
+        }
+    }
+
+    /// Starts from what the agent before left: its `WATCHED` entries are this one's until the
+    /// first pass says otherwise (a generation rotated away meanwhile is retired then, its
+    /// counters kept), and its volume marks stay until a pass unmarks them.
+    pub fn take_over(&mut self, left: Left) {
+        self.left = Some(left.watched.iter().map(|(i, _)| *i).collect());
+        self.identities = Some(
+            left.identities
+                .into_iter()
+                .map(|(key, c)| (c.cred_id, (key, c.generation)))
+                .collect(),
+        );
+        self.in_kernel = left.watched.into_iter().collect();
+        self.volume_words = left.volume_words.into_iter().collect();
+    }
+
+    /// After the first pass that followed a restart: unwatches what the agent before watched and
+    /// no record does now, and drops the counters of credentials that went while no agent ran.
+    fn drop_left(&mut self) {
+        let Some(left) = self.left.take() else {
+            return;
+        };
+        for inode in left {
+            self.maps.unwatch(inode);
+            if let Some(old) = self.in_kernel.remove(&inode) {
+                if self.state.credential(old.cred_id).is_some() {
+                    self.retire(old);
+                }
+            }
+        }
+        let mut gone: HashSet<u32> = self
+            .state
+            .forget_unknown_credentials()
+            .into_iter()
+            .collect();
+        gone.extend(
+            self.maps
+                .read_totals()
+                .iter()
+                .map(|t| t.key.cred_id)
+                .filter(|id| self.state.credential(*id).is_none()),
+        );
+        for id in gone {
+            self.maps.forget_credential(id);
         }
     }
 
@@ -97,6 +159,8 @@ impl WatchSync {
         for (inode, cred) in std::mem::take(&mut self.pending) {
             self.watch(inode, cred, false);
         }
+        self.drop_left();
+        self.write_identities();
         self.claim_unseen();
         self.state.set_watched_entries(self.in_kernel.len() as u64);
     }
@@ -129,6 +193,40 @@ impl WatchSync {
         self.volume_words = want;
     }
 
+    /// Keeps the pinned `IDENTITIES` in step with the records (with pinned maps only).
+    fn write_identities(&mut self) {
+        let (Some(written), maps) = (&mut self.identities, &self.maps) else {
+            return;
+        };
+        let mut live = HashSet::new();
+        for c in self.state.credentials() {
+            live.insert(c.id);
+            let want = (stable_key(&c.pod_uid, &c.volume, &c.file), c.generation);
+            if written.get(&c.id) == Some(&want) {
+                continue;
+            }
+            let cred = CredentialGeneration {
+                cred_id: c.id,
+                generation: c.generation,
+            };
+            match maps.put_identity(want.0, cred) {
+                Ok(()) => {
+                    written.insert(c.id, want);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record a credential's id in the pinned IDENTITIES map")
+                }
+            }
+        }
+        written.retain(|id, (key, _)| {
+            let live = live.contains(id);
+            if !live {
+                maps.remove_identity(*key);
+            }
+            live
+        });
+    }
+
     /// Reads the kernel counted by inode before a scan named them (a new generation read right
     /// after the kubelet's swap) become reads of the credential generation they turned out to be.
     fn claim_unseen(&mut self) {
@@ -149,7 +247,8 @@ impl WatchSync {
             let delta = read.count.saturating_sub(folded.unwrap_or(0));
             if delta > 0 {
                 let reads = ReaderReads::of_counter(delta, read.last_read_ns, cred.generation);
-                self.state.fold(key.cgroup_id, cred.cred_id, &reads);
+                self.state
+                    .fold(key.cgroup_id, cred.cred_id, &reads, Source::None);
             }
             if folded.is_none() {
                 let ev = first_read_of(&key, &read, cred);
@@ -219,6 +318,9 @@ impl WatchSync {
             self.pending.insert(inode, cred);
             return;
         }
+        if let Some(left) = &mut self.left {
+            left.remove(&inode);
+        }
         if let Some(old) = self.in_kernel.insert(inode, cred) {
             if old != cred {
                 self.retire(old);
@@ -234,7 +336,9 @@ impl WatchSync {
             .take_generation_counters(gen.cred_id, gen.generation, |taken| {
                 for t in taken {
                     let reads = ReaderReads::of_counter(t.count, t.last_read_ns, t.key.generation);
-                    self.state.fold(t.key.cgroup_id, t.key.cred_id, &reads);
+                    let source = Source::Counter(t.key);
+                    self.state
+                        .fold(t.key.cgroup_id, t.key.cred_id, &reads, source);
                 }
             });
     }

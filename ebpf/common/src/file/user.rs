@@ -1,5 +1,8 @@
 //! Userspace side of the file sensor's types.
-use super::{CredentialGeneration, InodeKey, KernelOffsets, ReadStats, UnseenKey, UnseenRead};
+use super::{
+    CredentialGeneration, InodeKey, KeptKey, KeptReads, KernelOffsets, ReadStats, UnseenKey,
+    UnseenRead,
+};
 use crate::file::ReadKey;
 
 // SAFETY: repr(C), integers only, no padding (sizes asserted beside each type).
@@ -10,6 +13,8 @@ unsafe impl aya::Pod for ReadKey {}
 unsafe impl aya::Pod for ReadStats {}
 unsafe impl aya::Pod for UnseenKey {}
 unsafe impl aya::Pod for UnseenRead {}
+unsafe impl aya::Pod for KeptKey {}
+unsafe impl aya::Pod for KeptReads {}
 
 impl ReadStats {
     /// The counter over every CPU: reads added up, the latest read time.

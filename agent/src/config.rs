@@ -83,15 +83,27 @@ pub struct Flags {
     /// container, mount the host's / read-only (the DaemonSet uses /host) [default: /]
     #[arg(long, env = "CREDWATCH_HOST_ROOT", value_name = "DIR")]
     pub host_root: Option<PathBuf>,
+}
 
+/// How the agent hooks the kernel: options of `agent` and `check` (which loads the probes as the
+/// agent would).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct KernelFlags {
     /// How the file sensor sees opens: `auto` takes the return of security_file_open (fexit:
     /// every open, io_uring's included, no descriptor walk) where the kernel runs BPF trampolines,
     /// else the open syscalls' tracepoints; `tracepoints` skips the first [default: auto]
     #[arg(long, env = "CREDWATCH_FILE_HOOK", value_name = "HOOK")]
     pub file_hook: Option<FileHook>,
+
+    /// Directory on bpffs where the file sensor's maps and programs are pinned: the kernel goes on
+    /// counting reads while the agent is down (a crash, a restart, an upgrade) and the next agent
+    /// takes the counters over. `none`: pin nothing (counters start from zero with each agent)
+    /// [default: /sys/fs/bpf/credwatch]
+    #[arg(long, env = "CREDWATCH_PIN_DIR", value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
-/// See `Flags::file_hook`.
+/// See `KernelFlags::file_hook`.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FileHook {
@@ -105,6 +117,9 @@ pub enum FileHook {
 pub struct AgentFlags {
     #[command(flatten)]
     pub common: Flags,
+
+    #[command(flatten)]
+    pub kernel: KernelFlags,
 
     /// Address for /metrics, /healthz, /readyz and /api/v1/* (port 0 picks a free port and prints
     /// it) [default: 127.0.0.1:9477]
@@ -138,13 +153,6 @@ pub struct AgentFlags {
     /// loopback ones.
     #[arg(long, env = "CREDWATCH_API_ALLOW_REMOTE", requires = "api")]
     pub api_allow_remote: bool,
-
-    /// Directory on bpffs where the file sensor's maps and programs are pinned: the kernel goes on
-    /// counting reads while the agent is down (a crash, a restart, an upgrade) and the next agent
-    /// takes the counters over. `none`: pin nothing (counters start from zero with each agent)
-    /// [default: /sys/fs/bpf/credwatch]
-    #[arg(long, env = "CREDWATCH_PIN_DIR", value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
 
     /// Remove every pin under --pin-dir (the pinned programs stop, the kept counters go) and exit:
     /// the last step of an uninstall. Refused while an agent runs with that directory.
@@ -310,7 +318,7 @@ impl Config {
                 .or(file.host_root)
                 .unwrap_or_else(|| "/".into()),
             file_hook: flags
-                .common
+                .kernel
                 .file_hook
                 .or(file.file_hook)
                 .unwrap_or_default(),
@@ -335,7 +343,7 @@ impl Config {
                 (true, false) => ApiAccess::Loopback,
                 (true, true) => ApiAccess::Anyone,
             },
-            pin_dir: pin_dir(flags.pin_dir.clone().or(file.pin_dir)),
+            pin_dir: pin_dir(flags.kernel.pin_dir.clone().or(file.pin_dir)),
             credential_csi_drivers: DEFAULT_CSI_DRIVERS
                 .iter()
                 .map(|d| d.to_string())

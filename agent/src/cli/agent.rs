@@ -154,7 +154,7 @@ pub fn unpin(cfg: &Config) -> anyhow::Result<()> {
     drop(pins);
     let _ = std::fs::remove_dir(dir);
     println!(
-        "credwatch: removed {} pinned sets from {dir:?}: {}",
+        "credwatch: removed {} entries from {dir:?}: {}",
         removed.len(),
         removed.join(", ")
     );

@@ -2,8 +2,8 @@
 use std::path::Path;
 
 use crate::{
-    config::FileHook,
-    kernel::btf,
+    config::{Config, FileHook},
+    kernel::{attach_can_pin, btf, pin::Pins},
     sensors::{
         auth::{self, catalog::Catalog, tls},
         file,
@@ -30,7 +30,7 @@ fn item(name: impl Into<String>, ok: bool, required: bool, detail: impl Into<Str
 }
 
 /// Runs every check. Probes are really loaded and attached (then detached) when privileges allow.
-pub fn run(catalog: &Catalog, file_hook: FileHook) -> Vec<Item> {
+pub fn run(catalog: &Catalog, cfg: &Config) -> Vec<Item> {
     let mut items = Vec::new();
     let privileged = sys::missing_privileges();
     items.push(match &privileged {
@@ -85,7 +85,7 @@ pub fn run(catalog: &Catalog, file_hook: FileHook) -> Vec<Item> {
         ),
     });
     match (&privileged, &kernel) {
-        (None, Ok(k)) => items.extend(probe_items(k, file_hook)),
+        (None, Ok(k)) => items.extend(probe_items(k, cfg.file_hook)),
         _ => items.push(item(
             "probes",
             false,
@@ -93,9 +93,32 @@ pub fn run(catalog: &Catalog, file_hook: FileHook) -> Vec<Item> {
             "not tried: needs the privileges and BTF above",
         )),
     }
+    if privileged.is_none() {
+        items.push(pin_item(cfg.pin_dir.as_deref()));
+    }
     items.extend(endpoint_items(catalog));
     items.extend(tls_library_items(Path::new("/proc")));
     items
+}
+
+/// Whether the file sensor can pin here, and what is pinned now (looked at, nothing changed).
+fn pin_item(dir: Option<&Path>) -> Item {
+    let name = "pinning";
+    let Some(dir) = dir else {
+        return item(
+            name,
+            true,
+            false,
+            "off (--pin-dir none): counters start from zero with each agent",
+        );
+    };
+    if !attach_can_pin() {
+        return item(name, false, false, "this kernel makes no bpf_link for tracepoints (before 5.15): probes stop with the agent");
+    }
+    match Pins::look(dir) {
+        Ok(what) => item(name, true, false, format!("{}: {what}", dir.display())),
+        Err(e) => item(name, false, false, e.to_string()),
+    }
 }
 
 /// The catalog as it resolves now: what the kernel's endpoint map would hold.

@@ -9,7 +9,7 @@ use std::{io::IsTerminal, process::ExitCode};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    config::{AgentFlags, Config, FileHook, Flags},
+    config::{AgentFlags, Config, Flags, KernelFlags},
     sensors::auth::catalog::Catalog,
 };
 
@@ -45,6 +45,8 @@ enum Command {
     Check {
         #[command(flatten)]
         flags: Flags,
+        #[command(flatten)]
+        kernel: KernelFlags,
     },
 }
 
@@ -66,15 +68,15 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(flags) => run_agent(flags),
         Command::Inventory { flags, json } => inventory::run(flags, json),
-        Command::Check { flags } => {
-            let (catalog, file_hook) = match catalog_of(flags) {
+        Command::Check { flags, kernel } => {
+            let (catalog, cfg) = match catalog_of(flags, kernel) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("credwatch: error: {e:#}");
                     return ExitCode::FAILURE;
                 }
             };
-            return if check::print(&check::run(&catalog, file_hook)) {
+            return if check::print(&check::run(&catalog, &cfg)) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -90,13 +92,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// The endpoint catalog and file hook the agent would use with these flags.
-fn catalog_of(flags: Flags) -> anyhow::Result<(Catalog, FileHook)> {
+/// The endpoint catalog and configuration the agent would use with these flags.
+fn catalog_of(flags: Flags, kernel: KernelFlags) -> anyhow::Result<(Catalog, Config)> {
     let cfg = Config::from_agent_flags(&AgentFlags {
         common: flags,
+        kernel,
         ..Default::default()
     })?;
-    Ok((Catalog::from_config(&cfg)?, cfg.file_hook))
+    Ok((Catalog::from_config(&cfg)?, cfg))
 }
 
 fn run_agent(flags: AgentFlags) -> anyhow::Result<()> {

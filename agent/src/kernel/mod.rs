@@ -11,7 +11,7 @@ pub mod ring;
 
 mod attach;
 
-pub use attach::{attach, Hook, HookStatus};
+pub use attach::{attach, links_can_be_pinned as attach_can_pin, Hook, HookStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -95,6 +95,50 @@ impl Pins {
         Ok((pins, prior))
     }
 
+    /// What is pinned at `root` and whether an agent holds it, in words, without taking or
+    /// changing anything (`credwatch check`). An error when pins could not live there.
+    pub fn look(root: &Path) -> io::Result<String> {
+        let Ok(meta) = std::fs::symlink_metadata(root) else {
+            let parent = root.parent().unwrap_or(Path::new("/"));
+            return match on_bpffs(parent)? {
+                true => Ok("nothing pinned yet (the agent makes the directory)".to_owned()),
+                false => Err(io::Error::other(format!(
+                    "{parent:?} is not a bpf file system: the agent cannot pin there"
+                ))),
+            };
+        };
+        if !meta.is_dir() || !on_bpffs(root)? {
+            return Err(io::Error::other(format!(
+                "{root:?} is not a directory on a bpf file system"
+            )));
+        }
+        let names: Vec<String> = std::fs::read_dir(root)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        let f = File::open(root)?;
+        // SAFETY: a valid open descriptor; a lock taken here is released with `f`.
+        let held = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        let ours = format!("maps-v{PINNED_LAYOUT}");
+        let mut words = vec![match names.iter().find(|n| n.starts_with("maps-")) {
+            None => "no maps pinned".to_owned(),
+            Some(n) if *n == ours => format!("maps of layout {PINNED_LAYOUT} (this version's)"),
+            Some(n) => {
+                format!("maps of another layout ({n}): an agent of this version starts afresh")
+            }
+        }];
+        let links = names.iter().filter(|n| n.starts_with("links-")).count();
+        words.push(format!("{links} pinned probe set(s)"));
+        words.push(
+            if held {
+                "held by a running agent"
+            } else {
+                "no agent running"
+            }
+            .to_owned(),
+        );
+        Ok(words.join("; "))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -292,6 +336,50 @@ mod tests {
             assert!(!file_name_of(label).contains('/'));
             assert_eq!(label_of(&file_name_of(label)), label);
         }
+    }
+
+    /// The layout `PINNED_LAYOUT` names. A change here is a change of what an agent reads from
+    /// maps another version left: bump `PINNED_LAYOUT` with it, and update these numbers.
+    #[test]
+    fn the_pinned_layout_is_the_one_its_number_was_set_for() {
+        use credwatch_common::{file::*, Control, EVENTS_BYTE_SIZE, LOST_STAGES};
+        use std::mem::size_of;
+        let layout = [
+            ("InodeKey", size_of::<InodeKey>()),
+            ("CredentialGeneration", size_of::<CredentialGeneration>()),
+            ("ReadKey", size_of::<ReadKey>()),
+            ("ReadStats", size_of::<ReadStats>()),
+            ("UnseenKey", size_of::<UnseenKey>()),
+            ("UnseenRead", size_of::<UnseenRead>()),
+            ("KeptKey", size_of::<KeptKey>()),
+            ("KeptReads", size_of::<KeptReads>()),
+            ("Control", size_of::<Control>()),
+            ("WATCHED", WATCHED_MAX_ENTRIES as usize),
+            ("UNSEEN", UNSEEN_MAX_ENTRIES as usize),
+            ("KEPT", KEPT_MAX_ENTRIES as usize),
+            ("VOLUME_DEV_WORDS", VOLUME_DEV_WORDS as usize),
+            ("EVENTS", EVENTS_BYTE_SIZE as usize),
+            ("LOST", LOST_STAGES as usize),
+        ];
+        let v1 = [
+            ("InodeKey", 16),
+            ("CredentialGeneration", 8),
+            ("ReadKey", 16),
+            ("ReadStats", 16),
+            ("UnseenKey", 24),
+            ("UnseenRead", 48),
+            ("KeptKey", 16),
+            ("KeptReads", 40),
+            ("Control", 16),
+            ("WATCHED", 65_536),
+            ("UNSEEN", 8192),
+            ("KEPT", 65_536),
+            ("VOLUME_DEV_WORDS", 16_384),
+            ("EVENTS", 256 * 1024),
+            ("LOST", 5),
+        ];
+        assert_eq!(PINNED_LAYOUT, 1);
+        assert_eq!(layout, v1, "the pinned maps changed: bump PINNED_LAYOUT");
     }
 
     #[test]

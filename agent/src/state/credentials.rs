@@ -698,6 +698,68 @@ mod tests {
         );
     }
 
+    /// After a restart the table takes the ids and generation numbers the pinned maps give:
+    /// by inode (an atomic-writer volume numbered from 0 again by the new inventory), else by
+    /// identity (a file replaced while no agent ran: the next generation); new ids above all.
+    #[test]
+    fn a_restarted_table_adopts_the_pinned_ids_and_generations() {
+        let mut c = CredentialTable::default();
+        let t0 = Instant::now();
+        let cg = |cred_id, generation| CredentialGeneration {
+            cred_id,
+            generation,
+        };
+        let mut volume = found("token", 21);
+        volume.pod_uid = "uid".into();
+        volume.generations = Some(Generations {
+            current: 1,
+            files: [(0, 20), (1, 21)]
+                .iter()
+                .map(|&(g, i)| GenFile {
+                    generation: g,
+                    inode: InodeKey::new(1, i),
+                    at: Beneath::default(),
+                })
+                .collect(),
+        });
+        let watched = [
+            (InodeKey::new(1, 20), cg(7, 4)),
+            (InodeKey::new(1, 21), cg(7, 5)),
+            (InodeKey::new(1, 30), cg(3, 2)), // host file "a", replaced meanwhile
+        ];
+        let identities = [(stable_key("", "/v", "a"), cg(3, 2))];
+        c.adopt(&watched, &identities, [9].into_iter());
+        let ops = apply(
+            &mut c,
+            &[volume.clone(), found("a", 31), found("b", 40)],
+            t0,
+        );
+        assert_eq!(
+            ops,
+            vec![w(7, 20, 4), w(7, 21, 5), w(3, 31, 3), w(10, 40, 0)],
+            "same ids and numbers; the replaced file is generation 3; a new file id 10"
+        );
+        assert_eq!(c.get(7).unwrap().generation, 5);
+        // The next generation the inventory numbers 2 is 6.
+        volume.generations.as_mut().unwrap().files.push(GenFile {
+            generation: 2,
+            inode: InodeKey::new(1, 22),
+            at: Beneath::default(),
+        });
+        assert_eq!(
+            apply(&mut c, &[volume, found("a", 31), found("b", 40)], t0),
+            vec![w(7, 22, 6)]
+        );
+    }
+
+    #[test]
+    fn stable_keys_are_the_same_in_every_build_and_separate_fields() {
+        // FNV-1a 64 of the bytes, each field followed by 0xff (computed independently).
+        assert_eq!(stable_key("", "", ""), 0xf998_341b_e47b_ae14);
+        assert_eq!(stable_key("uid", "vol", "token"), 0xdb89_e6d9_cf09_3fca);
+        assert_ne!(stable_key("a", "b", "c"), stable_key("ab", "", "c"));
+    }
+
     #[test]
     fn atomic_writer_generations_stay_watched_while_on_disk() {
         let mut c = CredentialTable::default();

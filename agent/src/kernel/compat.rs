@@ -14,7 +14,7 @@ use super::{
     attach::{self, LinkId},
     btf::ProbeBtf,
     object,
-    pin::Pins,
+    pin::{LinkSet, Pins},
     Error, Hook, HookStatus, Result,
 };
 
@@ -65,8 +65,17 @@ pub fn load_and_attach(
     let token = links_token();
     let identity = identity(btf, fast.is_some());
     let mut ebpf = object::load(btf, token, pins)?;
-    if let Some(kept) = pins.and_then(|p| p.kept_links(identity)) {
-        set_control(&mut ebpf, |c| c.agent_tgid = agent_tgid)?;
+    if let Some((set, kept)) = pins.and_then(|p| p.kept_links(identity)) {
+        // Its own token too: an agent killed while switching to another set left CONTROL naming
+        // that one, and this set's programs would count nothing.
+        set_control(&mut ebpf, |c| {
+            *c = Control {
+                active_links: set.token,
+                agent_tgid,
+                _pad: 0,
+            }
+        })?;
+        remove_others(pins, Some(set));
         let fast_refused = (!kept.iter().any(|l| l.starts_with("fexit/")))
             .then(|| "kept from the agent before (same build, same kernel)".to_owned());
         return Ok(Loaded {
@@ -78,8 +87,9 @@ pub fn load_and_attach(
         });
     }
     let (mut loaded, ids) = attach_own(ebpf, btf, token, fast, hooks, pins)?;
+    let set = LinkSet { identity, token };
     if let Some(p) = pins {
-        loaded.links = pin_own(&mut loaded.ebpf, p, identity, ids);
+        loaded.links = pin_own(&mut loaded.ebpf, p, set, ids);
     }
     // The switch: from this write on, this object's programs count and no other's do.
     set_control(&mut loaded.ebpf, |c| {
@@ -89,18 +99,25 @@ pub fn load_and_attach(
             _pad: 0,
         }
     })?;
-    if let Some(p) = pins {
-        match p.remove_links_except(identity) {
-            Ok(gone) if !gone.is_empty() => {
-                tracing::info!(replaced = ?gone, "the pinned file programs of an earlier build were replaced");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot remove earlier pinned file programs (they count nothing: another set is active)")
-            }
+    let own = (loaded.links == Links::Pinned).then_some(set);
+    remove_others(pins, own);
+    Ok(loaded)
+}
+
+/// Unpins every links set but `keep` (they count nothing: `CONTROL` names another).
+fn remove_others(pins: Option<&Pins>, keep: Option<LinkSet>) {
+    let Some(p) = pins else {
+        return;
+    };
+    match p.remove_links_except(keep) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::info!(replaced = ?gone, "pinned file programs of another build were unpinned");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot unpin other pinned file programs (they count nothing: another set is active)")
         }
     }
-    Ok(loaded)
 }
 
 /// This object's own hooks attached (see [`load_and_attach`]), with their links.
@@ -157,7 +174,7 @@ fn attach_own(
 
 /// Pins the links in `ids` as `identity`'s set. If that fails, they are attached again,
 /// unpinned: the agent counts as long as it runs, and says why no longer.
-fn pin_own(ebpf: &mut Ebpf, pins: &Pins, identity: u64, ids: Vec<(Hook, LinkId)>) -> Links {
+fn pin_own(ebpf: &mut Ebpf, pins: &Pins, set: LinkSet, ids: Vec<(Hook, LinkId)>) -> Links {
     if ids.is_empty() {
         return Links::Own;
     }
@@ -176,12 +193,11 @@ fn pin_own(ebpf: &mut Ebpf, pins: &Pins, identity: u64, ids: Vec<(Hook, LinkId)>
     }
     let pinned = match error {
         Some(e) => Err(std::io::Error::other(e)),
-        None => pins.pin_links(identity, links),
+        None => pins.pin_links(set, links),
     };
     match pinned {
         Ok(()) => Links::Pinned,
         Err(e) => {
-            drop(pins.remove_links_except(0));
             tracing::warn!(error = %e, "cannot pin the file probes: they stop with the agent");
             for s in attach::attach(ebpf, &hooks) {
                 if let Some(e) = s.error {

@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! <dir>/maps-v<PINNED_LAYOUT>/<MAP>      the maps the file programs count into and read (PINNED_MAPS)
-//! <dir>/links-<identity>/<hook>          the attached file programs of one build on this kernel
-//! <dir>/links-<identity>-new/            a set being pinned (removed if an agent died meanwhile)
+//! <dir>/links-<identity>-<token>/<hook>  the attached file programs of one build on this kernel,
+//!                                        counting while CONTROL names their object's token
+//! <dir>/new-<identity>-<token>/          a set being pinned (removed if an agent died meanwhile)
 //!
 //! (bpffs refuses names with a dot.)
 //! ```
@@ -40,8 +41,16 @@ pub const PINNED_MAPS: [&str; 9] = [
     maps::LOST,
 ];
 
-/// The suffix of a links set being pinned.
-const NEW: &str = "-new";
+/// The prefix of a links set being pinned.
+const NEW: &str = "new-";
+
+/// A set of pinned links: what was attached (`identity`: the object, the kernel's offsets, the
+/// hook asked for) and the token its object's programs count under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkSet {
+    pub identity: u64,
+    pub token: u64,
+}
 
 /// `BPF_FS_MAGIC` from `include/uapi/linux/magic.h`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -152,27 +161,29 @@ impl Pins {
         self.maps_dir().join(name)
     }
 
-    fn links_dir(&self, identity: u64) -> PathBuf {
-        self.root.join(format!("links-{identity:016x}"))
+    fn links_dir(&self, set: LinkSet) -> PathBuf {
+        self.root
+            .join(format!("links-{:016x}-{:016x}", set.identity, set.token))
     }
 
-    /// Removes other layouts (links first: their programs must stop before their maps go) and
-    /// half-pinned link sets; says what was there.
+    /// Removes other layouts (links first: their programs must stop before their maps go),
+    /// half-pinned link sets, and every link set if a map is missing (its programs would count
+    /// into a map no agent can read); says what was there.
     fn clean(&self) -> io::Result<Prior> {
         let ours = format!("maps-v{PINNED_LAYOUT}");
         let mut other = Vec::new();
-        let mut have_maps = false;
         for name in self.entries()? {
-            if name == ours {
-                have_maps = std::fs::read_dir(self.root.join(&name))?.next().is_some();
-            } else if name.starts_with("maps-") {
+            if name.starts_with("maps-") && name != ours {
                 other.push(name);
-            } else if name.starts_with("links-") && name.ends_with(NEW) {
+            } else if name.starts_with(NEW) {
                 remove(&self.root.join(&name))?;
             }
         }
-        if other.is_empty() {
-            return Ok(if have_maps {
+        let present = |m: &&str| std::fs::symlink_metadata(self.map_path(m)).is_ok();
+        let complete = PINNED_MAPS.iter().all(present);
+        let any = PINNED_MAPS.iter().any(present);
+        if other.is_empty() && (complete || !any) {
+            return Ok(if complete {
                 Prior::Maps
             } else {
                 Prior::Nothing
@@ -186,7 +197,10 @@ impl Pins {
         for name in &other {
             remove(&self.root.join(name))?;
         }
-        Ok(Prior::OtherLayout(other))
+        Ok(match other.is_empty() {
+            true => Prior::Maps,
+            false => Prior::OtherLayout(other),
+        })
     }
 
     fn entries(&self) -> io::Result<Vec<String>> {
@@ -197,26 +211,35 @@ impl Pins {
         Ok(names)
     }
 
-    /// The hooks (as their `probe` labels) of the links set pinned for `identity`, if one is
+    /// The links set pinned for `identity`, with its hooks (as their `probe` labels), if one is
     /// there and every link in it opens.
-    pub fn kept_links(&self, identity: u64) -> Option<Vec<String>> {
-        let dir = self.links_dir(identity);
+    pub fn kept_links(&self, identity: u64) -> Option<(LinkSet, Vec<String>)> {
+        let prefix = format!("links-{identity:016x}-");
+        let name = self
+            .entries()
+            .ok()?
+            .into_iter()
+            .find(|n| n.starts_with(&prefix))?;
+        let token = u64::from_str_radix(&name[prefix.len()..], 16).ok()?;
         let mut labels = Vec::new();
-        for entry in std::fs::read_dir(dir).ok()? {
+        for entry in std::fs::read_dir(self.root.join(&name)).ok()? {
             let entry = entry.ok()?;
             PinnedLink::from_pin(entry.path()).ok()?;
             labels.push(label_of(&entry.file_name().into_string().ok()?));
         }
         labels.sort();
-        (!labels.is_empty()).then_some(labels)
+        let set = LinkSet { identity, token };
+        (!labels.is_empty()).then_some((set, labels))
     }
 
-    /// Pins `links` (each with its `probe` label) as the set of `identity`, whole or not at all:
-    /// into a `-new` directory renamed when complete. On an error every link given is detached
-    /// (aya drops a link it could not pin): the caller attaches the hooks again, unpinned.
-    pub fn pin_links(&self, identity: u64, links: Vec<(String, FdLink)>) -> io::Result<()> {
-        let done = self.links_dir(identity);
-        let new = self.root.join(format!("links-{identity:016x}{NEW}"));
+    /// Pins `links` (each with its `probe` label) as `set`, whole or not at all: into a `new-`
+    /// directory renamed when complete. On an error every link given is detached (aya drops a
+    /// link it could not pin): the caller attaches the hooks again, unpinned.
+    pub fn pin_links(&self, set: LinkSet, links: Vec<(String, FdLink)>) -> io::Result<()> {
+        let done = self.links_dir(set);
+        let new = self
+            .root
+            .join(format!("{NEW}{:016x}-{:016x}", set.identity, set.token));
         remove(&new)?;
         remove(&done)?;
         std::fs::create_dir(&new)?;
@@ -233,13 +256,14 @@ impl Pins {
         std::fs::rename(&new, &done)
     }
 
-    /// Removes every links set but `identity`'s: their programs stop. Returns their names.
-    pub fn remove_links_except(&self, identity: u64) -> io::Result<Vec<String>> {
-        let keep = format!("links-{identity:016x}");
+    /// Removes every links set but `keep`: their programs stop. Returns their names.
+    pub fn remove_links_except(&self, keep: Option<LinkSet>) -> io::Result<Vec<String>> {
+        let keep = keep.map(|k| self.links_dir(k));
         let mut removed = Vec::new();
         for name in self.entries()? {
-            if name.starts_with("links-") && name != keep {
-                remove(&self.root.join(&name))?;
+            let path = self.root.join(&name);
+            if name.starts_with("links-") && Some(&path) != keep.as_ref() {
+                remove(&path)?;
                 removed.push(name);
             }
         }

@@ -12,7 +12,10 @@ use std::{
 };
 
 use credwatch_e2e::{
-    agent_bin, pod_container_cgroup, reads, sample, Agent, Cgroup, PinDir, TempDir,
+    agent_bin,
+    kubelet::{KubeletTree, PROJECTED},
+    pod_container_cgroup, random_container_id, random_pod_uid, reads, sample,
+    systemd_container_cgroup, Agent, Cgroup, PinDir, TempDir,
 };
 
 fn s(p: &Path) -> &str {
@@ -256,4 +259,69 @@ fn pins_of_another_map_layout_are_removed_and_counting_starts_afresh() {
     cg.read(&["open", s(&cred), "3"]);
     // The old counters went with their layout: 3, not 13, and never 10 counted twice.
     assert_eq!(wait_reads(&agent, "token", &id[..12], 3), 3.0);
+}
+
+/// A kubelet volume rotated while no agent runs: the new generation's reads in between are
+/// counted by inode (`UNSEEN` and the volume marks are pinned), the next agent names them, and its
+/// generation numbers go on from the pinned ones although its inventory numbers from 0 again.
+#[test]
+fn a_kubelet_volume_rotated_while_no_agent_runs_is_counted_through_unseen() {
+    require_e2e!();
+    let mut tree = KubeletTree::new();
+    let uid = random_pod_uid();
+    let vol = tree.volume(&uid, PROJECTED, "kube-api-access-r3st");
+    tree.write(&vol, &[("token", b"CANARY-restart-gen0")]);
+    let root = tree.path().to_str().unwrap().to_owned();
+    let pins = PinDir::new("restart-kubelet-pins");
+    let args = [
+        "--no-default-watch",
+        "--kubelet-root",
+        &root,
+        "--pin-dir",
+        pins.path(),
+    ];
+    let id = random_container_id();
+    let cg = Cgroup::new(&systemd_container_cgroup(&uid, &id));
+    let container = &id[..12];
+    let token = vol.join("token");
+
+    let agent = Agent::start_args(&args, &[]);
+    assert_eq!(cg.read(&["open", s(&token), "4"]), 4);
+    wait_reads(&agent, "token", container, 4);
+    // A second rotation while the first agent runs: the pinned numbers are 1 now, the next
+    // agent's inventory starts from 0.
+    tree.write(&vol, &[("token", b"CANARY-restart-gen1")]);
+    agent.wait_metrics("generation 1", |m| {
+        sample(
+            m,
+            "credwatch_credential_rotations_total",
+            &[("file", "token")],
+        ) == Some(1.0)
+    });
+    assert_eq!(cg.read(&["open", s(&token), "2"]), 2);
+    wait_reads(&agent, "token", container, 6);
+    agent.kill9();
+
+    tree.write(&vol, &[("token", b"CANARY-restart-gen2")]);
+    assert_eq!(cg.read(&["open", s(&token), "3"]), 3);
+    let agent = Agent::start_args(&args, &[]);
+    wait_reads(&agent, "token", container, 9);
+    let creds = agent.get("/api/v1/credentials");
+    assert!(
+        creds.contains("\"generation\":2"),
+        "generation 2 after 1: {creds}"
+    );
+    let m = agent.metrics();
+    let lag = sample(
+        &m,
+        "credwatch_credential_reader_generation_lag",
+        &[("file", "token"), ("container", container)],
+    );
+    assert_eq!(lag, Some(0.0), "the reader read the newest generation: {m}");
+    agent.kill9();
+    let agent = Agent::start_args(&args, &[]);
+    assert_eq!(cg.read(&["open", s(&token), "1"]), 1);
+    assert_eq!(wait_reads(&agent, "token", container, 10), 10.0);
+    let m = agent.metrics();
+    assert!(!m.contains("CANARY"), "{m}");
 }

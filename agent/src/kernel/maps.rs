@@ -203,6 +203,27 @@ impl KernelMaps {
         let _ = lock(&self.identities).remove(&key);
     }
 
+    /// Removes the `UNSEEN` entries of reader `claim.cgroup_id` on an inode `WATCHED` maps to
+    /// (`claim.cred_id`, `claim.generation`): ones a restart found claimed into `KEPT` already.
+    /// Returns how many went.
+    pub fn remove_claimed_unseen(&self, claim: &ReadKey) -> usize {
+        let cred = CredentialGeneration {
+            cred_id: claim.cred_id,
+            generation: claim.generation,
+        };
+        let watched = self.watched();
+        let mut removed = 0;
+        for (key, _) in self.unseen() {
+            let claimed = key.cgroup_id == claim.cgroup_id
+                && watched.iter().any(|(i, c)| *i == key.inode && *c == cred);
+            if claimed {
+                self.remove_unseen(&key);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Removes one read counter (one a restart found already moved to `KEPT`).
     pub fn remove_read_counter(&self, key: &ReadKey) -> bool {
         lock(&self.reads).remove(key).is_ok()
@@ -302,6 +323,10 @@ impl KernelMaps {
     /// Every `UNSEEN` entry.
     pub fn unseen(&self) -> Vec<(UnseenKey, UnseenRead)> {
         lock(&self.unseen).iter().flatten().collect()
+    }
+
+    pub fn unseen_entry(&self, key: &UnseenKey) -> Option<UnseenRead> {
+        lock(&self.unseen).get(key, 0).ok()
     }
 
     pub fn remove_unseen(&self, key: &UnseenKey) {

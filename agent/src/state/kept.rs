@@ -4,12 +4,16 @@
 //! starts from them (`Kept::load`), and a move interrupted by a kill is finished, not repeated.
 use std::{collections::HashMap, sync::Arc};
 
-use credwatch_common::file::{KeptKey, KeptReads, ReadKey, KEPT_SOURCE};
+use credwatch_common::file::{
+    KeptKey, KeptReads, ReadKey, KEPT_FROM_UNSEEN, KEPT_HAS_GENERATION, KEPT_SOURCE,
+};
 
 use super::ReaderReads;
 use crate::{identity::attribution::AGGREGATE_LABELS, kernel::maps::KernelMaps};
 
-/// Where kept reads came from: a `READS` counter, or the folded reads of a (cgroup, credential).
+/// Where kept reads came from: a `READS` counter, the folded reads of a (cgroup, credential), or
+/// the `UNSEEN` entries of a reader cgroup on the inode of a credential generation (a claim: the
+/// entries are removed on the next pass).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
     Counter(ReadKey),
@@ -17,7 +21,8 @@ pub enum Source {
         cgroup_id: u64,
         cred_id: u32,
     },
-    /// Nothing to remove after (reads of an unseen file, claimed).
+    Unseen(ReadKey),
+    /// Nothing to remove after (the rest of a claim, when its entries go).
     None,
 }
 
@@ -52,21 +57,34 @@ fn label_number(label: &str) -> Option<u32> {
 }
 
 fn to_kernel(r: &ReaderReads, source: Source, before: Option<KeptReads>) -> KeptReads {
-    let source = match source {
-        Source::Counter(k) => k,
-        Source::Folded { cgroup_id, cred_id } => ReadKey {
-            cgroup_id,
-            cred_id,
-            generation: KEPT_SOURCE,
-        },
+    let (source, unseen) = match source {
+        Source::Counter(k) => (k, false),
+        Source::Folded { cgroup_id, cred_id } => (
+            ReadKey {
+                cgroup_id,
+                cred_id,
+                generation: KEPT_SOURCE,
+            },
+            false,
+        ),
+        Source::Unseen(k) => (k, true),
         // Keep the last move's mark: it may not be finished.
-        Source::None => before.map(|b| b.source).unwrap_or_default(),
+        Source::None => before.map_or((ReadKey::default(), false), |b| {
+            (b.source, b.flags & KEPT_FROM_UNSEEN != 0)
+        }),
     };
+    let mut flags = 0;
+    if r.newest_generation.is_some() {
+        flags |= KEPT_HAS_GENERATION;
+    }
+    if unseen {
+        flags |= KEPT_FROM_UNSEEN;
+    }
     KeptReads {
         count: r.count,
         last_read_ns: r.last_read_ns,
         newest_generation: r.newest_generation.unwrap_or(0),
-        has_generation: u32::from(r.newest_generation.is_some()),
+        flags,
         source,
     }
 }
@@ -75,7 +93,7 @@ fn from_kernel(k: &KeptReads) -> ReaderReads {
     ReaderReads {
         count: k.count,
         last_read_ns: k.last_read_ns,
-        newest_generation: (k.has_generation != 0).then_some(k.newest_generation),
+        newest_generation: (k.flags & KEPT_HAS_GENERATION != 0).then_some(k.newest_generation),
     }
 }
 
@@ -91,7 +109,9 @@ impl Kept {
             if s == ReadKey::default() {
                 continue;
             }
-            if s.generation == KEPT_SOURCE {
+            if v.flags & KEPT_FROM_UNSEEN != 0 {
+                finished_moves += store.remove_claimed_unseen(&s);
+            } else if s.generation == KEPT_SOURCE {
                 let key = folded_key(s.cgroup_id, s.cred_id);
                 if store.kept_entry(&key).is_some() {
                     store.remove_kept(&key);

@@ -162,14 +162,19 @@ pub struct KeptReads {
     pub count: u64,
     pub last_read_ns: u64,
     pub newest_generation: u32,
-    /// 1 when `newest_generation` is set.
-    pub has_generation: u32,
+    /// `KEPT_HAS_GENERATION`, `KEPT_FROM_UNSEEN`.
+    pub flags: u32,
     pub source: ReadKey,
 }
 const _: () = assert!(size_of::<KeptReads>() == 40);
 
 /// `KeptReads::source.generation` naming a `KEPT` entry rather than a `READS` counter.
 pub const KEPT_SOURCE: u32 = u32::MAX;
+/// `KeptReads::flags`: `newest_generation` is set.
+pub const KEPT_HAS_GENERATION: u32 = 1;
+/// `KeptReads::flags`: `source` is not a `READS` counter but the `UNSEEN` entries of reader
+/// `source.cgroup_id` on the inode `WATCHED` maps to (`source.cred_id`, `source.generation`).
+pub const KEPT_FROM_UNSEEN: u32 = 2;
 
 /// Key of `UNSEEN`: a reader cgroup and a file not in `WATCHED` (yet).
 #[repr(C)]

@@ -6,7 +6,7 @@ use std::{
 };
 
 use credwatch_common::{
-    file::{CredentialGeneration, FirstReadEvent, InodeKey, UnseenKey, UnseenRead},
+    file::{CredentialGeneration, FirstReadEvent, InodeKey, ReadKey, UnseenKey, UnseenRead},
     EventKind,
 };
 
@@ -39,9 +39,10 @@ pub struct WatchSync {
     cgroups: Arc<CgroupResolver>,
     /// The `VOLUME_DEVS` words as this wrote them.
     volume_words: BTreeMap<u32, u64>,
-    /// `UNSEEN` entries claimed on a pass, with the count folded: removed on the next one (no
-    /// program can be adding to them by then, their inode being watched).
-    claimed: HashMap<UnseenKey, u64>,
+    /// `UNSEEN` entries claimed on a pass, with the count folded and whose they turned out to
+    /// be: removed on the next one (no program can be adding to them by then, their inode being
+    /// watched).
+    claimed: HashMap<UnseenKey, (u64, CredentialGeneration)>,
     /// `UNSEEN` entries no credential has claimed, with the passes they have been seen.
     unclaimed: HashMap<UnseenKey, u32>,
     /// After a restart, until the first pass: the `WATCHED` entries the agent before left that
@@ -145,6 +146,7 @@ impl WatchSync {
         self.state.set_shared_files(pass.scan.shared);
         self.mark_volume_devs(&pass.scan.volume_devs);
         self.parse_new(&pass.scan.found);
+        self.finish_claims();
         let parsed = &self.parsed;
         let ops = self.state.apply_scan(
             &pass.scan.found,
@@ -227,6 +229,24 @@ impl WatchSync {
         });
     }
 
+    /// The `UNSEEN` entries claimed on the pass before go, with what was added to them since
+    /// (opens that had missed `WATCHED` just before the watch; none can add to them any more).
+    /// First in a pass: no other write to their `KEPT` entry comes between their claim (which
+    /// names them there, for a restart in between) and their removal.
+    fn finish_claims(&mut self) {
+        for (key, (folded, cred)) in std::mem::take(&mut self.claimed) {
+            if let Some(read) = self.maps.unseen_entry(&key) {
+                let delta = read.count.saturating_sub(folded);
+                if delta > 0 {
+                    let reads = ReaderReads::of_counter(delta, read.last_read_ns, cred.generation);
+                    self.state
+                        .fold(key.cgroup_id, cred.cred_id, &reads, Source::None);
+                }
+            }
+            self.maps.remove_unseen(&key);
+        }
+    }
+
     /// Reads the kernel counted by inode before a scan named them (a new generation read right
     /// after the kubelet's swap) become reads of the credential generation they turned out to be.
     fn claim_unseen(&mut self) {
@@ -243,24 +263,17 @@ impl WatchSync {
                 continue;
             };
             self.unclaimed.remove(&key);
-            let folded = self.claimed.get(&key).copied();
-            let delta = read.count.saturating_sub(folded.unwrap_or(0));
-            if delta > 0 {
-                let reads = ReaderReads::of_counter(delta, read.last_read_ns, cred.generation);
-                self.state
-                    .fold(key.cgroup_id, cred.cred_id, &reads, Source::None);
-            }
-            if folded.is_none() {
-                let ev = first_read_of(&key, &read, cred);
-                first_reads::on_first_read(&self.state, &self.cgroups, &ev);
-                self.claimed.insert(key, read.count);
-            } else {
-                self.maps.remove_unseen(&key);
-                self.claimed.remove(&key);
-            }
+            let reads = ReaderReads::of_counter(read.count, read.last_read_ns, cred.generation);
+            let source = Source::Unseen(ReadKey {
+                cgroup_id: key.cgroup_id,
+                cred_id: cred.cred_id,
+                generation: cred.generation,
+            });
+            self.state.fold(key.cgroup_id, cred.cred_id, &reads, source);
+            let ev = first_read_of(&key, &read, cred);
+            first_reads::on_first_read(&self.state, &self.cgroups, &ev);
+            self.claimed.insert(key, (read.count, cred));
         }
-        // Entries the LRU evicted.
-        self.claimed.retain(|k, _| present.contains(k));
         self.unclaimed.retain(|k, _| present.contains(k));
     }
 

@@ -154,6 +154,11 @@ pub struct AgentFlags {
     #[arg(long, env = "CREDWATCH_API_ALLOW_REMOTE", requires = "api")]
     pub api_allow_remote: bool,
 
+    /// Run without the auth-call sensor (connects, HTTP requests and TLS to auth endpoints): no
+    /// syscall tracepoint on reads and writes, no TLS uprobes; the file sensor alone.
+    #[arg(long, env = "CREDWATCH_NO_AUTH_SENSOR")]
+    pub no_auth_sensor: bool,
+
     /// Remove every pin under --pin-dir (the pinned programs stop, the kept counters go) and exit:
     /// the last step of an uninstall. Refused while an agent runs with that directory.
     #[arg(long)]
@@ -189,6 +194,7 @@ pub struct FileConfig {
     pub api: bool,
     pub api_allow_remote: bool,
     pub pin_dir: Option<PathBuf>,
+    pub no_auth_sensor: bool,
 }
 
 /// An outbound authentication endpoint, added to the built-in catalog.
@@ -248,6 +254,8 @@ pub struct Config {
     pub api: ApiAccess,
     /// Where the file sensor pins its maps and programs; `None`: nowhere (`--pin-dir none`).
     pub pin_dir: Option<PathBuf>,
+    /// Whether the auth-call sensor runs (`--no-auth-sensor` turns it off).
+    pub auth_sensor: bool,
 }
 
 impl FileConfig {
@@ -344,6 +352,7 @@ impl Config {
                 (true, true) => ApiAccess::Anyone,
             },
             pin_dir: pin_dir(flags.kernel.pin_dir.clone().or(file.pin_dir)),
+            auth_sensor: !(flags.no_auth_sensor || file.no_auth_sensor),
             credential_csi_drivers: DEFAULT_CSI_DRIVERS
                 .iter()
                 .map(|d| d.to_string())

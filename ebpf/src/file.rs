@@ -28,7 +28,7 @@ use credwatch_common::{
         CredentialGeneration, FirstReadEvent, InodeKey, KeptKey, KeptReads, KernelOffsets, ReadKey,
         ReadStats, UnseenKey, UnseenRead, FMODE_READ, KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT,
         RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES,
-        VOLUME_DEV_WORDS, WATCHED_MAX_ENTRIES,
+        VOLUME_DEV_WORDS, WATCHED_FILTER_WORDS, WATCHED_MAX_ENTRIES,
     },
     EventKind, LostStage,
 };
@@ -63,6 +63,10 @@ static WATCHED: HashMap<InodeKey, CredentialGeneration> =
 #[map]
 static READS: PerCpuHashMap<ReadKey, ReadStats> =
     PerCpuHashMap::with_max_entries(READS_MAX_ENTRIES, 0);
+
+/// `credwatch_common::file::maps::WATCHED_FILTER`.
+#[map]
+static WATCHED_FILTER: Array<u64> = Array::with_max_entries(WATCHED_FILTER_WORDS, 0);
 
 /// `credwatch_common::file::maps::VOLUME_DEVS`.
 #[map]
@@ -175,6 +179,16 @@ fn count_open(opened: Opened) {
     }
 }
 
+/// Whether `key`'s bit is set in `WATCHED_FILTER`: it may be watched (every watched inode's bit is
+/// set before it goes into `WATCHED`); clear, it is not.
+#[inline(always)]
+fn maybe_watched(key: &InodeKey) -> bool {
+    let bit = key.filter_bit();
+    WATCHED_FILTER
+        .get(bit >> 6)
+        .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
+}
+
 /// Whether `dev` is an anonymous device (tmpfs) marked as a credential volume's mount.
 #[inline(always)]
 fn on_volume_dev(dev: u32) -> bool {
@@ -262,9 +276,11 @@ fn classify(
     i_mode: impl FnOnce() -> Option<u16>,
     f_mode: impl FnOnce() -> Option<u32>,
 ) -> Option<Opened> {
-    // The one lookup every open pays.
-    if let Some(cred) = unsafe { WATCHED.get(&key) } {
-        return Some(Opened::Watched(*cred, f_mode()?));
+    // An array load (inlined by the verifier) spares nearly every open the hash lookup.
+    if maybe_watched(&key) {
+        if let Some(cred) = unsafe { WATCHED.get(&key) } {
+            return Some(Opened::Watched(*cred, f_mode()?));
+        }
     }
     if !on_volume_dev(key.dev) || i_mode()? & S_IFMT != S_IFREG {
         return None;

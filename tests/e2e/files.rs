@@ -305,3 +305,30 @@ fn three_hundred_rotations_keep_the_kernel_map_bounded_and_counts_exact() {
         Some(0.0)
     );
 }
+
+#[test]
+fn the_file_sensor_runs_alone_without_the_auth_call_sensor() {
+    require_e2e!();
+    let dir = TempDir::new("file-only");
+    let cred = dir.join("token");
+    std::fs::write(&cred, "x").unwrap();
+    let agent = Agent::start(&[dir.path()], &["--no-auth-sensor"]);
+    let (rel, _uid, id) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    cg.read(&["open", s(&cred), "5"]);
+    let m = agent.wait_metrics("5 reads", |m| {
+        reads(m, &[("file", "token"), ("container", &id[..12])]) == Some(5.0)
+    });
+    let probes: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("credwatch_probe_attached{"))
+        .collect();
+    assert!(!probes.is_empty(), "{m}");
+    assert!(
+        probes
+            .iter()
+            .all(|l| l.contains("sys_exit_open") || l.contains("security_file_open")),
+        "only the file sensor's probes: {probes:?}"
+    );
+    assert!(agent.log_text().contains("the auth-call sensor is off"));
+}

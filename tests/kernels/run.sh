@@ -128,7 +128,8 @@ fi
 qemu() { # qemu PKG APPEND LOG: one boot of the guest, its console in LOG
     local kernel=$CACHE/$1/vmlinux
     [ -s "$kernel" ] || kernel=$CACHE/$1/vmlinuz
-    timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 1G \
+    # shellcheck disable=SC2086 # QEMU_CPU holds several options
+    timeout "$TIMEOUT" qemu-system-x86_64 ${QEMU_CPU:-"-accel tcg,thread=multi -smp $(nproc)"} -cpu max -m 1G \
         -display none -monitor none -serial stdio -no-reboot -net none \
         -kernel "$kernel" -initrd "$INITRD" \
         -append "console=ttyS0 panic=-1 quiet $2" </dev/null >"$3" 2>&1
@@ -155,6 +156,9 @@ want_walk() {
 }
 
 if [ -n "${BENCH:-}" ]; then
+    # One vCPU with instruction counting: a guest nanosecond is one guest instruction, so the
+    # guest's clocks (the BPF accounting's and the open loop's) count instructions, steadily.
+    QEMU_CPU="-accel tcg,thread=single -icount shift=0,sleep=off -smp 1"
     status=0
     for pkg in "${KERNELS[@]}"; do
         for hook in fexit tracepoints; do

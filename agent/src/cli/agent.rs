@@ -63,7 +63,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     mount_pseudo_filesystems();
     let state = Arc::new(State::default());
     let pins = open_pins(cfg.pin_dir.as_deref());
-    let kernel = load_kernel(&state, &cfg.host_root, cfg.file_hook, pins)?;
+    let kernel = load_kernel(&state, &cfg, pins)?;
     sys::release_free_memory();
     let (maps, auth_maps) = (kernel.maps.clone(), kernel.auth_maps.clone());
     let cgroups = Arc::new(CgroupResolver::new(
@@ -203,14 +203,15 @@ struct Kernel {
 
 /// Loads the object, attaches the file and auth-call sensors and the TLS probes (on the
 /// system's libssl and every one mapped now, then as processes map them), takes the maps.
-fn load_kernel(
-    state: &Arc<State>,
-    host_root: &Path,
-    file_hook: FileHook,
-    pins: Option<Pins>,
-) -> anyhow::Result<Kernel> {
-    let mut loaded = attach_file_sensor(file_hook, pins.as_ref())?;
-    let auth_hooks = attach_auth_sensor(&mut loaded);
+fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::Result<Kernel> {
+    let mut loaded = attach_file_sensor(cfg.file_hook, pins.as_ref())?;
+    let auth_hooks = match cfg.auth_sensor {
+        true => attach_auth_sensor(&mut loaded),
+        false => {
+            tracing::info!("the auth-call sensor is off (--no-auth-sensor)");
+            Vec::new()
+        }
+    };
     let maps = Arc::new(KernelMaps::take(&mut loaded.ebpf)?);
     let left = pins
         .is_some()
@@ -220,8 +221,10 @@ fn load_kernel(
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
     let ring = kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
     let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
-    let mut tls = TlsProbes::new(ebpf.clone());
-    let tls_hooks = tls.load();
+    let tls_hooks = match cfg.auth_sensor {
+        true => follow_tls_libraries(&ebpf, &cfg.host_root),
+        false => Vec::new(),
+    };
     state.set_hooks(
         loaded
             .hooks
@@ -230,9 +233,6 @@ fn load_kernel(
             .chain(tls_hooks)
             .collect(),
     );
-    tls::log_libraries(&tls.attach_system(host_root));
-    tls::log_libraries(&tls.scan(Path::new("/proc")));
-    tokio::spawn(tls.run("/proc".into()));
     Ok(Kernel {
         maps,
         auth_maps,
@@ -242,6 +242,20 @@ fn load_kernel(
         pins,
         left,
     })
+}
+
+/// The TLS probes loaded, attached to the system's libssl and every one mapped now, then as
+/// processes map them.
+fn follow_tls_libraries(
+    ebpf: &Arc<std::sync::Mutex<aya::Ebpf>>,
+    host_root: &Path,
+) -> Vec<kernel::HookStatus> {
+    let mut tls = TlsProbes::new(ebpf.clone());
+    let hooks = tls.load();
+    tls::log_libraries(&tls.attach_system(host_root));
+    tls::log_libraries(&tls.scan(Path::new("/proc")));
+    tokio::spawn(tls.run("/proc".into()));
+    hooks
 }
 
 /// Takes over what the agent before left in the pinned maps: its kept reads (finishing a move it

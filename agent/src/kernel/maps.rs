@@ -95,6 +95,81 @@ pub fn memory() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// `WATCHED_FILTER` as this agent keeps it: which watched inodes set each bit, so that a bit is
+/// cleared only when no watched inode needs it.
+struct WatchedFilter {
+    map: Array<MapData, u64>,
+    /// The words as written.
+    words: std::collections::HashMap<u32, u64>,
+    /// Inodes per set bit.
+    refs: std::collections::HashMap<u32, u32>,
+    inodes: std::collections::HashSet<InodeKey>,
+}
+
+impl WatchedFilter {
+    /// Takes the filter over with `watched` (the inodes `WATCHED` holds: after a restart, what
+    /// the agent before left), rewriting the words that differ: bits no inode needs are cleared,
+    /// and none a watched inode needs ever is.
+    fn new(map: Array<MapData, u64>, watched: &[InodeKey]) -> Self {
+        let mut this = Self {
+            map,
+            words: std::collections::HashMap::new(),
+            refs: std::collections::HashMap::new(),
+            inodes: std::collections::HashSet::new(),
+        };
+        for inode in watched {
+            if this.inodes.insert(*inode) {
+                let bit = inode.filter_bit();
+                *this.refs.entry(bit).or_default() += 1;
+                *this.words.entry(bit >> 6).or_default() |= 1 << (bit & 63);
+            }
+        }
+        for index in 0..file::WATCHED_FILTER_WORDS {
+            let want = this.words.get(&index).copied().unwrap_or(0);
+            if this.map.get(&index, 0).unwrap_or(0) != want {
+                let _ = this.map.set(index, want, 0);
+            }
+        }
+        this
+    }
+
+    fn add(&mut self, inode: InodeKey) -> Result<(), MapError> {
+        if self.inodes.contains(&inode) {
+            return Ok(());
+        }
+        let bit = inode.filter_bit();
+        let word = self.words.get(&(bit >> 6)).copied().unwrap_or(0);
+        let with = word | 1 << (bit & 63);
+        if with != word {
+            self.map.set(bit >> 6, with, 0)?;
+            self.words.insert(bit >> 6, with);
+        }
+        *self.refs.entry(bit).or_default() += 1;
+        self.inodes.insert(inode);
+        Ok(())
+    }
+
+    fn remove(&mut self, inode: InodeKey) {
+        if !self.inodes.remove(&inode) {
+            return;
+        }
+        let bit = inode.filter_bit();
+        let Some(n) = self.refs.get_mut(&bit) else {
+            return;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return;
+        }
+        self.refs.remove(&bit);
+        let word = self.words.get(&(bit >> 6)).copied().unwrap_or(0) & !(1 << (bit & 63));
+        // Left set if the write fails: a bit too many costs one lookup, never a read.
+        if self.map.set(bit >> 6, word, 0).is_ok() {
+            self.words.insert(bit >> 6, word);
+        }
+    }
+}
+
 /// The summed read counter of one (cgroup, credential, generation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadTotal {
@@ -118,6 +193,7 @@ impl ReadTotal {
 /// reader GC (removes `READS` entries); each map behind its own lock.
 pub struct KernelMaps {
     watched: Mutex<HashMap<MapData, InodeKey, CredentialGeneration>>,
+    filter: Mutex<WatchedFilter>,
     reads: Mutex<PerCpuHashMap<MapData, ReadKey, ReadStats>>,
     volume_devs: Mutex<Array<MapData, u64>>,
     unseen: Mutex<HashMap<MapData, UnseenKey, UnseenRead>>,
@@ -148,8 +224,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl KernelMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let watched: HashMap<MapData, InodeKey, CredentialGeneration> =
+            take(ebpf, file::maps::WATCHED)?;
+        let inodes: Vec<InodeKey> = watched.keys().flatten().collect();
+        let filter = WatchedFilter::new(take(ebpf, file::maps::WATCHED_FILTER)?, &inodes);
         Ok(Self {
-            watched: Mutex::new(take(ebpf, file::maps::WATCHED)?),
+            watched: Mutex::new(watched),
+            filter: Mutex::new(filter),
             reads: Mutex::new(take(ebpf, file::maps::READS)?),
             volume_devs: Mutex::new(take(ebpf, file::maps::VOLUME_DEVS)?),
             unseen: Mutex::new(take(ebpf, file::maps::UNSEEN)?),
@@ -229,13 +310,16 @@ impl KernelMaps {
         lock(&self.reads).remove(key).is_ok()
     }
 
-    /// Counts opens of `inode` as reads of that credential generation.
+    /// Counts opens of `inode` as reads of that credential generation: its filter bit first,
+    /// so that no program skips the lookup once the inode is in `WATCHED`.
     pub fn watch(&self, inode: InodeKey, credential: CredentialGeneration) -> Result<(), MapError> {
+        lock(&self.filter).add(inode)?;
         lock(&self.watched).insert(inode, credential, 0)
     }
 
     pub fn unwatch(&self, inode: InodeKey) {
         let _ = lock(&self.watched).remove(&inode);
+        lock(&self.filter).remove(inode);
     }
 
     /// Removes every read counter of a credential.

@@ -191,6 +191,7 @@ mod tests {
             credwatch_common::maps::LOST,
             credwatch_common::maps::CONTROL,
             credwatch_common::file::maps::WATCHED,
+            credwatch_common::file::maps::WATCHED_FILTER,
             credwatch_common::file::maps::KEPT,
             credwatch_common::file::maps::IDENTITIES,
             credwatch_common::file::maps::READS,

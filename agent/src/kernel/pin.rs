@@ -27,10 +27,11 @@ use aya::programs::links::{FdLink, PinnedLink};
 use credwatch_common::{file::maps as file_maps, maps, PINNED_LAYOUT};
 
 /// Every map pinned: what the file programs count into (`READS`, `UNSEEN`, `LOST`, `EVENTS`),
-/// what they read (`WATCHED`, `VOLUME_DEVS`, `CONTROL`) and the agent's own stores (`KEPT`,
+/// what they read (`WATCHED`, `WATCHED_FILTER`, `VOLUME_DEVS`, `CONTROL`) and the agent's own stores (`KEPT`,
 /// `IDENTITIES`).
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     file_maps::WATCHED,
+    file_maps::WATCHED_FILTER,
     file_maps::READS,
     file_maps::VOLUME_DEVS,
     file_maps::UNSEEN,
@@ -362,6 +363,9 @@ mod tests {
         }
     }
 
+    /// `filter_bit` of (dev 0x0010_0003, ino 0x1234_5678_9abc), computed apart from the code.
+    const FILTER_BIT_V1: usize = 770_167;
+
     /// The layout `PINNED_LAYOUT` names. A change here is a change of what an agent reads from
     /// maps another version left: bump `PINNED_LAYOUT` with it, and update these numbers.
     #[test]
@@ -382,6 +386,11 @@ mod tests {
             ("UNSEEN", UNSEEN_MAX_ENTRIES as usize),
             ("KEPT", KEPT_MAX_ENTRIES as usize),
             ("VOLUME_DEV_WORDS", VOLUME_DEV_WORDS as usize),
+            ("WATCHED_FILTER_WORDS", WATCHED_FILTER_WORDS as usize),
+            (
+                "filter_bit",
+                InodeKey::new(0x0010_0003, 0x1234_5678_9abc).filter_bit() as usize,
+            ),
             ("EVENTS", EVENTS_BYTE_SIZE as usize),
             ("LOST", LOST_STAGES as usize),
         ];
@@ -399,10 +408,13 @@ mod tests {
             ("UNSEEN", 8192),
             ("KEPT", 65_536),
             ("VOLUME_DEV_WORDS", 16_384),
+            ("WATCHED_FILTER_WORDS", 16_384),
+            ("filter_bit", FILTER_BIT_V1),
             ("EVENTS", 256 * 1024),
             ("LOST", 5),
         ];
         assert_eq!(PINNED_LAYOUT, 1);
+        // The filter's hash is layout too: pinned bits of another hash would hide watched inodes.
         assert_eq!(layout, v1, "the pinned maps changed: bump PINNED_LAYOUT");
     }
 

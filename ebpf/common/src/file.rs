@@ -8,6 +8,10 @@ use crate::TASK_COMM_LEN;
 pub mod maps {
     /// `InodeKey -> CredentialGeneration`: the files the agent watches. Written by userspace only.
     pub const WATCHED: &str = "WATCHED";
+    /// Bitmap, one bit per `InodeKey::filter_bit`: set for every inode in `WATCHED` (before it
+    /// goes in), so that an open whose bit is clear, nearly every open, skips the hash lookup.
+    /// Written by userspace only.
+    pub const WATCHED_FILTER: &str = "WATCHED_FILTER";
     /// Per-CPU `ReadKey -> ReadStats`: exact read counters, summed at scrape time.
     pub const READS: &str = "READS";
     /// Bitmap over the minor numbers of anonymous devices (`major 0`): the tmpfs mounts of
@@ -40,6 +44,10 @@ pub const READS_MAX_ENTRIES: u32 = 65_536;
 /// Capacity of `KEPT`: one entry per (reader cgroup, credential) with a retired generation, and
 /// per (credential, aggregate label) of gone readers; allocated as used.
 pub const KEPT_MAX_ENTRIES: u32 = 65_536;
+
+/// `WATCHED_FILTER` words: 2^20 bits (128 KiB), so that even a full `WATCHED` (65,536 inodes) sets
+/// at most 1 bit in 16.
+pub const WATCHED_FILTER_WORDS: u32 = (1 << 20) / 64;
 
 /// `VOLUME_DEVS` words: one bit per anonymous device minor (`MINORBITS` = 20).
 pub const VOLUME_DEV_WORDS: u32 = (1 << 20) / 64;
@@ -107,6 +115,17 @@ const _: () = assert!(size_of::<InodeKey>() == 16);
 impl InodeKey {
     pub const fn new(dev: u32, ino: u64) -> Self {
         Self { ino, dev, _pad: 0 }
+    }
+
+    /// The inode's bit in `WATCHED_FILTER` (20 bits: multiplicative hashing of the number and
+    /// the device, the top bits kept). The kernel programs and the agent compute it with this
+    /// one function.
+    #[inline(always)]
+    pub const fn filter_bit(&self) -> u32 {
+        let h = (self.ino as u32)
+            ^ ((self.ino >> 32) as u32).rotate_left(16)
+            ^ self.dev.wrapping_mul(0x85eb_ca6b);
+        h.wrapping_mul(0x9e37_79b1) >> 12
     }
 }
 

@@ -3,7 +3,8 @@
 //! walked to `current->files->fdt->fd[ret]`), take the file's inode, look it up in `WATCHED`, and for a watched file
 //! opened with read access bump an exact per-CPU counter keyed by (reader cgroup, credential,
 //! generation). Only the first read of such a triple becomes a ring-buffer event. A non-credential
-//! open costs the pointer walk (no helper calls) and one hash lookup.
+//! open costs the pointer walk (no helper calls) and one bit of `WATCHED_FILTER` (an array load);
+//! the hash lookup only when that bit is set.
 //!
 //! A kubelet volume's new generation is read before the agent can know its inodes: a reloader
 //! that reacts to the `..data` swap opens the new file microseconds after the kubelet wrote it.

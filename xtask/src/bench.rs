@@ -1346,3 +1346,26 @@ fn render(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
+        let text = "\
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8
+";
+        let rows = kernel_rows(text).unwrap();
+        let k = &rows["6.1.0-57-cloud-amd64"];
+        assert_eq!(k["fexit"].bpf, 314.9);
+        assert!((k["fexit"].added() - 537.5).abs() < 1e-6);
+        assert_eq!(k["tracepoints"].walk, "helpers");
+        let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
+        assert!(
+            kernel_rows(bad).is_err(),
+            "no baseline: an error, not a row"
+        );
+    }
+}

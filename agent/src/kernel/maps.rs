@@ -86,6 +86,13 @@ pub fn memory() -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            file::maps::WATCHED_FILTER,
+            format!(
+                "{:.2} MiB bitmap over watched inodes",
+                mib(u64::from(file::WATCHED_FILTER_WORDS) * 8)
+            ),
+        ),
+        (
             maps::EVENTS,
             format!(
                 "{:.2} MiB ring buffer",

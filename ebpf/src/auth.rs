@@ -347,7 +347,7 @@ fn io_exit(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     // The descriptor may have been closed and reused since the connect: it must still be the socket.
-    if unsafe { socket_of(&offsets(), pending.fd) } != Some(pending.sock) {
+    if unsafe { socket_of(offsets(), pending.fd) } != Some(pending.sock) {
         return 0;
     }
     let Some(info) = SOCKS.get_ptr_mut(&pending.sock) else {

@@ -137,7 +137,7 @@ pub fn security_file_open_exit(ctx: FExitContext) -> u32 {
     }
     let file: *const u8 = ctx.arg(0);
     // `file` is a BTF-typed pointer, as the walk's end is.
-    if let Some(opened) = unsafe { classify_file(&offsets(), file) } {
+    if let Some(opened) = unsafe { classify_file(offsets(), file) } {
         count_open(opened);
     }
     0
@@ -153,7 +153,7 @@ fn on_open_exit(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let off = offsets();
-    if let Some(opened) = unsafe { watched_open(&off, fd as u64) } {
+    if let Some(opened) = unsafe { watched_open(off, fd as u64) } {
         count_open(opened);
     }
     0
@@ -202,11 +202,13 @@ fn on_volume_dev(dev: u32) -> bool {
         .is_some_and(|word| word & (1u64 << (dev & 63)) != 0)
 }
 
-/// Reads the offsets through a volatile load so the compiler cannot fold the zero placeholder;
-/// the verifier sees the loader's values as constants (the global lives in frozen `.rodata`).
+/// The offsets, through a pointer the compiler cannot see through (a volatile load of its
+/// address), so it cannot fold the zero placeholder and loads only the fields a path uses; the
+/// verifier sees the loader's values as constants (the global lives in frozen `.rodata`).
 #[inline(always)]
-pub(crate) fn offsets() -> KernelOffsets {
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+pub(crate) fn offsets() -> &'static KernelOffsets {
+    let at: *const KernelOffsets = &KERNEL_OFFSETS;
+    unsafe { &*core::ptr::read_volatile(&at) }
 }
 
 #[inline(always)]

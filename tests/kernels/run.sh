@@ -128,8 +128,10 @@ fi
 qemu() { # qemu PKG APPEND LOG: one boot of the guest, its console in LOG
     local kernel=$CACHE/$1/vmlinux
     [ -s "$kernel" ] || kernel=$CACHE/$1/vmlinuz
-    # shellcheck disable=SC2086 # QEMU_CPU holds several options
-    timeout "$TIMEOUT" qemu-system-x86_64 ${QEMU_CPU:-"-accel tcg,thread=multi -smp $(nproc)"} -cpu max -m 1G \
+    # Several options in one variable: split on purpose.
+    local cpu=${QEMU_CPU:-"-accel tcg,thread=multi -smp $(nproc)"}
+    # shellcheck disable=SC2086
+    timeout "$TIMEOUT" qemu-system-x86_64 $cpu -cpu max -m 1G \
         -display none -monitor none -serial stdio -no-reboot -net none \
         -kernel "$kernel" -initrd "$INITRD" \
         -append "console=ttyS0 panic=-1 quiet $2" </dev/null >"$3" 2>&1

@@ -34,6 +34,31 @@ fn start(watch: &Path, pins: &PinDir, extra: &[&str]) -> Agent {
     Agent::start_args(&args, &[])
 }
 
+/// What most of these tests start from: a credential file alone in a directory, a pin directory
+/// of their own and a pod container's cgroup to read from.
+struct Scene {
+    dir: TempDir,
+    cred: std::path::PathBuf,
+    pins: PinDir,
+    cg: Cgroup,
+    /// The cgroup's `container` label (no pod metadata: the container id's first 12 characters).
+    container: String,
+}
+
+fn scene(name: &str, file: &str, content: &str) -> Scene {
+    let dir = TempDir::new(name);
+    let cred = dir.join(file);
+    std::fs::write(&cred, content).unwrap();
+    let (rel, _uid, id) = pod_container_cgroup();
+    Scene {
+        dir,
+        cred,
+        pins: PinDir::new(&format!("{name}-pins")),
+        cg: Cgroup::new(&rel),
+        container: id[..12].to_owned(),
+    }
+}
+
 /// Polls until the credential's reads by `container` are `want`; returns them as last seen.
 fn wait_reads(agent: &Agent, file: &str, container: &str, want: u64) -> f64 {
     let m = agent.wait_metrics(&format!("{want} reads"), |m| {
@@ -104,13 +129,14 @@ fn a_reader_that_keeps_reading_through_five_kill9_restarts_is_counted_exactly() 
 #[test]
 fn a_file_replaced_while_no_agent_runs_keeps_the_reads_of_its_old_generation() {
     require_e2e!();
-    let dir = TempDir::new("restart-rotate");
-    let cred = dir.join("api-key");
-    std::fs::write(&cred, "v1").unwrap();
-    let pins = PinDir::new("restart-rotate-pins");
-    let (rel, _uid, id) = pod_container_cgroup();
-    let cg = Cgroup::new(&rel);
-    let container = &id[..12];
+    let Scene {
+        dir,
+        cred,
+        pins,
+        cg,
+        container,
+    } = scene("restart-rotate", "api-key", "v1");
+    let container = container.as_str();
 
     let agent = start(dir.path(), &pins, &[]);
     assert_eq!(cg.read(&["open", s(&cred), "30"]), 30);
@@ -144,13 +170,14 @@ fn a_file_replaced_while_no_agent_runs_keeps_the_reads_of_its_old_generation() {
 #[test]
 fn another_build_replaces_the_pinned_programs_without_losing_or_doubling_reads() {
     require_e2e!();
-    let dir = TempDir::new("restart-upgrade");
-    let cred = dir.join("token");
-    std::fs::write(&cred, "x").unwrap();
-    let pins = PinDir::new("restart-upgrade-pins");
-    let (rel, _uid, id) = pod_container_cgroup();
-    let cg = Cgroup::new(&rel);
-    let container = &id[..12];
+    let Scene {
+        dir,
+        cred,
+        pins,
+        cg,
+        container,
+    } = scene("restart-upgrade", "token", "x");
+    let container = container.as_str();
 
     // `--file-hook` changes what an agent attaches: to the pins, another build.
     let links = || -> Vec<String> {
@@ -187,12 +214,13 @@ fn another_build_replaces_the_pinned_programs_without_losing_or_doubling_reads()
 #[test]
 fn unpin_removes_every_pin_and_is_refused_while_an_agent_runs() {
     require_e2e!();
-    let dir = TempDir::new("unpin");
-    let cred = dir.join("token");
-    std::fs::write(&cred, "x").unwrap();
-    let pins = PinDir::new("unpin-pins");
-    let (rel, _uid, id) = pod_container_cgroup();
-    let cg = Cgroup::new(&rel);
+    let Scene {
+        dir,
+        cred,
+        pins,
+        cg,
+        container,
+    } = scene("unpin", "token", "x");
     let unpin = || {
         Command::new(agent_bin())
             .args(["agent", "--unpin", "--pin-dir", pins.path()])
@@ -206,7 +234,7 @@ fn unpin_removes_every_pin_and_is_refused_while_an_agent_runs() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stop the agent first"), "{err}");
     cg.read(&["open", s(&cred), "10"]);
-    wait_reads(&agent, "token", &id[..12], 10);
+    wait_reads(&agent, "token", &container, 10);
     drop(agent);
     assert!(
         pins.0.join("maps-v1").is_dir(),
@@ -229,23 +257,24 @@ fn unpin_removes_every_pin_and_is_refused_while_an_agent_runs() {
     cg.read(&["open", s(&cred), "7"]);
     let agent = start(dir.path(), &pins, &[]);
     cg.read(&["open", s(&cred), "1"]);
-    assert_eq!(wait_reads(&agent, "token", &id[..12], 1), 1.0);
+    assert_eq!(wait_reads(&agent, "token", &container, 1), 1.0);
     assert!(agent.log_text().contains("pinning the file probes"));
 }
 
 #[test]
 fn pins_of_another_map_layout_are_removed_and_counting_starts_afresh() {
     require_e2e!();
-    let dir = TempDir::new("layout");
-    let cred = dir.join("token");
-    std::fs::write(&cred, "x").unwrap();
-    let pins = PinDir::new("layout-pins");
-    let (rel, _uid, id) = pod_container_cgroup();
-    let cg = Cgroup::new(&rel);
+    let Scene {
+        dir,
+        cred,
+        pins,
+        cg,
+        container,
+    } = scene("layout", "token", "x");
 
     let agent = start(dir.path(), &pins, &[]);
     cg.read(&["open", s(&cred), "10"]);
-    wait_reads(&agent, "token", &id[..12], 10);
+    wait_reads(&agent, "token", &container, 10);
     agent.kill9();
     // As an older version would have left them: its maps under its own layout, its links.
     std::fs::rename(pins.0.join("maps-v1"), pins.0.join("maps-v0")).unwrap();
@@ -258,7 +287,7 @@ fn pins_of_another_map_layout_are_removed_and_counting_starts_afresh() {
     assert!(!pins.0.join("maps-v0").exists());
     cg.read(&["open", s(&cred), "3"]);
     // The old counters went with their layout: 3, not 13, and never 10 counted twice.
-    assert_eq!(wait_reads(&agent, "token", &id[..12], 3), 3.0);
+    assert_eq!(wait_reads(&agent, "token", &container, 3), 3.0);
 }
 
 /// A kubelet volume rotated while no agent runs: the new generation's reads in between are

@@ -1,5 +1,5 @@
 //! The eBPF object: embedding it, rewriting its kfunc calls for this kernel, and loading it with
-//! the kernel's offsets and the agent's tgid filled in.
+//! the kernel's offsets and its links token filled in (and, with pins, the pinned maps).
 use aya::{Ebpf, EbpfLoader};
 use credwatch_common::{file::RDONLY_CAST_PLACEHOLDER, globals};
 

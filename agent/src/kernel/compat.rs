@@ -68,13 +68,7 @@ pub fn load_and_attach(
     if let Some((set, kept)) = pins.and_then(|p| p.kept_links(identity)) {
         // Its own token too: an agent killed while switching to another set left CONTROL naming
         // that one, and this set's programs would count nothing.
-        set_control(&mut ebpf, |c| {
-            *c = Control {
-                active_links: set.token,
-                agent_tgid,
-                _pad: 0,
-            }
-        })?;
+        set_control(&mut ebpf, set.token, agent_tgid)?;
         remove_others(pins, Some(set));
         let fast_refused = (!kept.iter().any(|l| l.starts_with("fexit/")))
             .then(|| "kept from the agent before (same build, same kernel)".to_owned());
@@ -92,13 +86,7 @@ pub fn load_and_attach(
         loaded.links = pin_own(&mut loaded.ebpf, p, set, ids);
     }
     // The switch: from this write on, this object's programs count and no other's do.
-    set_control(&mut loaded.ebpf, |c| {
-        *c = Control {
-            active_links: token,
-            agent_tgid,
-            _pad: 0,
-        }
-    })?;
+    set_control(&mut loaded.ebpf, token, agent_tgid)?;
     let own = (loaded.links == Links::Pinned).then_some(set);
     remove_others(pins, own);
     Ok(loaded)
@@ -209,20 +197,20 @@ fn pin_own(ebpf: &mut Ebpf, pins: &Pins, set: LinkSet, ids: Vec<(Hook, LinkId)>)
     }
 }
 
-/// Changes `CONTROL[0]`.
-fn set_control(ebpf: &mut Ebpf, change: impl FnOnce(&mut Control)) -> Result<()> {
+/// Writes `CONTROL[0]`: the token of the set that counts, and the agent's tgid.
+fn set_control(ebpf: &mut Ebpf, active_links: u64, agent_tgid: u32) -> Result<()> {
     let map = ebpf.map_mut(CONTROL).ok_or(Error::NoMap(CONTROL))?;
-    let mut control: Array<&mut MapData, Control> =
-        Array::try_from(map).map_err(|source| Error::Map {
-            name: CONTROL,
-            source,
-        })?;
-    let mut c = control.get(&0, 0).unwrap_or_default();
-    change(&mut c);
-    control.set(0, c, 0).map_err(|source| Error::Map {
+    let map_error = |source| Error::Map {
         name: CONTROL,
         source,
-    })
+    };
+    let mut control: Array<&mut MapData, Control> = Array::try_from(map).map_err(map_error)?;
+    let value = Control {
+        active_links,
+        agent_tgid,
+        _pad: 0,
+    };
+    control.set(0, value, 0).map_err(map_error)
 }
 
 /// What this agent would attach on this kernel: the object, the kernel's offsets and kfunc, and

@@ -122,12 +122,9 @@ impl Pins {
                 "{root:?} is not a directory on a bpf file system"
             )));
         }
-        let names: Vec<String> = std::fs::read_dir(root)?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        let f = File::open(root)?;
-        // SAFETY: a valid open descriptor; a lock taken here is released with `f`.
-        let held = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0;
+        let names = entries_of(root)?;
+        // A lock taken here goes with the file, at once.
+        let held = !try_lock(&File::open(root)?)?;
         let ours = format!("maps-v{PINNED_LAYOUT}");
         let mut words = vec![match names.iter().find(|n| n.starts_with("maps-")) {
             None => "no maps pinned".to_owned(),
@@ -205,11 +202,7 @@ impl Pins {
     }
 
     fn entries(&self) -> io::Result<Vec<String>> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.root)?
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .collect();
-        names.sort();
-        Ok(names)
+        entries_of(&self.root)
     }
 
     /// The links set pinned for `identity`, with its hooks (as their `probe` labels), if one is
@@ -321,18 +314,35 @@ fn on_bpffs(path: &Path) -> io::Result<bool> {
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
 
+/// The names in `dir`, sorted.
+fn entries_of(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Takes `f`'s exclusive lock if no one holds it: whether it did.
+fn try_lock(f: &File) -> io::Result<bool> {
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(e),
+    }
+}
+
 /// Takes the directory's lock, waiting up to `wait` for its holder to exit.
 fn lock_within(f: &File, root: &Path, wait: Duration) -> io::Result<()> {
     let start = Instant::now();
     let mut said = false;
     loop {
-        // SAFETY: a valid open descriptor.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        if try_lock(f)? {
             return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(e);
         }
         if start.elapsed() >= wait {
             return Err(io::Error::other(format!(

@@ -104,13 +104,14 @@ impl Kept {
     pub fn load(&mut self, store: Arc<KernelMaps>) -> Loaded {
         let entries = store.kept();
         let mut finished_moves = 0;
+        let mut claims = std::collections::HashSet::new();
         for (_, v) in &entries {
             let s = v.source;
             if s == ReadKey::default() {
                 continue;
             }
             if v.flags & KEPT_FROM_UNSEEN != 0 {
-                finished_moves += store.remove_claimed_unseen(&s);
+                claims.insert(s);
             } else if s.generation == KEPT_SOURCE {
                 let key = folded_key(s.cgroup_id, s.cred_id);
                 if store.kept_entry(&key).is_some() {
@@ -121,6 +122,7 @@ impl Kept {
                 finished_moves += 1;
             }
         }
+        finished_moves += store.remove_claimed_unseen(&claims);
         let entries = store.kept();
         for (k, v) in &entries {
             let reads = from_kernel(v);
@@ -166,6 +168,11 @@ impl Kept {
             };
             write(store, key, total, source);
         }
+    }
+
+    /// The credential ids any kept read is for (with repeats).
+    pub fn cred_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        (self.folded.keys().map(|(_, c)| *c)).chain(self.retired.keys().map(|(c, _)| *c))
     }
 
     /// Forgets the folded reads of a gone reader cgroup (after they were retired).

@@ -8,6 +8,7 @@ pub mod kept;
 pub mod readers;
 
 use std::{
+    collections::HashSet,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -114,31 +115,18 @@ impl State {
         identities: &[(u64, CredentialGeneration)],
     ) {
         let kept = lock(&self.kept);
-        let kept_ids = kept
-            .folded
-            .keys()
-            .map(|(_, c)| *c)
-            .chain(kept.retired.keys().map(|(c, _)| *c));
-        lock(&self.credentials).adopt(watched, identities, kept_ids);
+        lock(&self.credentials).adopt(watched, identities, kept.cred_ids());
     }
 
     /// Forgets the kept reads of credential ids no record has (after the first scan that
-    /// followed a restart: credentials that went while no agent ran); returns those ids.
-    pub fn forget_unknown_credentials(&self) -> Vec<u32> {
-        let known: std::collections::HashSet<u32> =
-            lock(&self.credentials).iter().map(|c| c.id).collect();
-        let mut gone = Vec::new();
+    /// followed a restart: credentials that went while no agent ran); returns those ids and the
+    /// ones of `counted` (the kernel's counters) no record has either.
+    pub fn forget_unknown_credentials(&self, counted: &[u32]) -> HashSet<u32> {
+        let known: HashSet<u32> = lock(&self.credentials).iter().map(|c| c.id).collect();
         let mut kept = lock(&self.kept);
-        for c in kept
-            .folded
-            .keys()
-            .map(|(_, c)| *c)
-            .chain(kept.retired.keys().map(|(c, _)| *c))
-        {
-            if !known.contains(&c) && !gone.contains(&c) {
-                gone.push(c);
-            }
-        }
+        let gone: HashSet<u32> = (kept.cred_ids().chain(counted.iter().copied()))
+            .filter(|c| !known.contains(c))
+            .collect();
         kept.forget_credentials(|c| gone.contains(&c));
         gone
     }

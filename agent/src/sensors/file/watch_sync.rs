@@ -118,19 +118,13 @@ impl WatchSync {
                 }
             }
         }
-        let mut gone: HashSet<u32> = self
-            .state
-            .forget_unknown_credentials()
-            .into_iter()
+        let counted: Vec<u32> = self
+            .maps
+            .read_totals()
+            .iter()
+            .map(|t| t.key.cred_id)
             .collect();
-        gone.extend(
-            self.maps
-                .read_totals()
-                .iter()
-                .map(|t| t.key.cred_id)
-                .filter(|id| self.state.credential(*id).is_none()),
-        );
-        for id in gone {
+        for id in self.state.forget_unknown_credentials(&counted) {
             self.maps.forget_credential(id);
         }
     }

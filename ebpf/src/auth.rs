@@ -2,38 +2,43 @@
 //!
 //! - `sock/inet_sock_set_state`, `SYN_SENT`: a TCP connect begins; one trie lookup of the
 //!   destination in `ENDPOINTS` decides whether it is an endpoint socket (`SOCKS`). Its later
-//!   transitions count the outcome exactly in `CONNECTS`: `ESTABLISHED` is established (per-CPU counters); `CLOSE`
-//!   straight from `SYN_SENT` is refused if `tcp/tcp_receive_reset` saw the peer's reset, else
-//!   failed (timeout, ICMP error, given up).
-//! - `syscalls/sys_enter_connect` notes the descriptor of a connect to an endpoint, so that the
-//!   socket can be found again by descriptor (`FDS`).
-//! - `write`/`sendto` and `read`/`recvfrom`: on a plaintext endpoint socket the bytes moved go
-//!   to userspace on `AUTH_EVENTS` (first `DATA_CAPTURE` bytes, and the true length); on a TLS
-//!   one, the TLS library call the thread is in is tied to the socket (`tls`). Any other I/O
-//!   costs one hash lookup at enter and one at exit.
+//!   transitions count the outcome exactly in `CONNECTS`: `ESTABLISHED` is established (per-CPU
+//!   counters); `CLOSE` straight from `SYN_SENT` is refused if `tcp/tcp_receive_reset` saw the
+//!   peer's reset, else failed (timeout, ICMP error, given up).
+//! - `sock_ops` (root cgroup), active established: an endpoint socket joins `ENDPOINT_SOCKS`,
+//!   so that its sends, and only its, run `endpoint_send` (`sk_msg`): every send, whatever the
+//!   syscall (`write`, `send`, `writev`, `sendmsg`, `sendfile`). On a plaintext endpoint the
+//!   bytes go to userspace on `AUTH_EVENTS`; on a TLS one, the TLS library call the thread is in
+//!   is tied to the socket (`tls`).
+//! - `cgroup_skb` ingress (root cgroup): a plaintext endpoint's response bytes, segment by
+//!   segment in sequence order. Any other received packet costs one array load (its port is not
+//!   a plaintext endpoint's), and I/O on other sockets runs no program at all.
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated,
+    bindings::{
+        sk_action::SK_PASS, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     },
-    macros::{map, tracepoint},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
-    programs::TracePointContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    macros::{cgroup_skb, map, sk_msg, sock_ops, tracepoint},
+    maps::{
+        lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuHashMap, RingBuf,
+        SockHash,
+    },
+    programs::{SkBuffContext, SkMsgContext, SockOpsContext, TracePointContext},
     EbpfContext as _,
 };
 use credwatch_common::{
     auth::{
-        ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, FdKey, PendingIo,
-        SockInfo, AF_INET, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
-        ENDPOINTS_MAX_ENTRIES, ENDPOINT_PLAINTEXT, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_DATA,
-        SOCK_PLAINTEXT, SOCK_RESET, SOCK_TLS_BOUND, TCP_CLOSE, TCP_ESTABLISHED, TCP_SYN_SENT,
+        ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, SockInfo, AF_INET6,
+        AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE, ENDPOINTS_MAX_ENTRIES,
+        ENDPOINT_PLAINTEXT, PLAINTEXT_PORTS_WORDS, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_DATA,
+        SOCK_PLAINTEXT, SOCK_RESET, SOCK_SEQ, SOCK_TLS_BOUND, TCP_CLOSE, TCP_ESTABLISHED,
+        TCP_SYN_SENT,
     },
-    file::KernelOffsets,
     EventKind, LostStage,
 };
 
-use crate::{file::offsets, is_agent, lost};
+use crate::{is_agent, lost};
 
 /// `credwatch_common::auth::maps::*`.
 #[map]
@@ -44,24 +49,15 @@ static CONNECTS: PerCpuHashMap<ConnectKey, u64> =
     PerCpuHashMap::with_max_entries(CONNECTS_MAX_ENTRIES, 0);
 #[map]
 pub(crate) static SOCKS: HashMap<u64, SockInfo> = HashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
-/// LRU: a connect that never reaches `SYN_SENT` (UDP, an early error) leaves its entry behind.
+/// A socket leaves it by itself when it closes.
 #[map]
-static CONNECTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+static ENDPOINT_SOCKS: SockHash<u64> = SockHash::with_max_entries(SOCKS_MAX_ENTRIES, 0);
 #[map]
-static FDS: HashMap<FdKey, u64> = HashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
-/// LRU: a thread that dies inside a blocking read never reaches the exit.
+static PLAINTEXT_PORTS: Array<u32> = Array::with_max_entries(PLAINTEXT_PORTS_WORDS, 0);
 #[map]
-static PENDING_IO: LruHashMap<u64, PendingIo> = LruHashMap::with_max_entries(4096, 0);
-#[map]
-static AUTH_EVENTS: RingBuf = RingBuf::with_byte_size(AUTH_EVENTS_BYTE_SIZE, 0);
+pub(crate) static AUTH_EVENTS: RingBuf = RingBuf::with_byte_size(AUTH_EVENTS_BYTE_SIZE, 0);
 
 const IPPROTO_TCP: u16 = 6;
-
-/// Syscall tracepoint records: arguments from offset 16, 8 bytes each; `ret` of an exit at 16.
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    unsafe { *(ctx.as_ptr().add(16 + 8 * n) as *const u64) }
-}
 
 #[inline(always)]
 fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
@@ -73,39 +69,6 @@ fn endpoint(key: EndpointKey) -> Option<Endpoint> {
     ENDPOINTS
         .get(Key::new(EndpointKey::FULL_PREFIX, key))
         .copied()
-}
-
-#[tracepoint]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    let fd = arg(&ctx, 0);
-    let addr = arg(&ctx, 1) as *const u8;
-    if let Some(key) = unsafe { user_sockaddr(addr) } {
-        if endpoint(key).is_some() {
-            let _ = CONNECTING.insert(&bpf_get_current_pid_tgid(), &(fd as u32), 0);
-        }
-    }
-    0
-}
-
-/// The endpoint key of a user `sockaddr_in` or `sockaddr_in6`.
-#[inline(always)]
-unsafe fn user_sockaddr(addr: *const u8) -> Option<EndpointKey> {
-    unsafe {
-        let family: u16 = bpf_probe_read_user(addr as *const u16).ok()?;
-        let port: [u8; 2] = bpf_probe_read_user(addr.add(2) as *const [u8; 2]).ok()?;
-        match family {
-            AF_INET => {
-                let a: [u8; 4] = bpf_probe_read_user(addr.add(4) as *const [u8; 4]).ok()?;
-                Some(EndpointKey::v4(a, port))
-            }
-            AF_INET6 => Some(EndpointKey {
-                port,
-                addr: bpf_probe_read_user(addr.add(8) as *const [u8; 16]).ok()?,
-                _pad: [0; 2],
-            }),
-            _ => None,
-        }
-    }
 }
 
 /// Offsets in the `sock/inet_sock_set_state` record.
@@ -150,15 +113,6 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         if info.flags & SOCK_DATA != 0 {
             emit_close(sk, &info);
         }
-        // The descriptor number may belong to a newer socket by now (closed, or dup'd and
-        // closed, then taken by the next connect while this socket lived on): not ours to remove.
-        let fd = FdKey {
-            tgid: info.tgid,
-            fd: info.fd,
-        };
-        if unsafe { FDS.get(&fd) }.copied() == Some(sk) {
-            let _ = FDS.remove(&fd);
-        }
         let _ = SOCKS.remove(&sk);
     }
     0
@@ -186,16 +140,10 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
     let Some(ep) = endpoint(key) else {
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_agent(tgid) {
         return;
     }
-    let fd = match unsafe { CONNECTING.get(&pid_tgid) } {
-        Some(fd) => *fd,
-        None => u32::MAX,
-    };
-    let _ = CONNECTING.remove(&pid_tgid);
     let info = SockInfo {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         endpoint: ep.id,
@@ -205,13 +153,9 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
             0
         },
         tgid,
-        fd,
+        rcv_next: 0,
     };
     if SOCKS.insert(&sk, &info, 0).is_err() {
-        lost(LostStage::SocksMap);
-        return;
-    }
-    if fd != u32::MAX && FDS.insert(&FdKey { tgid, fd }, &sk, 0).is_err() {
         lost(LostStage::SocksMap);
     }
 }
@@ -247,177 +191,239 @@ fn count_connect(info: &SockInfo, result: ConnectResult) {
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Request, true)
-}
-
-#[tracepoint]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Request, true)
-}
-
-/// `writev` is followed for TLS sockets only (it ties the connection object, as Node.js writes
-/// its records); plaintext carried in an iovec is not captured.
-#[tracepoint]
-pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Request, false)
-}
-
-#[tracepoint]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Response, true)
-}
-
-#[tracepoint]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    io_enter(&ctx, Direction::Response, true)
-}
-
-#[tracepoint]
-pub fn sys_exit_write(ctx: TracePointContext) -> u32 {
-    io_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_sendto(ctx: TracePointContext) -> u32 {
-    io_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    io_exit(&ctx)
-}
-
-#[tracepoint]
-pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    io_exit(&ctx)
-}
-
-/// The one lookup any I/O syscall pays: is this descriptor an endpoint socket? A TLS one ties
-/// the thread's TLS connection object to it; a plaintext one has its bytes captured at the exit
-/// when `capture` (the syscall's second argument is the buffer).
+/// The socket's key in `SOCKS`: its address, as the tracepoints give it.
 #[inline(always)]
-fn io_enter(ctx: &TracePointContext, direction: Direction, capture: bool) -> u32 {
-    let fd = arg(ctx, 0) as u32;
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let key = FdKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
+fn sock_key<T>(sk: *mut T) -> Option<u64> {
+    if sk.is_null() {
+        None
+    } else {
+        Some(sk as u64)
+    }
+}
+
+/// An endpoint socket is established: its sends run `endpoint_send` from now on. Every other
+/// socket's establishment costs one `SOCKS` lookup, and its I/O nothing.
+#[sock_ops]
+pub fn endpoint_established(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    let ops = ctx.ops;
+    let Some(mut sk) = sock_key(unsafe { (*ops).__bindgen_anon_2.sk }) else {
+        return 1;
     };
-    let Some(sock) = (unsafe { FDS.get(&key) }).copied() else {
-        return 0;
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+        return 1;
     };
-    let Some(info) = SOCKS.get_ptr_mut(&sock) else {
-        return 0;
+    unsafe {
+        (*info).rcv_next = (*ops).rcv_nxt;
+        (*info).flags |= SOCK_SEQ;
+    }
+    if ENDPOINT_SOCKS
+        .update(&mut sk, unsafe { &mut *ops }, BPF_ANY as u64)
+        .is_err()
+    {
+        lost(LostStage::SocksMap);
+    }
+    1
+}
+
+/// A send on an endpoint socket, in the sending thread: a plaintext one's bytes go out; a TLS
+/// one ties the thread's TLS call to the socket. Always lets the bytes pass.
+#[sk_msg]
+pub fn endpoint_send(ctx: SkMsgContext) -> u32 {
+    let msg = ctx.msg;
+    let Some(sk) = sock_key(unsafe { (*msg).__bindgen_anon_3.sk }) else {
+        return SK_PASS;
+    };
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+        return SK_PASS;
     };
     let info = unsafe { &mut *info };
+    let pid_tgid = bpf_get_current_pid_tgid();
     if info.flags & SOCK_PLAINTEXT == 0 {
-        // TLS records: they tie the TLS library's connection object to the socket.
         let bound = info.flags & SOCK_TLS_BOUND != 0;
-        let write = direction as u32 == Direction::Request as u32;
-        if crate::tls::bind(pid_tgid, key.tgid, sock, bound, write) {
+        if crate::tls::bind(pid_tgid, (pid_tgid >> 32) as u32, sk, bound) {
             info.flags |= SOCK_TLS_BOUND;
         }
-        return 0;
+        return SK_PASS;
     }
-    if !capture {
-        return 0;
+    let size = ctx.size();
+    let want = size.min(DATA_CAPTURE as u32);
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // The first bytes span pages: make them one (endpoint sockets only, a few KB).
+        unsafe { generated::bpf_msg_pull_data(msg, 0, want, 0) };
     }
-    let pending = PendingIo {
-        sock,
-        buf: arg(ctx, 1),
-        direction: direction as u32,
-        fd,
+    let data = ctx.data();
+    let linear = (ctx.data_end() - data) as u32;
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let Some(mut entry) = data_event(sk, info, Direction::Request, cgroup_id, size) else {
+        return SK_PASS;
     };
-    let _ = PENDING_IO.insert(&pid_tgid, &pending, 0);
-    0
-}
-
-/// The second lookup: was this thread's syscall on an endpoint socket? Then its bytes go out.
-#[inline(always)]
-fn io_exit(ctx: &TracePointContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(pending) = (unsafe { PENDING_IO.get(&pid_tgid) }).copied() else {
-        return 0;
-    };
-    let _ = PENDING_IO.remove(&pid_tgid);
-    let ret = arg(ctx, 0) as i64;
-    if ret <= 0 {
-        return 0;
-    }
-    // The descriptor may have been closed and reused since the connect: it must still be the socket.
-    if unsafe { socket_of(offsets(), pending.fd) } != Some(pending.sock) {
-        return 0;
-    }
-    let Some(info) = SOCKS.get_ptr_mut(&pending.sock) else {
-        return 0;
-    };
-    let info = unsafe { &mut *info };
-    info.flags |= SOCK_DATA;
-    emit_data(&pending, info, ret as u64);
-    0
-}
-
-/// `current->files->fdt->fd[fd]->private_data->sk`, with helper reads (endpoint sockets only).
-#[inline(always)]
-unsafe fn socket_of(off: &KernelOffsets, fd: u32) -> Option<u64> {
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let files: *const u8 = read(task, off.task_files)?;
-        let fdt: *const u8 = read(files, off.files_fdt)?;
-        let max_fds: u32 = read(fdt, off.fdt_max_fds)?;
-        if fd >= max_fds {
-            return None;
-        }
-        let table: *const u8 = read(fdt, off.fdt_fd)?;
-        let file: *const u8 = bpf_probe_read_kernel(table.add(fd as usize * 8) as *const _).ok()?;
-        let socket: *const u8 = read(file, off.file_private_data)?;
-        read(socket, off.socket_sk)
-    }
-}
-
-#[inline(always)]
-unsafe fn read<T>(base: *const u8, offset: u32) -> Option<T> {
-    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T) }.ok()
-}
-
-#[inline(always)]
-pub(crate) fn emit_data(pending: &PendingIo, info: &SockInfo, len: u64) {
-    let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent>(0) else {
-        lost(LostStage::AuthRingBuf);
-        return;
-    };
-    let n = if len > DATA_CAPTURE as u64 {
-        DATA_CAPTURE as u32
-    } else {
-        len as u32
-    };
+    let n = capture_len(linear.min(want));
     let ev = entry.as_mut_ptr();
     unsafe {
-        (*ev).kind = EventKind::AuthData as u32;
-        (*ev).direction = pending.direction;
-        (*ev).sock = pending.sock;
-        (*ev).cgroup_id = bpf_get_current_cgroup_id();
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).endpoint = info.endpoint;
-        (*ev).tgid = info.tgid;
-        (*ev).len = len.min(u32::MAX as u64) as u32;
-        let copied = generated::bpf_probe_read_user(
+        let copied = generated::bpf_probe_read_kernel(
             (*ev).data.as_mut_ptr() as *mut _,
             n,
-            pending.buf as *const _,
+            data as *const _,
         );
         (*ev).captured = if copied == 0 { n } else { 0 };
     }
     entry.submit(wakeup_flags());
+    info.flags |= SOCK_DATA;
+    SK_PASS
+}
+
+/// `n`, at most `max`, checked where the verifier sees it: the volatile reload keeps the compiler
+/// from passing on an earlier copy of `n` whose bound older verifiers (6.1) do not connect.
+#[inline(always)]
+fn at_most(n: u32, max: u32) -> u32 {
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    if n > max {
+        max
+    } else {
+        n
+    }
+}
+
+/// Bytes to capture of `len`: at most `DATA_CAPTURE`.
+#[inline(always)]
+pub(crate) fn capture_len(len: u32) -> u32 {
+    at_most(len, DATA_CAPTURE as u32)
+}
+
+/// A received packet: the response bytes of a plaintext endpoint socket go out, each byte once
+/// and in order. Returns 1 (let it pass) always.
+#[cgroup_skb]
+pub fn endpoint_receive(ctx: SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // The peer's port, in network order in the upper half of the field.
+    let port = u16::from_be((unsafe { (*skb).remote_port } >> 16) as u16);
+    let bit = PLAINTEXT_PORTS
+        .get(u32::from(port >> 5))
+        .is_some_and(|w| w & (1 << (port & 31)) != 0);
+    if !bit {
+        return 1;
+    }
+    let Some(sk) = sock_key(unsafe { (*skb).__bindgen_anon_2.sk }) else {
+        return 1;
+    };
+    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
+        return 1;
+    };
+    let info = unsafe { &mut *info };
+    if info.flags & SOCK_PLAINTEXT != 0 {
+        let _ = receive(&ctx, sk, info);
+    }
+    1
+}
+
+/// The TCP payload of one received segment, against the bytes already sent to userspace.
+#[inline(always)]
+fn receive(ctx: &SkBuffContext, sk: u64, info: &mut SockInfo) -> Option<()> {
+    // The data starts at the network header.
+    let first: u8 = ctx.load(0).ok()?;
+    let (ip_len, protocol): (u32, u8) = match first >> 4 {
+        4 => (u32::from(first & 0xf) * 4, ctx.load(9).ok()?),
+        6 => (40, ctx.load(6).ok()?),
+        _ => return None,
+    };
+    if u16::from(protocol) != IPPROTO_TCP {
+        return None;
+    }
+    let seq = u32::from_be(ctx.load::<u32>(ip_len as usize + 4).ok()?);
+    let data_offset: u8 = ctx.load(ip_len as usize + 12).ok()?;
+    let start = ip_len + u32::from(data_offset >> 4) * 4;
+    let total = ctx.len();
+    if total <= start {
+        return None; // no payload: an ACK, a FIN
+    }
+    let len = total - start;
+    if info.flags & SOCK_SEQ == 0 {
+        // Established before the sock_ops program was attached: start here.
+        info.rcv_next = seq;
+        info.flags |= SOCK_SEQ;
+    }
+    let ahead = seq.wrapping_sub(info.rcv_next) as i32;
+    let end = seq.wrapping_add(len);
+    if ahead < 0 {
+        // A retransmission: only bytes past those already out are new (rare: count them as
+        // not captured rather than splice a segment).
+        let new = end.wrapping_sub(info.rcv_next) as i32;
+        if new > 0 {
+            skipped(sk, info, new as u32);
+            info.rcv_next = end;
+        }
+        return None;
+    }
+    if ahead > 0 {
+        // Earlier bytes are still on their way (out of order): they are reported as not
+        // captured, here, where they belong in the stream, and not again when they arrive.
+        skipped(sk, info, ahead as u32);
+    }
+    info.rcv_next = end;
+    info.flags |= SOCK_DATA;
+    let mut entry = data_event(sk, info, Direction::Response, info.cgroup_id, len)?;
+    // 1..=DATA_CAPTURE: the helper's size may not be 0 (len > 0 here).
+    let n = at_most(len - 1, DATA_CAPTURE as u32 - 1) + 1;
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        let ret = generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            start,
+            (*ev).data.as_mut_ptr() as *mut _,
+            n,
+        );
+        (*ev).captured = if ret == 0 { n } else { 0 };
+    }
+    entry.submit(wakeup_flags());
+    Some(())
+}
+
+/// `len` response bytes that are not captured (their length keeps the stream's positions).
+#[inline(always)]
+fn skipped(sk: u64, info: &SockInfo, len: u32) {
+    if let Some(mut entry) = data_event(sk, info, Direction::Response, info.cgroup_id, len) {
+        unsafe { (*entry.as_mut_ptr()).captured = 0 };
+        entry.submit(wakeup_flags());
+    }
+}
+
+/// A `DataEvent` reserved on `AUTH_EVENTS` with its header filled in; the caller fills in
+/// `data` and `captured`, and submits it.
+#[inline(always)]
+pub(crate) fn data_event(
+    sk: u64,
+    info: &SockInfo,
+    direction: Direction,
+    cgroup_id: u64,
+    len: u32,
+) -> Option<RingBufEntry<DataEvent>> {
+    let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent>(0) else {
+        lost(LostStage::AuthRingBuf);
+        return None;
+    };
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        (*ev).kind = EventKind::AuthData as u32;
+        (*ev).direction = direction as u32;
+        (*ev).sock = sk;
+        (*ev).cgroup_id = cgroup_id;
+        (*ev).ts_ns = bpf_ktime_get_ns();
+        (*ev).endpoint = info.endpoint;
+        (*ev).tgid = info.tgid;
+        (*ev).len = len;
+        (*ev).captured = 0;
+    }
+    Some(entry)
 }
 
 /// Waking the reader costs an interrupt (an IPI, a VM exit under a hypervisor): several
 /// microseconds per event. The agent drains this ring on a short timer anyway, so events go out
 /// without a wakeup until the ring is half full.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+pub(crate) fn wakeup_flags() -> u64 {
     if AUTH_EVENTS.query(BPF_RB_AVAIL_DATA as u64) > u64::from(AUTH_EVENTS_BYTE_SIZE / 2) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
@@ -427,21 +433,7 @@ fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 fn emit_close(sk: u64, info: &SockInfo) {
-    let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent>(0) else {
-        lost(LostStage::AuthRingBuf);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        (*ev).kind = EventKind::AuthData as u32;
-        (*ev).direction = Direction::Close as u32;
-        (*ev).sock = sk;
-        (*ev).cgroup_id = info.cgroup_id;
-        (*ev).ts_ns = bpf_ktime_get_ns();
-        (*ev).endpoint = info.endpoint;
-        (*ev).tgid = info.tgid;
-        (*ev).len = 0;
-        (*ev).captured = 0;
+    if let Some(entry) = data_event(sk, info, Direction::Close, info.cgroup_id, 0) {
+        entry.submit(wakeup_flags());
     }
-    entry.submit(wakeup_flags());
 }

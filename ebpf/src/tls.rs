@@ -1,22 +1,37 @@
 //! TLS plaintext from OpenSSL: uprobes on `SSL_write`, `SSL_write_ex`, `SSL_read`, `SSL_read_ex`
 //! (entry and return) and `SSL_free`.
 //!
-//! An `SSL *` is tied to its socket by the I/O syscall it makes: while a thread is inside one of
-//! these calls (`TLS_CALLS`), a write or read of an endpoint socket's descriptor records
-//! `(tgid, SSL *) -> socket` (`TLS_SOCKS`, see `auth::io_enter`). Programs that run OpenSSL over
-//! memory BIOs (Node.js: the event loop moves the records) make no syscall inside the call: there
-//! the first write to a TLS endpoint socket (the ClientHello) ties it to the connection of the
-//! thread's last TLS call, which produced it (the entry stays in `TLS_CALLS`, inactive). At the call's return, the
+//! An `SSL *` is tied to its socket by the sends it makes: while a thread is inside one of these
+//! calls (`TLS_CALLS`), a send on an endpoint socket records `(tgid, SSL *) -> socket`
+//! (`TLS_SOCKS`, see `auth::endpoint_send`). Programs that run OpenSSL over memory BIOs (Node.js:
+//! the event loop moves the records) send nothing inside the call: there the first send on a TLS
+//! endpoint socket (the ClientHello) ties it to the connection of the thread's last TLS call,
+//! which produced it (the entry stays in `TLS_CALLS`, inactive). At the call's return, the
 //! plaintext of a tied `SSL *` goes out like the bytes of a plaintext endpoint.
+//!
+//! Which files to attach is userspace's to find (`/proc/<pid>/maps`); `security_mmap_file_exit`
+//! (or `sys_enter_mmap`) tells it the moment a process maps a file executable (a library being
+//! loaded), so that a client that loads its own libssl and calls at once is attached before its
+//! first call.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::{map, uprobe, uretprobe},
+    bindings::BPF_RB_FORCE_WAKEUP,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user, generated,
+    },
+    macros::{fexit, map, tracepoint, uprobe, uretprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, RetProbeContext},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
+    EbpfContext as _,
 };
-use credwatch_common::auth::{Direction, PendingIo, TlsCall, TlsKey, SOCKS_MAX_ENTRIES};
+use credwatch_common::{
+    auth::{Direction, MappedEvent, TlsCall, TlsKey, PROT_EXEC, SOCKS_MAX_ENTRIES},
+    EventKind, LostStage,
+};
 
-use crate::auth::{emit_data, SOCKS};
+use crate::{
+    auth::{capture_len, data_event, wakeup_flags, AUTH_EVENTS, SOCKS},
+    is_agent, lost,
+};
 
 /// `credwatch_common::auth::maps::TLS_CALLS`.
 #[map]
@@ -46,15 +61,15 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
     0
 }
 
-/// Called from the I/O syscall hooks for a TLS endpoint socket: ties the thread's current TLS
-/// call to the socket; outside any call, the first write ties the connection of the thread's last
-/// call. Returns whether a connection is tied now.
+/// Called for each send on a TLS endpoint socket: ties the thread's current TLS call to the
+/// socket; outside any call, the first send ties the connection of the thread's last call.
+/// Returns whether a connection is tied now.
 #[inline(always)]
-pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool, write: bool) -> bool {
+pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool) -> bool {
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
         return bound;
     };
-    if call.active == 0 && (bound || !write) {
+    if call.active == 0 && bound {
         return bound;
     }
     let key = TlsKey {
@@ -117,13 +132,27 @@ fn exit(ret: i64) -> u32 {
     };
     let info = unsafe { &mut *info };
     info.flags |= credwatch_common::auth::SOCK_DATA;
-    let pending = PendingIo {
-        sock,
-        buf: call.buf,
-        direction: call.direction,
-        fd: info.fd,
+    let direction = if call.direction == Direction::Request as u32 {
+        Direction::Request
+    } else {
+        Direction::Response
     };
-    emit_data(&pending, info, len);
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let len = len.min(u64::from(u32::MAX)) as u32;
+    let Some(mut entry) = data_event(sock, info, direction, cgroup_id, len) else {
+        return 0;
+    };
+    let n = capture_len(len);
+    let ev = entry.as_mut_ptr();
+    unsafe {
+        let copied = generated::bpf_probe_read_user(
+            (*ev).data.as_mut_ptr() as *mut _,
+            n,
+            call.buf as *const _,
+        );
+        (*ev).captured = if copied == 0 { n } else { 0 };
+    }
+    entry.submit(wakeup_flags());
     0
 }
 
@@ -165,4 +194,52 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
         let _ = TLS_SOCKS.remove(&key);
     }
     0
+}
+
+/// `mmap(addr, len, prot, flags, fd, off)` on kernels without BPF trampolines: a file mapped
+/// executable goes to userspace. (A syscall tracepoint: only where the file sensor's open
+/// tracepoints already put every syscall on the traced path.) Anonymous and data mappings cost
+/// one test.
+#[tracepoint]
+pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    // Syscall tracepoint records: arguments from offset 16, 8 bytes each.
+    let arg = |n: usize| unsafe { *(ctx.as_ptr().add(16 + 8 * n) as *const u64) };
+    if arg(2) & PROT_EXEC != 0 && (arg(4) as i32) >= 0 {
+        library_mapped();
+    }
+    0
+}
+
+/// The same where trampolines run: the LSM hook every file mapping passes (`mmap`, `mmap2`,
+/// the loader's and `dlopen`'s), after the LSMs allowed it.
+#[fexit(function = "security_mmap_file")]
+pub fn security_mmap_file_exit(ctx: FExitContext) -> u32 {
+    let file: u64 = ctx.arg(0);
+    let prot: u64 = ctx.arg(1);
+    let ret: i64 = ctx.arg(3);
+    if file != 0 && prot & PROT_EXEC != 0 && ret as i32 == 0 {
+        library_mapped();
+    }
+    0
+}
+
+/// Tells userspace at once (a wakeup: a few of these per library loaded) that this process
+/// mapped a file executable.
+#[inline(always)]
+fn library_mapped() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if is_agent(tgid) {
+        return;
+    }
+    match AUTH_EVENTS.reserve::<MappedEvent>(0) {
+        Some(mut entry) => {
+            let ev = entry.as_mut_ptr();
+            unsafe {
+                (*ev).kind = EventKind::LibraryMapped as u32;
+                (*ev).tgid = tgid;
+            }
+            entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+        }
+        None => lost(LostStage::AuthRingBuf),
+    }
 }

@@ -11,7 +11,9 @@
 #   OPENS=1000 TIMEOUT=600           opens per reader run; seconds per boot
 #   EXTRA_APPEND=cw.expect=1         (checks the FAIL path: every run must fail)
 #   BENCH=N                          instead of the tests: one "BENCH ..." line per kernel and file
-#                                    hook, the hook's BPF run time per open (cargo xtask bench)
+#                                    hook, the hook's BPF run time per open and, if BIN_DIR has
+#                                    credwatch-bench-loop, a non-endpoint TCP loop with and without
+#                                    the whole agent (cargo xtask bench)
 # Output: one "KERNEL ... PASS|FAIL" line per run; console logs in target/kernels/logs/.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -101,7 +103,10 @@ done
 
 # --- initramfs ------------------------------------------------------------------------------
 INITRD=$CACHE/initramfs.cpio
-stamp=$(cat "$HERE/init" "$BIN/credwatch" "$BIN/credwatch-probe-reader" /bin/busybox | md5sum | cut -d' ' -f1)
+# The socket loop goes in when built (the benchmark's; `cargo xtask bench` builds it).
+EXTRA_BINS=()
+[ -x "$BIN/credwatch-bench-loop" ] && EXTRA_BINS+=(credwatch-bench-loop)
+stamp=$(cat "$HERE/init" "$BIN/credwatch" "$BIN/credwatch-probe-reader" "${EXTRA_BINS[@]/#/$BIN/}" /bin/busybox | md5sum | cut -d' ' -f1)
 if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$CACHE/rootfs"
     R=$CACHE/rootfs
@@ -111,7 +116,8 @@ if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; t
     # Strip debug info: the agent is >100 MB with it, which slows unpacking under TCG.
     strip --strip-debug -o "$R/bin/credwatch" "$BIN/credwatch"
     strip --strip-debug -o "$R/bin/credwatch-probe-reader" "$BIN/credwatch-probe-reader"
-    for lib in $( (ldd "$BIN/credwatch"; ldd "$BIN/credwatch-probe-reader") | grep -o '/[^ ]*' | sort -u); do
+    for b in "${EXTRA_BINS[@]}"; do strip --strip-debug -o "$R/bin/$b" "$BIN/$b"; done
+    for lib in $(for b in credwatch credwatch-probe-reader "${EXTRA_BINS[@]}"; do ldd "$BIN/$b"; done | grep -o '/[^ ]*' | sort -u); do
         mkdir -p "$R$(dirname "$lib")"
         cp -L "$lib" "$R$lib"
     done

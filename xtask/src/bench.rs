@@ -172,12 +172,35 @@ fn run_kernels(root: &Path, quick: bool) -> Result<()> {
             fast.added() / tp.added()
         )?;
     }
+    report.push_str(&socket_table(&rows));
     print!("{report}");
     let path = root.join("target/bench/report-kernels.md");
     std::fs::create_dir_all(root.join("target/bench"))?;
     std::fs::write(&path, report.as_bytes())?;
     eprintln!("bench: report written to {}", path.display());
     Ok(())
+}
+
+/// The socket loop per kernel and file hook: what a socket that is no auth endpoint pays for the
+/// whole agent (instructions, so a steady ratio: the 2% target of the auth-call sensor).
+fn socket_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
+    let mut table = String::from(
+        "\nPer 64-byte send + recv on a loopback TCP pair that is no auth endpoint, before the agent \
+         started and with the whole agent (file and auth-call sensors), same guests:\n\n\
+         | kernel | file hook | without | with | with / without |\n|---|---|---|---|---|\n",
+    );
+    for (kernel, hooks) in rows {
+        for (hook, cost) in hooks {
+            if let Some((with, without)) = cost.sock {
+                let _ = writeln!(
+                    table,
+                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} |",
+                    with / without
+                );
+            }
+        }
+    }
+    table
 }
 
 /// One guest's figures for one hook (ns under `-icount shift=0`: instructions).
@@ -189,6 +212,9 @@ struct HookCost {
     /// The open loop per open with the agent, and before it started.
     wall: f64,
     base: f64,
+    /// 64-byte send + recv on a loopback TCP pair (no auth endpoint) with the whole agent, and
+    /// before it started.
+    sock: Option<(f64, f64)>,
 }
 
 impl HookCost {
@@ -219,11 +245,14 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
         let (Some(hook), Some(walk), Some(bpf), Some(wall), Some(base)) = cost else {
             bail!("unreadable line from the guest benchmark: {line}");
         };
+        // The socket loop: absent where the guest had no loop binary (or it failed).
+        let sock = num(line, "sock_ns_per_op=").zip(num(line, "base_sock_ns_per_op="));
         let cost = HookCost {
             walk,
             bpf,
             wall,
             base,
+            sock,
         };
         rows.entry(kernel).or_default().insert(hook, cost);
     }
@@ -1355,13 +1384,16 @@ mod tests {
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
 BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 sock_ns_per_op=20400 base_sock_ns_per_op=20000
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
         assert_eq!(k["fexit"].bpf, 314.9);
         assert!((k["fexit"].added() - 537.5).abs() < 1e-6);
         assert_eq!(k["tracepoints"].walk, "helpers");
+        assert_eq!(k["fexit"].sock, None);
+        assert_eq!(k["tracepoints"].sock, Some((20400.0, 20000.0)));
+        assert!(socket_table(&rows).contains("| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 |"));
         let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
         assert!(
             kernel_rows(bad).is_err(),

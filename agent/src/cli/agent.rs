@@ -105,7 +105,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods.clone(),
         catalog.clone(),
     );
-    follow_auth_bytes(kernel.auth_ring, requests, &state);
+    follow_auth_bytes(kernel.auth_ring, requests, kernel.mapped, &state);
     let mut collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
     collector.connects = Some(connects);
@@ -194,6 +194,8 @@ struct Kernel {
     auth_maps: Arc<AuthMaps>,
     ring: RingBuf<MapData>,
     auth_ring: RingBuf<MapData>,
+    /// Processes that just mapped a library, for the TLS task to look at now.
+    mapped: mpsc::Sender<u32>,
     ebpf: Arc<std::sync::Mutex<aya::Ebpf>>,
     /// The pin directory, locked while the agent runs.
     pins: Option<Pins>,
@@ -221,8 +223,9 @@ fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
     let ring = kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
     let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
+    let (mapped, mapped_rx) = mpsc::channel(MAPPED_QUEUE);
     let tls_hooks = match cfg.auth_sensor {
-        true => follow_tls_libraries(&ebpf, &cfg.host_root),
+        true => follow_tls_libraries(&ebpf, &cfg.host_root, mapped_rx),
         false => Vec::new(),
     };
     state.set_hooks(
@@ -238,23 +241,28 @@ fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::
         auth_maps,
         ring,
         auth_ring,
+        mapped,
         ebpf,
         pins,
         left,
     })
 }
 
+/// Processes waiting to be looked at for new libraries; past it the periodic scan finds them.
+const MAPPED_QUEUE: usize = 1024;
+
 /// The TLS probes loaded, attached to the system's libssl and every one mapped now, then as
-/// processes map them.
+/// processes map them (`mapped`: processes that just mapped a library; and a periodic scan).
 fn follow_tls_libraries(
     ebpf: &Arc<std::sync::Mutex<aya::Ebpf>>,
     host_root: &Path,
+    mapped: mpsc::Receiver<u32>,
 ) -> Vec<kernel::HookStatus> {
     let mut tls = TlsProbes::new(ebpf.clone());
     let hooks = tls.load();
-    tls::log_libraries(&tls.attach_system(host_root));
-    tls::log_libraries(&tls.scan(Path::new("/proc")));
-    tokio::spawn(tls.run("/proc".into()));
+    tls::log_libraries(&tls.attach_system(host_root), "start");
+    tls::log_libraries(&tls.scan(Path::new("/proc")), "start");
+    tokio::spawn(tls.run("/proc".into(), mapped));
     hooks
 }
 
@@ -323,7 +331,8 @@ fn attach_file_sensor(file_hook: FileHook, pins: Option<&Pins>) -> anyhow::Resul
 
 /// The auth-call sensor's hooks on the same object; failures are logged, never fatal.
 fn attach_auth_sensor(loaded: &mut Loaded) -> Vec<kernel::HookStatus> {
-    let hooks = auth::attach(&mut loaded.ebpf);
+    let trampolines = !loaded.trampolines_refused;
+    let hooks = auth::attach(&mut loaded.ebpf, trampolines);
     for s in &hooks {
         match &s.error {
             None => tracing::debug!(probe = %s.probe, "probe attached"),
@@ -396,10 +405,15 @@ fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<
 }
 
 /// The bytes of endpoint sockets, drained into their own bounded queue and decoded.
-fn follow_auth_bytes(ring: RingBuf<MapData>, requests: Requests, state: &Arc<State>) {
+fn follow_auth_bytes(
+    ring: RingBuf<MapData>,
+    requests: Requests,
+    mapped: mpsc::Sender<u32>,
+    state: &Arc<State>,
+) {
     let (tx, rx) = mpsc::channel(ring::QUEUE_CAPACITY);
     supervise(state, "auth-call decoder", async move {
-        requests.handle(rx).await;
+        requests.handle(rx, mapped).await;
         Ok(())
     });
     let counted = state.clone();

@@ -221,7 +221,8 @@ fn probe_items(kernel: &btf::ProbeBtf, file_hook: FileHook) -> Vec<Item> {
         ));
     }
     let mut loaded = loaded;
-    let auth_hooks = auth::attach(&mut loaded.ebpf);
+    let trampolines = !loaded.trampolines_refused;
+    let auth_hooks = auth::attach(&mut loaded.ebpf, trampolines);
     for s in loaded.hooks.into_iter().chain(auth_hooks) {
         // openat is what every libc uses; without it the agent is blind.
         let required = s.probe == file::REQUIRED_HOOK

@@ -1,16 +1,17 @@
 //! Attaching programs to their hooks; a failure is reported per hook, never fatal here.
 use aya::{
+    maps::SockHash,
     programs::{
-        fexit::FExitLinkId, links::FdLink, trace_point::TracePointLinkId, FExit, ProgramError,
-        TracePoint,
+        fexit::FExitLinkId, links::CgroupAttachMode, links::FdLink, trace_point::TracePointLinkId,
+        CgroupSkb, CgroupSkbAttachType, FExit, ProgramError, SkMsg, SockOps, TracePoint,
     },
     Btf, Ebpf,
 };
 use serde::Serialize;
 
 /// Where a program of the object attaches: a tracepoint, or the return of a kernel function
-/// through a BPF trampoline (fexit; kernels that allow trampolines only). Uprobes and cgroup
-/// hooks are attached by their sensors.
+/// through a BPF trampoline (fexit; kernels that allow trampolines only). Socket programs are
+/// [`SocketHook`]s; uprobes are attached by their sensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Tracepoint {
@@ -164,6 +165,109 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
             Ok(LinkId::Fexit(prog.attach().map_err(|e| describe(&e))?))
         }
     }
+}
+
+/// Where a socket program attaches: to every socket of the host, through the root of the cgroup
+/// v2 hierarchy (next to other programs there: `BPF_F_ALLOW_MULTI`), or to the sockets of a
+/// sock map. They stay attached as long as the object lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketHook {
+    /// `sock_ops`: TCP connection events.
+    SockOps { program: &'static str },
+    /// `cgroup_skb` ingress: every packet a socket receives.
+    CgroupIngress { program: &'static str },
+    /// `sk_msg`: every send on a socket in the sock hash `map`.
+    SkMsg {
+        program: &'static str,
+        map: &'static str,
+    },
+}
+
+impl SocketHook {
+    /// The `probe` label: `sock_ops`, `cgroup_skb/ingress`, `sk_msg/<map>`.
+    pub fn label(&self) -> String {
+        match self {
+            SocketHook::SockOps { .. } => "sock_ops".to_owned(),
+            SocketHook::CgroupIngress { .. } => "cgroup_skb/ingress".to_owned(),
+            SocketHook::SkMsg { map, .. } => format!("sk_msg/{map}"),
+        }
+    }
+}
+
+/// Loads and attaches each socket hook, in order, to the cgroup v2 root `cgroup` (a directory).
+pub fn attach_sockets(
+    ebpf: &mut Ebpf,
+    hooks: &[SocketHook],
+    cgroup: Option<&str>,
+) -> Vec<HookStatus> {
+    let root = cgroup
+        .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())
+        .and_then(|path| {
+            std::fs::File::open(path).map_err(|e| format!("opening the cgroup root {path}: {e}"))
+        });
+    hooks
+        .iter()
+        .map(|hook| {
+            let result = root
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|root| attach_socket(ebpf, hook, root));
+            HookStatus {
+                probe: hook.label(),
+                attached: result.is_ok(),
+                error: result.err(),
+            }
+        })
+        .collect()
+}
+
+fn attach_socket(ebpf: &mut Ebpf, hook: &SocketHook, root: &std::fs::File) -> Result<(), String> {
+    // A cgroup bpf_link (Linux 5.7) always runs beside the other programs there and takes no
+    // flags; the older attach needs BPF_F_ALLOW_MULTI for that.
+    use aya::util::KernelVersion;
+    let links =
+        KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(5, 7, 0).code());
+    let multi = if links {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    };
+    match *hook {
+        SocketHook::SockOps { program } => {
+            let prog: &mut SockOps = program_of(ebpf, program)?;
+            prog.load().map_err(|e| describe(&e))?;
+            prog.attach(root, multi).map_err(|e| describe(&e))?;
+        }
+        SocketHook::CgroupIngress { program } => {
+            let prog: &mut CgroupSkb = program_of(ebpf, program)?;
+            prog.load().map_err(|e| describe(&e))?;
+            prog.attach(root, CgroupSkbAttachType::Ingress, multi)
+                .map_err(|e| describe(&e))?;
+        }
+        SocketHook::SkMsg { program, map } => {
+            let fd = {
+                let map = ebpf
+                    .map(map)
+                    .ok_or_else(|| format!("map {map} missing from the object"))?;
+                let hash: SockHash<_, u64> = SockHash::try_from(map).map_err(|e| e.to_string())?;
+                hash.fd().try_clone().map_err(|e| e.to_string())?
+            };
+            let prog: &mut SkMsg = program_of(ebpf, program)?;
+            prog.load().map_err(|e| describe(&e))?;
+            prog.attach(&fd).map_err(|e| describe(&e))?;
+        }
+    }
+    Ok(())
+}
+
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?;
+    program.try_into().map_err(|e| describe(&e))
 }
 
 /// An error with its causes, or the last lines of the verifier's log.

@@ -1,5 +1,6 @@
 //! Typed handles to the auth-call sensor's maps: the catalog as addresses (`ENDPOINTS`) and the
-//! exact connect counters (`CONNECTS`). Its byte ring is taken separately (`ring`).
+//! ports of its plaintext endpoints (`PLAINTEXT_PORTS`), and the exact connect counters
+//! (`CONNECTS`). Its byte ring is taken separately (`ring`).
 use std::{
     collections::BTreeMap,
     sync::{Mutex, MutexGuard, PoisonError},
@@ -8,11 +9,13 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        MapData, MapError, PerCpuHashMap,
+        Array, MapData, MapError, PerCpuHashMap,
     },
     Ebpf,
 };
-use credwatch_common::auth::{maps, ConnectKey, Endpoint, EndpointKey};
+use credwatch_common::auth::{
+    maps, ConnectKey, Endpoint, EndpointKey, ENDPOINT_PLAINTEXT, PLAINTEXT_PORTS_WORDS,
+};
 
 use super::{maps::take, Result};
 
@@ -40,6 +43,8 @@ impl Route {
 pub struct AuthMaps {
     endpoints: Mutex<LpmTrie<MapData, EndpointKey, Endpoint>>,
     connects: Mutex<PerCpuHashMap<MapData, ConnectKey, u64>>,
+    /// The array, and the words it holds (all zero when created).
+    plaintext_ports: Mutex<(Array<MapData, u32>, Vec<u32>)>,
     /// What `endpoints` holds now, to apply only the difference.
     routes: Mutex<BTreeMap<Route, Endpoint>>,
 }
@@ -59,15 +64,20 @@ impl AuthMaps {
         Ok(Self {
             endpoints: Mutex::new(take(ebpf, maps::ENDPOINTS)?),
             connects: Mutex::new(take(ebpf, maps::CONNECTS)?),
+            plaintext_ports: Mutex::new((
+                take(ebpf, maps::PLAINTEXT_PORTS)?,
+                vec![0; PLAINTEXT_PORTS_WORDS as usize],
+            )),
             routes: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Makes `ENDPOINTS` hold exactly `want`; returns the routes the kernel refused.
+    /// Makes `ENDPOINTS` hold exactly `want`, and `PLAINTEXT_PORTS` its plaintext ports;
+    /// returns the routes the kernel refused.
     pub fn set_routes(&self, want: &BTreeMap<Route, Endpoint>) -> Vec<(Route, MapError)> {
+        let mut refused = self.set_plaintext_ports(want);
         let mut have = lock(&self.routes);
         let mut trie = lock(&self.endpoints);
-        let mut refused = Vec::new();
         for route in have.keys().filter(|r| !want.contains_key(r)) {
             let _ = trie.remove(&route.key());
         }
@@ -81,6 +91,41 @@ impl AuthMaps {
                     have.insert(*route, *ep);
                 }
                 Err(e) => refused.push((*route, e)),
+            }
+        }
+        refused
+    }
+
+    /// Sets the bit of every port a plaintext endpoint of `want` is on, clears the others (a
+    /// word at a time, only those that change).
+    fn set_plaintext_ports(&self, want: &BTreeMap<Route, Endpoint>) -> Vec<(Route, MapError)> {
+        let mut words = vec![0u32; PLAINTEXT_PORTS_WORDS as usize];
+        for route in want
+            .keys()
+            .filter(|r| want[r].flags & ENDPOINT_PLAINTEXT != 0)
+        {
+            words[usize::from(route.port >> 5)] |= 1 << (route.port & 31);
+        }
+        let mut guard = lock(&self.plaintext_ports);
+        let (array, have) = &mut *guard;
+        let mut refused = Vec::new();
+        for (i, word) in words.into_iter().enumerate() {
+            if have[i] == word {
+                continue;
+            }
+            match array.set(i as u32, word, 0) {
+                Ok(()) => have[i] = word,
+                Err(e) => {
+                    let port = (i * 32) as u16;
+                    refused.push((
+                        Route {
+                            addr: [0; 16],
+                            prefix: 0,
+                            port,
+                        },
+                        e,
+                    ));
+                }
             }
         }
         refused

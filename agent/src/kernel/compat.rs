@@ -27,6 +27,9 @@ pub struct Loaded {
     /// Why the fast hooks are not the ones in use (refused by the kernel, or not asked for);
     /// `None` when they are.
     pub fast_refused: Option<String>,
+    /// Whether the kernel refused the fast hooks (so it runs no fexit program: other sensors
+    /// need not try theirs).
+    pub trampolines_refused: bool,
     /// Whose the counting file programs are.
     pub links: Links,
 }
@@ -77,6 +80,7 @@ pub fn load_and_attach(
             hooks: kept.into_iter().map(HookStatus::kept).collect(),
             btf: *btf,
             fast_refused,
+            trampolines_refused: false,
             links: Links::Kept,
         });
     }
@@ -117,10 +121,11 @@ fn attach_own(
     hooks: &[Hook],
     pins: Option<&Pins>,
 ) -> Result<(Loaded, Vec<(Hook, LinkId)>)> {
-    let loaded = |ebpf, hooks, btf, fast_refused| Loaded {
+    let loaded = |ebpf, hooks, btf, fast_refused: Option<String>| Loaded {
         ebpf,
         hooks,
         btf,
+        trampolines_refused: fast.is_some() && fast_refused.is_some(),
         fast_refused,
         links: Links::Own,
     };

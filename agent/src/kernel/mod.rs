@@ -11,7 +11,9 @@ pub mod ring;
 
 mod attach;
 
-pub use attach::{attach, links_can_be_pinned as attach_can_pin, Hook, HookStatus};
+pub use attach::{
+    attach, attach_sockets, links_can_be_pinned as attach_can_pin, Hook, HookStatus, SocketHook,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

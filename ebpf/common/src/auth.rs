@@ -11,12 +11,12 @@ pub mod maps {
     pub const CONNECTS: &str = "CONNECTS";
     /// `u64` (the `struct sock *`) `-> SockInfo`: the endpoint sockets alive now.
     pub const SOCKS: &str = "SOCKS";
-    /// `u64` pid_tgid `-> u32` fd: a connect to an endpoint in progress, until its `SYN_SENT`.
-    pub const CONNECTING: &str = "CONNECTING";
-    /// `FdKey -> u64` (the `struct sock *`): endpoint sockets by the descriptor that connected them.
-    pub const FDS: &str = "FDS";
-    /// `u64` pid_tgid `-> PendingIo`: an I/O syscall on an endpoint socket, between enter and exit.
-    pub const PENDING_IO: &str = "PENDING_IO";
+    /// Sock hash `u64` (the `struct sock *`) `->` socket: the established endpoint sockets,
+    /// whose sends run the `sk_msg` program (no other socket's do).
+    pub const ENDPOINT_SOCKS: &str = "ENDPOINT_SOCKS";
+    /// Array of `PLAINTEXT_PORTS_WORDS` `u32`: bit `port` is set when a plaintext endpoint listens
+    /// on that port. Received packets from any other port cost the ingress hook one array load.
+    pub const PLAINTEXT_PORTS: &str = "PLAINTEXT_PORTS";
     /// LRU `u64` pid_tgid `-> TlsCall`: the TLS call in progress on this thread, or its last.
     pub const TLS_CALLS: &str = "TLS_CALLS";
     /// LRU `TlsKey -> u64` (the `struct sock *`): TLS connections of endpoint sockets.
@@ -30,6 +30,8 @@ pub const ENDPOINTS_MAX_ENTRIES: u32 = 1024;
 pub const CONNECTS_MAX_ENTRIES: u32 = 16_384;
 pub const SOCKS_MAX_ENTRIES: u32 = 16_384;
 pub const AUTH_EVENTS_BYTE_SIZE: u32 = 1024 * 1024;
+/// One bit per TCP port.
+pub const PLAINTEXT_PORTS_WORDS: u32 = 65_536 / 32;
 
 /// Bytes of one write or read kept in a `DataEvent`; the rest is skipped (its length is known).
 pub const DATA_CAPTURE: usize = 4000;
@@ -120,8 +122,10 @@ pub struct SockInfo {
     pub endpoint: u32,
     pub flags: u32,
     pub tgid: u32,
-    /// The descriptor it was connected through (`u32::MAX` when unknown).
-    pub fd: u32,
+    /// Plaintext sockets: the TCP sequence number of the next response byte not yet sent to
+    /// userspace (set when the connection is established), so that a retransmitted segment is
+    /// not captured twice and a gap is reported as bytes not captured.
+    pub rcv_next: u32,
 }
 const _: () = assert!(size_of::<SockInfo>() == 24);
 
@@ -133,9 +137,11 @@ pub const SOCK_COUNTED: u32 = 2;
 pub const SOCK_DATA: u32 = 4;
 /// `SockInfo::flags`: a TLS connection object is tied to this socket.
 pub const SOCK_TLS_BOUND: u32 = 16;
-/// `SockInfo::flags`: the endpoint speaks plaintext: its syscall bytes are the protocol. (Else
+/// `SockInfo::flags`: the endpoint speaks plaintext: the bytes on the wire are the protocol. (Else
 /// they are TLS records, and the plaintext comes from the TLS library's uprobes.)
 pub const SOCK_PLAINTEXT: u32 = 8;
+/// `SockInfo::flags`: `SockInfo::rcv_next` is known.
+pub const SOCK_SEQ: u32 = 32;
 
 /// A TLS connection object (`SSL *`) of a process.
 #[repr(C)]
@@ -161,28 +167,6 @@ pub struct TlsCall {
     pub active: u32,
 }
 const _: () = assert!(size_of::<TlsCall>() == 32);
-
-/// A descriptor of a process.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FdKey {
-    pub tgid: u32,
-    pub fd: u32,
-}
-const _: () = assert!(size_of::<FdKey>() == 8);
-
-/// An I/O syscall on an endpoint socket between its enter and its exit.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingIo {
-    pub sock: u64,
-    /// The user buffer.
-    pub buf: u64,
-    /// A `Direction`.
-    pub direction: u32,
-    pub fd: u32,
-}
-const _: () = assert!(size_of::<PendingIo>() == 24);
 
 /// Which way bytes went, seen from the client.
 #[repr(u32)]
@@ -210,7 +194,7 @@ pub struct DataEvent {
     pub ts_ns: u64,
     pub endpoint: u32,
     pub tgid: u32,
-    /// Bytes the syscall moved.
+    /// Bytes moved: one send, one received TCP segment, or one TLS read or write.
     pub len: u32,
     /// Bytes of them in `data` (at most `DATA_CAPTURE`).
     pub captured: u32,
@@ -220,7 +204,21 @@ const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE && DATA_HEADER
 /// The fixed part of a `DataEvent`: where its `data` starts.
 pub const DATA_HEADER: usize = core::mem::offset_of!(DataEvent, data);
 
+/// A process mapped a file executable (`mmap` with `PROT_EXEC` and a descriptor): a shared
+/// library being loaded, maybe a TLS library the agent has not attached yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MappedEvent {
+    /// Always `EventKind::LibraryMapped as u32`.
+    pub kind: u32,
+    pub tgid: u32,
+}
+const _: () = assert!(size_of::<MappedEvent>() == 8);
+
+/// `PROT_EXEC` from `include/uapi/asm-generic/mman-common.h`.
+pub const PROT_EXEC: u64 = 4;
+
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
-pub use user::{decode_data, Data};
+pub use user::{decode_data, mapped_tgid, Data};

@@ -67,7 +67,7 @@ pub enum LostStage {
     ReadsMap = 1,
     /// `CONNECTS` was full: a connect outcome could not be counted.
     ConnectsMap = 2,
-    /// `SOCKS` or `FDS` was full: an endpoint socket is not followed.
+    /// `SOCKS` was full, or `ENDPOINT_SOCKS` refused a socket: an endpoint socket is not followed.
     SocksMap = 3,
     /// `AUTH_EVENTS` was full: bytes of an endpoint socket were dropped.
     AuthRingBuf = 4,
@@ -81,6 +81,8 @@ pub enum EventKind {
     FirstRead = 1,
     /// `auth::DataEvent`, on `AUTH_EVENTS`.
     AuthData = 2,
+    /// `auth::MappedEvent`, on `AUTH_EVENTS`.
+    LibraryMapped = 3,
 }
 
 #[cfg(feature = "user")]

@@ -4,7 +4,8 @@
 //! ```text
 //! catalog (built-in + endpoints:, hostnames re-resolved) --endpoints--> ENDPOINTS trie (kernel)
 //! TCP state changes --exact per-CPU counters--> CONNECTS (kernel) --connects--> State --> export
-//! plaintext endpoint I/O (syscalls) ----bytes--> AUTH_EVENTS ring --requests--> decoders
+//! plaintext endpoint sends (sk_msg) and received segments (cgroup_skb ingress)
+//!                                    ----bytes--> AUTH_EVENTS ring --requests--> decoders
 //! OpenSSL SSL_write/SSL_read (uprobes, tls) --^       --> State requests, durations, failures
 //! ```
 //!
@@ -50,26 +51,51 @@ mod tests;
 
 use aya::Ebpf;
 
-use crate::kernel::{Hook, HookStatus};
+use crate::kernel::{Hook, HookStatus, SocketHook};
 
-/// The auth-call sensor's hooks: connect outcomes, and the bytes of endpoint sockets.
-pub const HOOKS: [Hook; 12] = [
-    Hook::tracepoint("syscalls", "sys_enter_connect"),
+/// The auth-call sensor's hooks: connect outcomes.
+pub const HOOKS: [Hook; 2] = [
     Hook::tracepoint("sock", "inet_sock_set_state"),
     Hook::tracepoint("tcp", "tcp_receive_reset"),
-    Hook::tracepoint("syscalls", "sys_enter_write"),
-    Hook::tracepoint("syscalls", "sys_exit_write"),
-    Hook::tracepoint("syscalls", "sys_enter_sendto"),
-    Hook::tracepoint("syscalls", "sys_exit_sendto"),
-    Hook::tracepoint("syscalls", "sys_enter_writev"),
-    Hook::tracepoint("syscalls", "sys_enter_read"),
-    Hook::tracepoint("syscalls", "sys_exit_read"),
-    Hook::tracepoint("syscalls", "sys_enter_recvfrom"),
-    Hook::tracepoint("syscalls", "sys_exit_recvfrom"),
 ];
 
-/// Attaches the sensor's hooks to the loaded object (the file sensor loaded it). A hook that
-/// fails is reported, never fatal: the file sensor works without this one.
-pub fn attach(ebpf: &mut Ebpf) -> Vec<HookStatus> {
-    crate::kernel::attach(ebpf, &HOOKS)
+/// Files mapped executable (a library loaded: a TLS library to attach, maybe): the LSM hook
+/// where trampolines run, else the `mmap` syscall's tracepoint. Not a syscall tracepoint where
+/// it can be helped: one puts every syscall of every process on the traced (slower) path, which
+/// the file sensor's fast hook spares them.
+pub const MAPPED_FAST: Hook = Hook::fexit("security_mmap_file_exit", "security_mmap_file");
+pub const MAPPED: Hook = Hook::tracepoint("syscalls", "sys_enter_mmap");
+
+/// The bytes of endpoint sockets, without a program on any other socket's I/O. The `sk_msg`
+/// program goes on the sock hash before `sock_ops` puts a socket there (a socket takes the
+/// programs its map has when it joins).
+pub const SOCKET_HOOKS: [SocketHook; 3] = [
+    SocketHook::SkMsg {
+        program: "endpoint_send",
+        map: credwatch_common::auth::maps::ENDPOINT_SOCKS,
+    },
+    SocketHook::SockOps {
+        program: "endpoint_established",
+    },
+    SocketHook::CgroupIngress {
+        program: "endpoint_receive",
+    },
+];
+
+/// Attaches the sensor's hooks to the loaded object (the file sensor loaded it); `trampolines`:
+/// whether the kernel may run fexit programs (not known to refuse them). A hook that fails is
+/// reported, never fatal: the file sensor works without this one.
+pub fn attach(ebpf: &mut Ebpf, trampolines: bool) -> Vec<HookStatus> {
+    let mut hooks = crate::kernel::attach(ebpf, &HOOKS);
+    let fast = trampolines
+        .then(|| crate::kernel::attach(ebpf, &[MAPPED_FAST]))
+        .filter(|s| s.iter().all(|s| s.attached));
+    hooks.extend(fast.unwrap_or_else(|| crate::kernel::attach(ebpf, &[MAPPED])));
+    let cgroup = crate::sys::cgroup2_mount();
+    hooks.extend(crate::kernel::attach_sockets(
+        ebpf,
+        &SOCKET_HOOKS,
+        cgroup.as_deref(),
+    ));
+    hooks
 }

@@ -7,7 +7,7 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use credwatch_common::auth::{decode_data, Data, Direction as KernelDirection};
+use credwatch_common::auth::{decode_data, mapped_tgid, Data, Direction as KernelDirection};
 use tokio::sync::mpsc;
 
 use super::{
@@ -97,9 +97,15 @@ impl Requests {
         }
     }
 
-    /// Decodes records from the ring until the queue closes.
-    pub async fn handle(mut self, mut rx: mpsc::Receiver<Vec<u8>>) {
+    /// Decodes records from the ring until the queue closes. The ring's other kind of record,
+    /// a process that mapped a library, goes on to `mapped` (the TLS task; when its queue is
+    /// full, the periodic scan finds the process).
+    pub async fn handle(mut self, mut rx: mpsc::Receiver<Vec<u8>>, mapped: mpsc::Sender<u32>) {
         while let Some(record) = rx.recv().await {
+            if let Some(tgid) = mapped_tgid(&record) {
+                let _ = mapped.try_send(tgid);
+                continue;
+            }
             match decode_data(&record) {
                 Ok(data) => self.on_data(&data),
                 Err(e) => {

@@ -4,9 +4,10 @@
 //! attached through `/proc/<pid>/map_files/<range>`, a magic link to the very file mapped (so a
 //! copy inside a container image, in another mount namespace, is reached without resolving any
 //! path or symlink of that image). Each distinct file (device, inode) is attached once. Processes
-//! are looked at when the agent starts and then every `RESCAN_EVERY` (new pids only).
+//! are looked at when the agent starts, again whenever one maps a file executable (the kernel
+//! says so at once: `sys_enter_mmap`), and new ones every `RESCAN_EVERY` (should that word be lost).
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -19,9 +20,14 @@ use aya::{
     Ebpf,
 };
 
+use tokio::sync::mpsc;
+
 use crate::kernel::HookStatus;
 
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// After a process maps a library, the loader maps the next ones within a few milliseconds:
+/// waiting this long looks at them all in one pass.
+const MAPPED_SETTLE: Duration = Duration::from_millis(3);
 
 /// Where distributions keep their shared libraries.
 const SYSTEM_LIB_DIRS: [&str; 7] = [
@@ -148,15 +154,26 @@ impl TlsProbes {
         let mut new = Vec::new();
         for pid in pids(proc_root) {
             live.insert(pid);
-            if !self.seen.insert(pid) {
-                continue;
+            if !self.seen.contains(&pid) {
+                new.extend(self.look_at(proc_root, pid));
             }
-            for (range, path) in ssl_mappings(proc_root, pid) {
-                new.extend(self.attach_mapping(proc_root, pid, &range, &path));
-            }
-            new.extend(self.attach_static(proc_root, pid));
         }
         self.seen.retain(|pid| live.contains(pid));
+        new
+    }
+
+    /// Looks at one process (again, if it was before): the libssl files it maps, and its
+    /// executable if that exports OpenSSL.
+    pub fn look_at(&mut self, proc_root: &Path, pid: u32) -> Vec<Library> {
+        if !self.loaded {
+            return Vec::new();
+        }
+        self.seen.insert(pid);
+        let mut new = Vec::new();
+        for (range, path) in ssl_mappings(proc_root, pid) {
+            new.extend(self.attach_mapping(proc_root, pid, &range, &path));
+        }
+        new.extend(self.attach_static(proc_root, pid));
         new
     }
 
@@ -235,14 +252,32 @@ impl TlsProbes {
         attach(FREE.0, FREE.1)
     }
 
-    /// Scans every `RESCAN_EVERY` until the process ends.
-    pub async fn run(mut self, proc_root: PathBuf) {
+    /// Looks at each process `mapped` names as it comes, and scans for new ones every
+    /// `RESCAN_EVERY`, until the agent ends.
+    pub async fn run(mut self, proc_root: PathBuf, mut mapped: mpsc::Receiver<u32>) {
         let mut tick = tokio::time::interval(RESCAN_EVERY);
         loop {
-            tick.tick().await;
+            let pids = tokio::select! {
+                _ = tick.tick() => None,
+                Some(pid) = mapped.recv() => {
+                    tokio::time::sleep(MAPPED_SETTLE).await;
+                    let mut pids = BTreeSet::from([pid]);
+                    while let Ok(pid) = mapped.try_recv() {
+                        pids.insert(pid);
+                    }
+                    Some(pids)
+                }
+            };
+            let found_by = if pids.is_some() { "mapping" } else { "scan" };
             let root = proc_root.clone();
             let (this, new) = match tokio::task::spawn_blocking(move || {
-                let new = self.scan(&root);
+                let new = match pids {
+                    None => self.scan(&root),
+                    Some(pids) => pids
+                        .into_iter()
+                        .flat_map(|p| self.look_at(&root, p))
+                        .collect(),
+                };
                 (self, new)
             })
             .await
@@ -251,17 +286,19 @@ impl TlsProbes {
                 Err(_) => return,
             };
             self = this;
-            log_libraries(&new);
+            log_libraries(&new, found_by);
         }
     }
 }
 
-pub fn log_libraries(libs: &[Library]) {
+/// Logs each library attached or refused; `found_by`: `start`, `mapping` (a process just mapped
+/// it) or `scan` (the periodic one).
+pub fn log_libraries(libs: &[Library], found_by: &str) {
     for l in libs {
         match &l.error {
-            None => tracing::info!(path = ?l.path, pid = l.pid, "TLS library attached"),
+            None => tracing::info!(path = ?l.path, pid = l.pid, found_by, "TLS library attached"),
             Some(e) => {
-                tracing::warn!(path = ?l.path, pid = l.pid, error = ?e, "TLS library not attached (its calls are seen at L4 only)")
+                tracing::warn!(path = ?l.path, pid = l.pid, found_by, error = ?e, "TLS library not attached (its calls are seen at L4 only)")
             }
         }
     }

@@ -57,6 +57,11 @@ pub fn decode_data(b: &[u8]) -> Result<Data<'_>, DecodeError> {
     })
 }
 
+/// The process of a `MappedEvent` record; `None` for any other record.
+pub fn mapped_tgid(b: &[u8]) -> Option<u32> {
+    (b.len() >= 8 && u32_at(b, 0) == EventKind::LibraryMapped as u32).then(|| u32_at(b, 4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +97,15 @@ mod tests {
         let mut b = record(0, b"");
         b[0] = 1;
         assert_eq!(decode_data(&b), Err(DecodeError::UnknownKind(1)));
+    }
+
+    #[test]
+    fn mapped_events_name_their_process_and_nothing_else_is_one() {
+        let mut b = vec![0u8; 8];
+        b[0..4].copy_from_slice(&(EventKind::LibraryMapped as u32).to_ne_bytes());
+        b[4..8].copy_from_slice(&4321u32.to_ne_bytes());
+        assert_eq!(mapped_tgid(&b), Some(4321));
+        assert_eq!(mapped_tgid(&b[..6]), None);
+        assert_eq!(mapped_tgid(&record(3, b"GET")), None);
     }
 }

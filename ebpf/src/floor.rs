@@ -1,10 +1,13 @@
-//! The benchmark's floor: empty programs on the file sensor's tracepoints, the cost of merely
-//! enabling them. A separate object that the agent never embeds; `cargo xtask bench` loads it
-//! through the `credwatch-bench-floor` test helper.
+//! The benchmark's floor: empty programs on the file sensor's hooks (its tracepoints, and the
+//! fexit on `security_file_open`), the cost of merely enabling them. A separate object that the
+//! agent never embeds; `cargo xtask bench` loads it through the `credwatch-bench-floor` test helper.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{fexit, tracepoint},
+    programs::{FExitContext, TracePointContext},
+};
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "license")]
@@ -27,6 +30,11 @@ pub fn floor_sys_exit_open(_ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn floor_sys_exit_open_by_handle_at(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[fexit(function = "security_file_open")]
+pub fn floor_security_file_open(_ctx: FExitContext) -> u32 {
     0
 }
 

@@ -103,9 +103,14 @@ done
 
 # --- initramfs ------------------------------------------------------------------------------
 INITRD=$CACHE/initramfs.cpio
-# The socket loop goes in when built (the benchmark's; `cargo xtask bench` builds it).
+# The benchmark's socket loop and empty-program floor go in when built (`cargo xtask bench` does),
+# for the benchmark only.
 EXTRA_BINS=()
-[ -x "$BIN/credwatch-bench-loop" ] && EXTRA_BINS+=(credwatch-bench-loop)
+if [ -n "${BENCH:-}" ]; then
+    for b in credwatch-bench-loop credwatch-bench-floor; do
+        if [ -x "$BIN/$b" ]; then EXTRA_BINS+=("$b"); fi
+    done
+fi
 stamp=$(cat "$HERE/init" "$BIN/credwatch" "$BIN/credwatch-probe-reader" "${EXTRA_BINS[@]/#/$BIN/}" /bin/busybox | md5sum | cut -d' ' -f1)
 if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$CACHE/rootfs"

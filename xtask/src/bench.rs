@@ -172,6 +172,7 @@ fn run_kernels(root: &Path, quick: bool) -> Result<()> {
             fast.added() / tp.added()
         )?;
     }
+    report.push_str(&floor_table(&rows));
     report.push_str(&socket_table(&rows));
     print!("{report}");
     let path = root.join("target/bench/report-kernels.md");
@@ -179,6 +180,37 @@ fn run_kernels(root: &Path, quick: bool) -> Result<()> {
     std::fs::write(&path, report.as_bytes())?;
     eprintln!("bench: report written to {}", path.display());
     Ok(())
+}
+
+/// Each hook's cost beyond an empty program on the same hook: what the program's own work
+/// costs, without the accounting's clock reads and bookkeeping that both columns of BPF time carry.
+fn floor_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
+    let mut table = String::from(
+        "\nThe same, net of an empty program on the same hook (`credwatch-bench-floor`): BPF time \
+         minus the empty program's (the accounting's own glue), and the loop with the agent minus \
+         the loop with the empty program (the program's work beyond the hook's dispatch):\n\n\
+         | kernel | fexit BPF net | fexit beyond empty | tracepoints BPF net | tracepoints beyond empty | fexit / tracepoints (BPF net) |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (kernel, hooks) in rows {
+        let net = |h: &str| {
+            let c = hooks.get(h)?;
+            let (floor_bpf, floor_wall) = c.floor?;
+            Some((c.bpf - floor_bpf, c.wall - floor_wall))
+        };
+        if let (Some(fast), Some(tp)) = (net("fexit"), net("tracepoints")) {
+            let _ = writeln!(
+                table,
+                "| {kernel} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                fast.0,
+                fast.1,
+                tp.0,
+                tp.1,
+                fast.0 / tp.0
+            );
+        }
+    }
+    table
 }
 
 /// The socket loop per kernel and file hook: what a socket that is no auth endpoint pays for the
@@ -212,6 +244,9 @@ struct HookCost {
     /// The open loop per open with the agent, and before it started.
     wall: f64,
     base: f64,
+    /// An empty program on the same hook: its run time per open (the accounting's glue), and
+    /// the open loop with it.
+    floor: Option<(f64, f64)>,
     /// 64-byte send + recv on a loopback TCP pair (no auth endpoint) with the whole agent, and
     /// before it started.
     sock: Option<(f64, f64)>,
@@ -247,11 +282,13 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
         };
         // The socket loop: absent where the guest had no loop binary (or it failed).
         let sock = num(line, "sock_ns_per_op=").zip(num(line, "base_sock_ns_per_op="));
+        let floor = num(line, "floor_ns_per_open=").zip(num(line, "floor_wall_ns_per_open="));
         let cost = HookCost {
             walk,
             bpf,
             wall,
             base,
+            floor,
             sock,
         };
         rows.entry(kernel).or_default().insert(hook, cost);
@@ -1383,8 +1420,8 @@ mod tests {
     #[test]
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 sock_ns_per_op=20400 base_sock_ns_per_op=20000
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4 floor_ns_per_open=290.9 floor_wall_ns_per_open=10371.9
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
@@ -1392,8 +1429,12 @@ BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoi
         assert!((k["fexit"].added() - 537.5).abs() < 1e-6);
         assert_eq!(k["tracepoints"].walk, "helpers");
         assert_eq!(k["fexit"].sock, None);
+        assert!(
+            floor_table(&rows).contains("| 6.1.0-57-cloud-amd64 | 24 | 200 | 80 | 300 | 0.30 |")
+        );
         assert_eq!(k["tracepoints"].sock, Some((20400.0, 20000.0)));
-        assert!(socket_table(&rows).contains("| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 |"));
+        assert!(socket_table(&rows)
+            .contains("| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 |"));
         let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
         assert!(
             kernel_rows(bad).is_err(),

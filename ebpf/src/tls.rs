@@ -77,6 +77,10 @@ pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool) -> bool {
         _pad: 0,
         ssl: call.ssl,
     };
+    // Tied already (every write of a keep-alive connection): a lookup spares the LRU update.
+    if unsafe { TLS_SOCKS.get(&key) }.copied() == Some(sock) {
+        return true;
+    }
     TLS_SOCKS.insert(&key, &sock, 0).is_ok() || bound
 }
 

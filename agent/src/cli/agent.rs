@@ -400,7 +400,8 @@ fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<
     });
     let counted = state.clone();
     supervise(state, "ring buffer reader", async move {
-        ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
+        let whole = <[u8]>::len;
+        ring::drain(ring, tx, whole, || counted.count_lost(UserLoss::Channel, 1)).await
     });
 }
 
@@ -418,7 +419,11 @@ fn follow_auth_bytes(
     });
     let counted = state.clone();
     supervise(state, "auth ring buffer reader", async move {
-        ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
+        let meaningful = credwatch_common::auth::record_len;
+        ring::drain(ring, tx, meaningful, || {
+            counted.count_lost(UserLoss::Channel, 1)
+        })
+        .await
     });
 }
 

@@ -221,4 +221,4 @@ pub const PROT_EXEC: u64 = 4;
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
-pub use user::{decode_data, mapped_tgid, Data};
+pub use user::{decode_data, mapped_tgid, record_len, Data};

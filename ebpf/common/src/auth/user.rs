@@ -57,6 +57,19 @@ pub fn decode_data(b: &[u8]) -> Result<Data<'_>, DecodeError> {
     })
 }
 
+/// The bytes of an `AUTH_EVENTS` record that carry something: a `DataEvent`'s header and its
+/// captured bytes (the rest of its fixed-size reservation is never written), or a whole record of
+/// any other kind.
+pub fn record_len(b: &[u8]) -> usize {
+    use core::mem::offset_of;
+    if b.len() >= DATA_HEADER && u32_at(b, 0) == EventKind::AuthData as u32 {
+        let captured = u32_at(b, offset_of!(DataEvent, captured)) as usize;
+        DATA_HEADER + captured.min(DATA_CAPTURE)
+    } else {
+        b.len()
+    }
+}
+
 /// The process of a `MappedEvent` record; `None` for any other record.
 pub fn mapped_tgid(b: &[u8]) -> Option<u32> {
     (b.len() >= 8 && u32_at(b, 0) == EventKind::LibraryMapped as u32).then(|| u32_at(b, 4))
@@ -97,6 +110,18 @@ mod tests {
         let mut b = record(0, b"");
         b[0] = 1;
         assert_eq!(decode_data(&b), Err(DecodeError::UnknownKind(1)));
+    }
+
+    #[test]
+    fn a_data_record_is_its_header_and_captured_bytes() {
+        let mut b = record(3, b"GET");
+        b.resize(DATA_HEADER + DATA_CAPTURE, 0);
+        assert_eq!(record_len(&b), DATA_HEADER + 3);
+        assert_eq!(decode_data(&b[..record_len(&b)]).unwrap().bytes, b"GET");
+        // A lying count is bounded by the capture size; the caller bounds it by the record.
+        b[44..48].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(record_len(&b), DATA_HEADER + DATA_CAPTURE);
+        assert_eq!(record_len(&[1, 2, 3]), 3);
     }
 
     #[test]

@@ -14,17 +14,19 @@
 //! loaded), so that a client that loads its own libssl and calls at once is attached before its
 //! first call.
 use aya_ebpf::{
-    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_probe_read_user, generated,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated,
     },
     macros::{fexit, map, tracepoint, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext as _,
 };
 use credwatch_common::{
-    auth::{Direction, MappedEvent, TlsCall, TlsKey, PROT_EXEC, SOCKS_MAX_ENTRIES},
+    auth::{
+        Direction, MappedEvent, TlsCall, TlsKey, MAPPED_QUIET_NS, PROT_EXEC, SOCKS_MAX_ENTRIES,
+    },
     EventKind, LostStage,
 };
 
@@ -227,13 +229,27 @@ pub fn security_mmap_file_exit(ctx: FExitContext) -> u32 {
     0
 }
 
-/// Tells userspace at once (a wakeup: a few of these per library loaded) that this process
-/// mapped a file executable.
+/// Per CPU: the process of the last `MappedEvent` sent and when (ns).
+#[map]
+static MAPPED_LAST: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Tells userspace that this process mapped a file executable. A loader maps a dozen libraries
+/// in a burst: one event stands for the process's mappings within `MAPPED_QUIET_NS` on this CPU
+/// (userspace looks at the process later than that: `tls::MAPPED_SETTLE`). No wakeup: the
+/// agent drains the ring every 50 ms anyway, and every process start on the node comes here.
 #[inline(always)]
 fn library_mapped() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if is_agent(tgid) {
         return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(last) = MAPPED_LAST.get_ptr_mut(0) {
+        let last = unsafe { &mut *last };
+        if last[0] == u64::from(tgid) && now.wrapping_sub(last[1]) < MAPPED_QUIET_NS {
+            return;
+        }
+        *last = [u64::from(tgid), now];
     }
     match AUTH_EVENTS.reserve::<MappedEvent>(0) {
         Some(mut entry) => {
@@ -242,7 +258,7 @@ fn library_mapped() {
                 (*ev).kind = EventKind::LibraryMapped as u32;
                 (*ev).tgid = tgid;
             }
-            entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+            entry.submit(wakeup_flags());
         }
         None => lost(LostStage::AuthRingBuf),
     }

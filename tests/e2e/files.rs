@@ -69,9 +69,11 @@ fn read_opens_are_counted_exactly_through_every_path_form() {
         .as_secs_f64();
     assert!((now - last).abs() < 30.0, "last read {last} vs now {now}");
 
-    // The reader is described by its cgroup, with its first read.
-    let readers = agent.get("/api/v1/readers");
-    assert!(readers.contains(&rel), "{readers}");
+    // The reader is described by its cgroup, with its first read (decoded from the event ring:
+    // it may trail the kernel's counters).
+    let readers = agent.wait_get("/api/v1/readers", "the reader's record", |r| {
+        r.contains(&rel)
+    });
     // comm is the kernel's 15-character task name.
     assert!(
         readers.contains("\"comm\":\"credwatch-probe\""),

@@ -326,6 +326,25 @@ impl Agent {
 
     /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously; on
     /// a loaded 2-CPU machine running every test at once, that can take a while).
+    /// `GET path` until `pred` holds of the body (60 s at most): for what the agent records from
+    /// its event rings, which trails the kernel's counters by a decode.
+    pub fn wait_get(&self, path: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let body = self.get(path);
+            if pred(&body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; {path}:\n{body}\nlog:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

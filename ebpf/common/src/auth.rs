@@ -215,6 +215,11 @@ pub struct MappedEvent {
 }
 const _: () = assert!(size_of::<MappedEvent>() == 8);
 
+/// A process's executable mappings within this long of its last `MappedEvent` (on one CPU) send
+/// none: a loader's burst is one event. Userspace looks at the process at least
+/// `2 * MAPPED_QUIET_NS` after the event, when the burst is over.
+pub const MAPPED_QUIET_NS: u64 = 5_000_000;
+
 /// `PROT_EXEC` from `include/uapi/asm-generic/mman-common.h`.
 pub const PROT_EXEC: u64 = 4;
 

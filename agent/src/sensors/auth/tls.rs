@@ -25,9 +25,10 @@ use tokio::sync::mpsc;
 use crate::kernel::HookStatus;
 
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
-/// After a process maps a library, the loader maps the next ones within a few milliseconds:
-/// waiting this long looks at them all in one pass.
-const MAPPED_SETTLE: Duration = Duration::from_millis(3);
+/// After a process maps a library, the loader maps the next ones within a few milliseconds, and
+/// the kernel sends no event for them within `MAPPED_QUIET_NS`: waiting twice that long looks
+/// at them all in one pass.
+const MAPPED_SETTLE: Duration = Duration::from_nanos(2 * credwatch_common::auth::MAPPED_QUIET_NS);
 
 /// Where distributions keep their shared libraries.
 const SYSTEM_LIB_DIRS: [&str; 7] = [

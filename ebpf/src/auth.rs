@@ -243,7 +243,7 @@ pub fn endpoint_send(ctx: SkMsgContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if info.flags & SOCK_PLAINTEXT == 0 {
         let bound = info.flags & SOCK_TLS_BOUND != 0;
-        if crate::tls::bind(pid_tgid, (pid_tgid >> 32) as u32, sk, bound) {
+        if crate::tls::bind(pid_tgid, sk, bound) {
             info.flags |= SOCK_TLS_BOUND;
         }
         return SK_PASS;
@@ -261,16 +261,9 @@ pub fn endpoint_send(ctx: SkMsgContext) -> u32 {
         return SK_PASS;
     };
     let n = capture_len(linear.min(want));
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        let copied = generated::bpf_probe_read_kernel(
-            (*ev).data.as_mut_ptr() as *mut _,
-            n,
-            data as *const _,
-        );
-        (*ev).captured = if copied == 0 { n } else { 0 };
-    }
-    entry.submit(wakeup_flags());
+    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
+    let ret = unsafe { generated::bpf_probe_read_kernel(dst as *mut _, n, data as *const _) };
+    submit_captured(entry, n, ret);
     info.flags |= SOCK_DATA;
     SK_PASS
 }
@@ -367,25 +360,17 @@ fn receive(ctx: &SkBuffContext, sk: u64, info: &mut SockInfo) -> Option<()> {
     let mut entry = data_event(sk, info, Direction::Response, info.cgroup_id, len)?;
     // 1..=DATA_CAPTURE: the helper's size may not be 0 (len > 0 here).
     let n = at_most(len - 1, DATA_CAPTURE as u32 - 1) + 1;
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        let ret = generated::bpf_skb_load_bytes(
-            ctx.skb.skb as *const _,
-            start,
-            (*ev).data.as_mut_ptr() as *mut _,
-            n,
-        );
-        (*ev).captured = if ret == 0 { n } else { 0 };
-    }
-    entry.submit(wakeup_flags());
+    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
+    let ret =
+        unsafe { generated::bpf_skb_load_bytes(ctx.skb.skb as *const _, start, dst as *mut _, n) };
+    submit_captured(entry, n, ret);
     Some(())
 }
 
 /// `len` response bytes that are not captured (their length keeps the stream's positions).
 #[inline(always)]
 fn skipped(sk: u64, info: &SockInfo, len: u32) {
-    if let Some(mut entry) = data_event(sk, info, Direction::Response, info.cgroup_id, len) {
-        unsafe { (*entry.as_mut_ptr()).captured = 0 };
+    if let Some(entry) = data_event(sk, info, Direction::Response, info.cgroup_id, len) {
         entry.submit(wakeup_flags());
     }
 }
@@ -417,6 +402,14 @@ pub(crate) fn data_event(
         (*ev).captured = 0;
     }
     Some(entry)
+}
+
+/// Submits a `DataEvent` whose first `n` bytes a copy helper filled in, if it succeeded
+/// (`ret == 0`): else none counts as captured.
+#[inline(always)]
+pub(crate) fn submit_captured(mut entry: RingBufEntry<DataEvent>, n: u32, ret: i64) {
+    unsafe { (*entry.as_mut_ptr()).captured = if ret == 0 { n } else { 0 } };
+    entry.submit(wakeup_flags());
 }
 
 /// Waking the reader costs an interrupt (an IPI, a VM exit under a hypervisor): several

@@ -31,7 +31,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    auth::{capture_len, data_event, wakeup_flags, AUTH_EVENTS, SOCKS},
+    auth::{capture_len, data_event, submit_captured, wakeup_flags, AUTH_EVENTS, SOCKS},
     is_agent, lost,
 };
 
@@ -67,7 +67,7 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
 /// socket; outside any call, the first send ties the connection of the thread's last call.
 /// Returns whether a connection is tied now.
 #[inline(always)]
-pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool) -> bool {
+pub fn bind(pid_tgid: u64, sock: u64, bound: bool) -> bool {
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }) else {
         return bound;
     };
@@ -75,7 +75,7 @@ pub fn bind(pid_tgid: u64, tgid: u32, sock: u64, bound: bool) -> bool {
         return bound;
     }
     let key = TlsKey {
-        tgid,
+        tgid: (pid_tgid >> 32) as u32,
         _pad: 0,
         ssl: call.ssl,
     };
@@ -149,16 +149,9 @@ fn exit(ret: i64) -> u32 {
         return 0;
     };
     let n = capture_len(len);
-    let ev = entry.as_mut_ptr();
-    unsafe {
-        let copied = generated::bpf_probe_read_user(
-            (*ev).data.as_mut_ptr() as *mut _,
-            n,
-            call.buf as *const _,
-        );
-        (*ev).captured = if copied == 0 { n } else { 0 };
-    }
-    entry.submit(wakeup_flags());
+    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
+    let ret = unsafe { generated::bpf_probe_read_user(dst as *mut _, n, call.buf as *const _) };
+    submit_captured(entry, n, ret);
     0
 }
 

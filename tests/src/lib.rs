@@ -324,8 +324,6 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously; on
-    /// a loaded 2-CPU machine running every test at once, that can take a while).
     /// `GET path` until `pred` holds of the body (60 s at most): for what the agent records from
     /// its event rings, which trails the kernel's counters by a decode.
     pub fn wait_get(&self, path: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -341,25 +339,14 @@ impl Agent {
                     self.log_text()
                 );
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
+    /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously; on
+    /// a loaded 2-CPU machine running every test at once, that can take a while).
     pub fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let m = self.metrics();
-            if pred(&m) {
-                return m;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}; metrics:\n{m}\nlog:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_get("/metrics", what, pred)
     }
 }
 

@@ -126,29 +126,23 @@ pub fn links_can_be_pinned() -> bool {
 /// returned `FdLink` or a pin of it lives. Call only where [`links_can_be_pinned`]: a link that
 /// is not a bpf_link would be dropped, detached.
 pub fn take_fd_link(ebpf: &mut Ebpf, hook: &Hook, id: LinkId) -> Result<FdLink, String> {
-    let program = ebpf
-        .program_mut(hook.program())
-        .ok_or_else(|| format!("program {} missing from the object", hook.program()))?;
     match id {
         LinkId::Tracepoint(id) => {
-            let prog: &mut TracePoint = program.try_into().map_err(|e| describe(&e))?;
+            let prog: &mut TracePoint = program_of(ebpf, hook.program())?;
             let link = prog.take_link(id).map_err(|e| describe(&e))?;
             FdLink::try_from(link).map_err(|e| e.to_string())
         }
         LinkId::Fexit(id) => {
-            let prog: &mut FExit = program.try_into().map_err(|e| describe(&e))?;
+            let prog: &mut FExit = program_of(ebpf, hook.program())?;
             Ok(prog.take_link(id).map_err(|e| describe(&e))?.into())
         }
     }
 }
 
 fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
-    let program = ebpf
-        .program_mut(hook.program())
-        .ok_or_else(|| format!("program {} missing from the object", hook.program()))?;
     match *hook {
         Hook::Tracepoint { category, name, .. } => {
-            let prog: &mut TracePoint = program.try_into().map_err(|e| describe(&e))?;
+            let prog: &mut TracePoint = program_of(ebpf, hook.program())?;
             if prog.fd().is_err() {
                 prog.load().map_err(|e| describe(&e))?;
             }
@@ -156,7 +150,7 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
             Ok(LinkId::Tracepoint(id))
         }
         Hook::Fexit { function, .. } => {
-            let prog: &mut FExit = program.try_into().map_err(|e| describe(&e))?;
+            let prog: &mut FExit = program_of(ebpf, hook.program())?;
             if prog.fd().is_err() {
                 let btf =
                     Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
@@ -200,6 +194,16 @@ pub fn attach_sockets(
     hooks: &[SocketHook],
     cgroup: Option<&str>,
 ) -> Vec<HookStatus> {
+    // A cgroup bpf_link (Linux 5.7) always runs beside the other programs there and takes no
+    // flags; the older attach needs BPF_F_ALLOW_MULTI for that.
+    use aya::util::KernelVersion;
+    let links =
+        KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(5, 7, 0).code());
+    let mode = if links {
+        CgroupAttachMode::Single
+    } else {
+        CgroupAttachMode::AllowMultiple
+    };
     let root = cgroup
         .ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_owned())
         .and_then(|path| {
@@ -211,7 +215,7 @@ pub fn attach_sockets(
             let result = root
                 .as_ref()
                 .map_err(Clone::clone)
-                .and_then(|root| attach_socket(ebpf, hook, root));
+                .and_then(|root| attach_socket(ebpf, hook, root, mode));
             HookStatus {
                 probe: hook.label(),
                 attached: result.is_ok(),
@@ -221,27 +225,22 @@ pub fn attach_sockets(
         .collect()
 }
 
-fn attach_socket(ebpf: &mut Ebpf, hook: &SocketHook, root: &std::fs::File) -> Result<(), String> {
-    // A cgroup bpf_link (Linux 5.7) always runs beside the other programs there and takes no
-    // flags; the older attach needs BPF_F_ALLOW_MULTI for that.
-    use aya::util::KernelVersion;
-    let links =
-        KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(5, 7, 0).code());
-    let multi = if links {
-        CgroupAttachMode::Single
-    } else {
-        CgroupAttachMode::AllowMultiple
-    };
+fn attach_socket(
+    ebpf: &mut Ebpf,
+    hook: &SocketHook,
+    root: &std::fs::File,
+    mode: CgroupAttachMode,
+) -> Result<(), String> {
     match *hook {
         SocketHook::SockOps { program } => {
             let prog: &mut SockOps = program_of(ebpf, program)?;
             prog.load().map_err(|e| describe(&e))?;
-            prog.attach(root, multi).map_err(|e| describe(&e))?;
+            prog.attach(root, mode).map_err(|e| describe(&e))?;
         }
         SocketHook::CgroupIngress { program } => {
             let prog: &mut CgroupSkb = program_of(ebpf, program)?;
             prog.load().map_err(|e| describe(&e))?;
-            prog.attach(root, CgroupSkbAttachType::Ingress, multi)
+            prog.attach(root, CgroupSkbAttachType::Ingress, mode)
                 .map_err(|e| describe(&e))?;
         }
         SocketHook::SkMsg { program, map } => {

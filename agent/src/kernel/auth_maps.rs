@@ -100,9 +100,9 @@ impl AuthMaps {
     /// word at a time, only those that change).
     fn set_plaintext_ports(&self, want: &BTreeMap<Route, Endpoint>) -> Vec<(Route, MapError)> {
         let mut words = vec![0u32; PLAINTEXT_PORTS_WORDS as usize];
-        for route in want
-            .keys()
-            .filter(|r| want[r].flags & ENDPOINT_PLAINTEXT != 0)
+        for (route, _) in want
+            .iter()
+            .filter(|(_, e)| e.flags & ENDPOINT_PLAINTEXT != 0)
         {
             words[usize::from(route.port >> 5)] |= 1 << (route.port & 31);
         }

@@ -98,6 +98,11 @@ fn clock(id: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The clock of `bpf_ktime_get_ns()` (CLOCK_MONOTONIC), now.
+pub fn monotonic_ns() -> u64 {
+    clock(libc::CLOCK_MONOTONIC)
+}
+
 /// Converts `bpf_ktime_get_ns()` values (CLOCK_MONOTONIC) to Unix time in seconds.
 #[derive(Clone, Copy, Debug)]
 pub struct MonotonicClock {

@@ -10,30 +10,36 @@
 //!   syscall (`write`, `send`, `writev`, `sendmsg`, `sendfile`). On a plaintext endpoint the
 //!   bytes go to userspace on `AUTH_EVENTS`; on a TLS one, the TLS library call the thread is in
 //!   is tied to the socket (`tls`).
-//! - `cgroup_skb` ingress (root cgroup): a plaintext endpoint's response bytes, segment by
-//!   segment in sequence order. Any other received packet costs one array load (its port is not
-//!   a plaintext endpoint's), and I/O on other sockets runs no program at all.
+//! - `tcp:tcp_probe` (a BTF tracepoint at the top of `tcp_rcv_established`, under the socket's
+//!   lock): a plaintext endpoint's response bytes, segment by segment in sequence order, copied
+//!   out by `bpf_skb_output` to `SEGMENTS`. Any other segment costs the tracepoint's dispatch, one
+//!   load of the peer's port and one array load (its port is not a plaintext endpoint's); a
+//!   `cgroup_skb` program here cost every packet of the host four times as much (the cgroup
+//!   framework saves and restores the packet around it), most of what a busy socket paid.
 use aya_ebpf::{
     bindings::{
         sk_action::SK_PASS, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
         BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     },
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
-    macros::{cgroup_skb, map, sk_msg, sock_ops, tracepoint},
-    maps::{
-        lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuHashMap, RingBuf,
-        SockHash,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated,
     },
-    programs::{SkBuffContext, SkMsgContext, SockOpsContext, TracePointContext},
+    macros::{btf_tracepoint, map, sk_msg, sock_ops, tracepoint},
+    maps::{
+        lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuHashMap,
+        PerfEventArray, RingBuf, SockHash,
+    },
+    programs::{BtfTracePointContext, SkMsgContext, SockOpsContext, TracePointContext},
     EbpfContext as _,
 };
 use credwatch_common::{
     auth::{
-        ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, SockInfo, AF_INET6,
-        AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE, ENDPOINTS_MAX_ENTRIES,
-        ENDPOINT_PLAINTEXT, PLAINTEXT_PORTS_WORDS, SOCKS_MAX_ENTRIES, SOCK_COUNTED, SOCK_DATA,
-        SOCK_PLAINTEXT, SOCK_RESET, SOCK_SEQ, SOCK_TLS_BOUND, TCP_CLOSE, TCP_ESTABLISHED,
-        TCP_SYN_SENT,
+        ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, SegmentEvent,
+        SockInfo, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
+        ENDPOINTS_MAX_ENTRIES, ENDPOINT_PLAINTEXT, PLAINTEXT_PORTS_WORDS, SOCKS_MAX_ENTRIES,
+        SOCK_COUNTED, SOCK_DATA, SOCK_PLAINTEXT, SOCK_RESET, SOCK_SEQ, SOCK_TLS_BOUND, TCP_CLOSE,
+        TCP_ESTABLISHED, TCP_SYN_SENT,
     },
     EventKind, LostStage,
 };
@@ -56,6 +62,9 @@ static ENDPOINT_SOCKS: SockHash<u64> = SockHash::with_max_entries(SOCKS_MAX_ENTR
 static PLAINTEXT_PORTS: Array<u32> = Array::with_max_entries(PLAINTEXT_PORTS_WORDS, 0);
 #[map]
 pub(crate) static AUTH_EVENTS: RingBuf = RingBuf::with_byte_size(AUTH_EVENTS_BYTE_SIZE, 0);
+/// One buffer per CPU (the loader sizes it).
+#[map]
+static SEGMENTS: PerfEventArray<u8> = PerfEventArray::new(0);
 
 const IPPROTO_TCP: u16 = 6;
 
@@ -286,49 +295,49 @@ pub(crate) fn capture_len(len: u32) -> u32 {
     at_most(len, DATA_CAPTURE as u32)
 }
 
-/// A received packet: the response bytes of a plaintext endpoint socket go out, each byte once
-/// and in order. Returns 1 (let it pass) always.
-#[cgroup_skb]
-pub fn endpoint_receive(ctx: SkBuffContext) -> i32 {
-    let skb = ctx.skb.skb;
-    // The peer's port, in network order in the upper half of the field.
-    let port = u16::from_be((unsafe { (*skb).remote_port } >> 16) as u16);
+/// `sock_common.skc_dport`: the peer's port, in network order. The first fields of
+/// `struct sock_common` have kept their places since Linux 2.6 (socket lookups depend on them).
+const SKC_DPORT: usize = 12;
+
+/// `BPF_F_CURRENT_CPU`: `bpf_skb_output` writes to this CPU's buffer of `SEGMENTS`.
+const BPF_F_CURRENT_CPU: u64 = 0xffff_ffff;
+
+/// A segment arrives on an established TCP socket: a plaintext endpoint's response bytes go out,
+/// each byte once and in order.
+#[btf_tracepoint(function = "tcp_probe")]
+pub fn endpoint_receive(ctx: BtfTracePointContext) -> i32 {
+    let sk: *const u8 = ctx.arg(0);
+    let skb: *const u8 = ctx.arg(1);
+    // A direct load from the typed `struct sock *` (fault-tolerant, no helper call).
+    let port = u16::from_be(unsafe { *(sk.add(SKC_DPORT) as *const u16) });
     let bit = PLAINTEXT_PORTS
         .get(u32::from(port >> 5))
         .is_some_and(|w| w & (1 << (port & 31)) != 0);
     if !bit {
-        return 1;
+        return 0;
     }
-    let Some(sk) = sock_key(unsafe { (*skb).__bindgen_anon_2.sk }) else {
-        return 1;
-    };
-    let Some(info) = SOCKS.get_ptr_mut(&sk) else {
-        return 1;
+    let key = sk as u64;
+    let Some(info) = SOCKS.get_ptr_mut(&key) else {
+        return 0;
     };
     let info = unsafe { &mut *info };
     if info.flags & SOCK_PLAINTEXT != 0 {
-        let _ = receive(&ctx, sk, info);
+        let _ = receive(skb, key, info);
     }
-    1
+    0
 }
 
 /// The TCP payload of one received segment, against the bytes already sent to userspace.
 #[inline(always)]
-fn receive(ctx: &SkBuffContext, sk: u64, info: &mut SockInfo) -> Option<()> {
-    // The data starts at the network header.
-    let first: u8 = ctx.load(0).ok()?;
-    let (ip_len, protocol): (u32, u8) = match first >> 4 {
-        4 => (u32::from(first & 0xf) * 4, ctx.load(9).ok()?),
-        6 => (40, ctx.load(6).ok()?),
-        _ => return None,
-    };
-    if u16::from(protocol) != IPPROTO_TCP {
-        return None;
-    }
-    let seq = u32::from_be(ctx.load::<u32>(ip_len as usize + 4).ok()?);
-    let data_offset: u8 = ctx.load(ip_len as usize + 12).ok()?;
-    let start = ip_len + u32::from(data_offset >> 4) * 4;
-    let total = ctx.len();
+fn receive(skb: *const u8, sk: u64, info: &mut SockInfo) -> Option<()> {
+    let off = crate::file::offsets();
+    // Here `skb->data` is at the TCP header, and `skb->len` counts it and the payload.
+    let total: u32 = unsafe { *(skb.add(off.skb_len as usize) as *const u32) };
+    let data: u64 = unsafe { *(skb.add(off.skb_data as usize) as *const u64) };
+    // The header's sequence number (bytes 4-7) and data offset (byte 12); headers are linear.
+    let head: [u8; 16] = unsafe { bpf_probe_read_kernel(data as *const [u8; 16]) }.ok()?;
+    let seq = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    let start = u32::from(head[12] >> 4) * 4;
     if total <= start {
         return None; // no payload: an ACK, a FIN
     }
@@ -357,13 +366,33 @@ fn receive(ctx: &SkBuffContext, sk: u64, info: &mut SockInfo) -> Option<()> {
     }
     info.rcv_next = end;
     info.flags |= SOCK_DATA;
-    let mut entry = data_event(sk, info, Direction::Response, info.cgroup_id, len)?;
-    // 1..=DATA_CAPTURE: the helper's size may not be 0 (len > 0 here).
-    let n = at_most(len - 1, DATA_CAPTURE as u32 - 1) + 1;
-    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
-    let ret =
-        unsafe { generated::bpf_skb_load_bytes(ctx.skb.skb as *const _, start, dst as *mut _, n) };
-    submit_captured(entry, n, ret);
+    let n = capture_len(len);
+    let mut event = SegmentEvent {
+        kind: EventKind::AuthSegment as u32,
+        direction: Direction::Response as u32,
+        sock: sk,
+        cgroup_id: info.cgroup_id,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        endpoint: info.endpoint,
+        tgid: info.tgid,
+        len,
+        captured: n,
+    };
+    // The segment's first `start + n` bytes (header and captured payload) follow the event,
+    // copied from wherever the packet keeps them (its pages too).
+    let flags = BPF_F_CURRENT_CPU | (u64::from(start + n) << 32);
+    let ret = unsafe {
+        generated::bpf_skb_output(
+            skb as *mut _,
+            &raw const SEGMENTS as *mut _,
+            flags,
+            &raw mut event as *mut _,
+            size_of::<SegmentEvent>() as u64,
+        )
+    };
+    if ret != 0 {
+        lost(LostStage::AuthRingBuf);
+    }
     Some(())
 }
 

@@ -50,8 +50,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     inode_i_mode: 0,
     sb_s_dev: 0,
     files_fd_array: 0,
-    file_private_data: 0,
-    socket_sk: 0,
+    skb_len: 0,
+    skb_data: 0,
     file_slot_btf_id: 0,
 };
 

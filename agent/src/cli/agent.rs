@@ -105,7 +105,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pods.clone(),
         catalog.clone(),
     );
-    follow_auth_bytes(kernel.auth_ring, requests, kernel.mapped, &state);
+    follow_auth_bytes(kernel.auth, requests, kernel.mapped, &state);
     let mut collector =
         export::Collector::new(state.clone(), Some(maps), cgroups, pods, cfg.max_series);
     collector.connects = Some(connects);
@@ -193,7 +193,7 @@ struct Kernel {
     maps: Arc<KernelMaps>,
     auth_maps: Arc<AuthMaps>,
     ring: RingBuf<MapData>,
-    auth_ring: RingBuf<MapData>,
+    auth: ring::AuthSources,
     /// Processes that just mapped a library, for the TLS task to look at now.
     mapped: mpsc::Sender<u32>,
     ebpf: Arc<std::sync::Mutex<aya::Ebpf>>,
@@ -222,6 +222,14 @@ fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::
     let auth_ring =
         kernel::maps::take(&mut loaded.ebpf, credwatch_common::auth::maps::AUTH_EVENTS)?;
     let ring = kernel::maps::take(&mut loaded.ebpf, credwatch_common::maps::EVENTS)?;
+    let segments = match cfg.auth_sensor {
+        true => kernel::maps::per_cpu_buffers(
+            &mut loaded.ebpf,
+            credwatch_common::auth::maps::SEGMENTS,
+            credwatch_common::auth::SEGMENTS_PAGES,
+        )?,
+        false => Vec::new(),
+    };
     let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
     let (mapped, mapped_rx) = mpsc::channel(MAPPED_QUEUE);
     let tls_hooks = match cfg.auth_sensor {
@@ -240,7 +248,10 @@ fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::
         maps,
         auth_maps,
         ring,
-        auth_ring,
+        auth: ring::AuthSources {
+            ring: auth_ring,
+            segments,
+        },
         mapped,
         ebpf,
         pins,
@@ -400,14 +411,13 @@ fn follow_first_reads(ring: RingBuf<MapData>, state: &Arc<State>, cgroups: &Arc<
     });
     let counted = state.clone();
     supervise(state, "ring buffer reader", async move {
-        let whole = <[u8]>::len;
-        ring::drain(ring, tx, whole, || counted.count_lost(UserLoss::Channel, 1)).await
+        ring::drain(ring, tx, || counted.count_lost(UserLoss::Channel, 1)).await
     });
 }
 
 /// The bytes of endpoint sockets, drained into their own bounded queue and decoded.
 fn follow_auth_bytes(
-    ring: RingBuf<MapData>,
+    sources: ring::AuthSources,
     requests: Requests,
     mapped: mpsc::Sender<u32>,
     state: &Arc<State>,
@@ -419,10 +429,12 @@ fn follow_auth_bytes(
     });
     let counted = state.clone();
     supervise(state, "auth ring buffer reader", async move {
-        let meaningful = credwatch_common::auth::record_len;
-        ring::drain(ring, tx, meaningful, || {
-            counted.count_lost(UserLoss::Channel, 1)
-        })
+        ring::drain_auth(
+            sources,
+            tx,
+            || counted.count_lost(UserLoss::Channel, 1),
+            || counted.count_lost(UserLoss::Decode, 1),
+        )
         .await
     });
 }

@@ -2,21 +2,27 @@
 use aya::{
     maps::SockHash,
     programs::{
-        fexit::FExitLinkId, links::CgroupAttachMode, links::FdLink, trace_point::TracePointLinkId,
-        CgroupSkb, CgroupSkbAttachType, FExit, ProgramError, SkMsg, SockOps, TracePoint,
+        fexit::FExitLinkId, links::CgroupAttachMode, links::FdLink, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId, BtfTracePoint, FExit, ProgramError, SkMsg, SockOps,
+        TracePoint,
     },
     Btf, Ebpf,
 };
 use serde::Serialize;
 
-/// Where a program of the object attaches: a tracepoint, or the return of a kernel function
-/// through a BPF trampoline (fexit; kernels that allow trampolines only). Socket programs are
-/// [`SocketHook`]s; uprobes are attached by their sensor.
+/// Where a program of the object attaches: a tracepoint, a tracepoint with typed arguments (BTF;
+/// no trampoline), or the return of a kernel function through a BPF trampoline (fexit; kernels
+/// that allow trampolines only). Socket programs are [`SocketHook`]s; uprobes are attached by
+/// their sensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     Tracepoint {
         program: &'static str,
         category: &'static str,
+        name: &'static str,
+    },
+    BtfTracepoint {
+        program: &'static str,
         name: &'static str,
     },
     Fexit {
@@ -44,6 +50,11 @@ impl Hook {
         }
     }
 
+    /// The tracepoint `name` with its arguments typed (`tp_btf`), run by `program`.
+    pub const fn btf_tracepoint(program: &'static str, name: &'static str) -> Hook {
+        Hook::BtfTracepoint { program, name }
+    }
+
     /// The return of kernel function `function`, run by `program`.
     pub const fn fexit(program: &'static str, function: &'static str) -> Hook {
         Hook::Fexit { program, function }
@@ -51,14 +62,18 @@ impl Hook {
 
     pub fn program(&self) -> &'static str {
         match self {
-            Hook::Tracepoint { program, .. } | Hook::Fexit { program, .. } => program,
+            Hook::Tracepoint { program, .. }
+            | Hook::BtfTracepoint { program, .. }
+            | Hook::Fexit { program, .. } => program,
         }
     }
 
-    /// The `probe` label and the name in logs: `tracepoint/<category>/<name>`, `fexit/<function>`.
+    /// The `probe` label and the name in logs: `tracepoint/<category>/<name>`, `tp_btf/<name>`,
+    /// `fexit/<function>`.
     pub fn label(&self) -> String {
         match self {
             Hook::Tracepoint { category, name, .. } => format!("tracepoint/{category}/{name}"),
+            Hook::BtfTracepoint { name, .. } => format!("tp_btf/{name}"),
             Hook::Fexit { function, .. } => format!("fexit/{function}"),
         }
     }
@@ -92,6 +107,7 @@ pub fn attach(ebpf: &mut Ebpf, hooks: &[Hook]) -> Vec<HookStatus> {
 #[derive(Debug)]
 pub enum LinkId {
     Tracepoint(TracePointLinkId),
+    BtfTracepoint(BtfTracePointLinkId),
     Fexit(FExitLinkId),
 }
 
@@ -132,6 +148,10 @@ pub fn take_fd_link(ebpf: &mut Ebpf, hook: &Hook, id: LinkId) -> Result<FdLink, 
             let link = prog.take_link(id).map_err(|e| describe(&e))?;
             FdLink::try_from(link).map_err(|e| e.to_string())
         }
+        LinkId::BtfTracepoint(id) => {
+            let prog: &mut BtfTracePoint = program_of(ebpf, hook.program())?;
+            Ok(prog.take_link(id).map_err(|e| describe(&e))?.into())
+        }
         LinkId::Fexit(id) => {
             let prog: &mut FExit = program_of(ebpf, hook.program())?;
             Ok(prog.take_link(id).map_err(|e| describe(&e))?.into())
@@ -149,16 +169,28 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
             let id = prog.attach(category, name).map_err(|e| describe(&e))?;
             Ok(LinkId::Tracepoint(id))
         }
+        Hook::BtfTracepoint { name, .. } => {
+            let prog: &mut BtfTracePoint = program_of(ebpf, hook.program())?;
+            if prog.fd().is_err() {
+                prog.load(name, &kernel_btf()?).map_err(|e| describe(&e))?;
+            }
+            Ok(LinkId::BtfTracepoint(
+                prog.attach().map_err(|e| describe(&e))?,
+            ))
+        }
         Hook::Fexit { function, .. } => {
             let prog: &mut FExit = program_of(ebpf, hook.program())?;
             if prog.fd().is_err() {
-                let btf =
-                    Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
-                prog.load(function, &btf).map_err(|e| describe(&e))?;
+                prog.load(function, &kernel_btf()?)
+                    .map_err(|e| describe(&e))?;
             }
             Ok(LinkId::Fexit(prog.attach().map_err(|e| describe(&e))?))
         }
     }
+}
+
+fn kernel_btf() -> Result<Btf, String> {
+    Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))
 }
 
 /// Where a socket program attaches: to every socket of the host, through the root of the cgroup
@@ -168,8 +200,6 @@ fn attach_one(ebpf: &mut Ebpf, hook: &Hook) -> Result<LinkId, String> {
 pub enum SocketHook {
     /// `sock_ops`: TCP connection events.
     SockOps { program: &'static str },
-    /// `cgroup_skb` ingress: every packet a socket receives.
-    CgroupIngress { program: &'static str },
     /// `sk_msg`: every send on a socket in the sock hash `map`.
     SkMsg {
         program: &'static str,
@@ -178,11 +208,10 @@ pub enum SocketHook {
 }
 
 impl SocketHook {
-    /// The `probe` label: `sock_ops`, `cgroup_skb/ingress`, `sk_msg/<map>`.
+    /// The `probe` label: `sock_ops`, `sk_msg/<map>`.
     pub fn label(&self) -> String {
         match self {
             SocketHook::SockOps { .. } => "sock_ops".to_owned(),
-            SocketHook::CgroupIngress { .. } => "cgroup_skb/ingress".to_owned(),
             SocketHook::SkMsg { map, .. } => format!("sk_msg/{map}"),
         }
     }
@@ -236,12 +265,6 @@ fn attach_socket(
             let prog: &mut SockOps = program_of(ebpf, program)?;
             prog.load().map_err(|e| describe(&e))?;
             prog.attach(root, mode).map_err(|e| describe(&e))?;
-        }
-        SocketHook::CgroupIngress { program } => {
-            let prog: &mut CgroupSkb = program_of(ebpf, program)?;
-            prog.load().map_err(|e| describe(&e))?;
-            prog.attach(root, CgroupSkbAttachType::Ingress, mode)
-                .map_err(|e| describe(&e))?;
         }
         SocketHook::SkMsg { program, map } => {
             let fd = {

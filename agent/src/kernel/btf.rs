@@ -206,8 +206,8 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         inode_i_mode: field("inode", "i_mode")?,
         sb_s_dev: field("super_block", "s_dev")?,
         files_fd_array: field("files_struct", "fd_array")?,
-        file_private_data: field("file", "private_data")?,
-        socket_sk: field("socket", "sk")?,
+        skb_len: field("sk_buff", "len")?,
+        skb_data: field("sk_buff", "data")?,
         file_slot_btf_id: 0,
     })
 }

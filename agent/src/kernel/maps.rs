@@ -3,7 +3,10 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{
+        perf::PerfEventArrayBuffer, Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        PerfEventArray,
+    },
     Ebpf,
 };
 use credwatch_common::{
@@ -222,6 +225,27 @@ where
 {
     let map = ebpf.take_map(name).ok_or(Error::NoMap(name))?;
     T::try_from(map).map_err(|source| Error::Map { name, source })
+}
+
+/// Opens a buffer of perf event array `name` on every online CPU, `pages` pages each.
+pub fn per_cpu_buffers(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    pages: usize,
+) -> Result<Vec<PerfEventArrayBuffer<MapData>>> {
+    let mut array: PerfEventArray<MapData> = take(ebpf, name)?;
+    let cpus = aya::util::online_cpus().map_err(|(what, e)| Error::Buffers {
+        name,
+        why: format!("{what}: {e}"),
+    })?;
+    cpus.into_iter()
+        .map(|cpu| {
+            array.open(cpu, Some(pages)).map_err(|e| Error::Buffers {
+                name,
+                why: format!("cpu {cpu}: {e}"),
+            })
+        })
+        .collect()
 }
 
 /// A map lock; a panic elsewhere while holding it leaves the map itself intact.

@@ -28,6 +28,8 @@ pub enum Error {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("opening the per-CPU buffers of map {name}: {why}")]
+    Buffers { name: &'static str, why: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,6 +1,7 @@
 //! The auth-call sensor: which sockets go to catalogued auth endpoints (`ENDPOINTS`), how their
 //! connects end (exact counters in `CONNECTS`), and the bytes written to and read from them
-//! (`DataEvent`s on their own ring, `AUTH_EVENTS`).
+//! (`DataEvent`s on their own ring, `AUTH_EVENTS`; received segments as `SegmentEvent`s on the
+//! per-CPU buffers of `SEGMENTS`).
 use core::mem::size_of;
 
 /// The auth-call sensor's maps.
@@ -15,7 +16,7 @@ pub mod maps {
     /// whose sends run the `sk_msg` program (no other socket's do).
     pub const ENDPOINT_SOCKS: &str = "ENDPOINT_SOCKS";
     /// Array of `PLAINTEXT_PORTS_WORDS` `u32`: bit `port` is set when a plaintext endpoint listens
-    /// on that port. Received packets from any other port cost the ingress hook one array load.
+    /// on that port. Segments from any other port cost the receive hook one array load.
     pub const PLAINTEXT_PORTS: &str = "PLAINTEXT_PORTS";
     /// LRU `u64` pid_tgid `-> TlsCall`: the TLS call in progress on this thread, or its last.
     pub const TLS_CALLS: &str = "TLS_CALLS";
@@ -24,7 +25,15 @@ pub mod maps {
     /// Ring buffer of `DataEvent`s (apart from `EVENTS`, so that a chatty endpoint cannot crowd
     /// out first reads of credentials).
     pub const AUTH_EVENTS: &str = "AUTH_EVENTS";
+    /// Perf event array, one buffer per CPU: the TCP segments a plaintext endpoint socket
+    /// receives, as `SegmentEvent`s (`bpf_skb_output`, the one helper of a tracing program that
+    /// copies a packet's bytes wherever they lie: a ring buffer cannot take them).
+    pub const SEGMENTS: &str = "SEGMENTS";
 }
+
+/// Pages of each CPU's `SEGMENTS` buffer (a power of two): 64 KB, 16 full captures between two
+/// drains of the agent.
+pub const SEGMENTS_PAGES: usize = 16;
 
 pub const ENDPOINTS_MAX_ENTRIES: u32 = 1024;
 pub const CONNECTS_MAX_ENTRIES: u32 = 16_384;
@@ -204,6 +213,31 @@ const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE && DATA_HEADER
 /// The fixed part of a `DataEvent`: where its `data` starts.
 pub const DATA_HEADER: usize = core::mem::offset_of!(DataEvent, data);
 
+/// A TCP segment a plaintext endpoint socket received, as `bpf_skb_output` writes it to
+/// `SEGMENTS`: this header (a `DataEvent`'s, `kind` `AuthSegment`, `direction` `Response`,
+/// `len` the payload's length, `captured` the payload bytes that follow), then the segment from
+/// its TCP header on: the header (its length is in its data offset field), then the first
+/// `captured` bytes of the payload.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentEvent {
+    pub kind: u32,
+    pub direction: u32,
+    pub sock: u64,
+    pub cgroup_id: u64,
+    pub ts_ns: u64,
+    pub endpoint: u32,
+    pub tgid: u32,
+    pub len: u32,
+    pub captured: u32,
+}
+const _: () = assert!(size_of::<SegmentEvent>() == DATA_HEADER);
+const _: () = assert!(
+    core::mem::offset_of!(SegmentEvent, ts_ns) == core::mem::offset_of!(DataEvent, ts_ns)
+        && core::mem::offset_of!(SegmentEvent, captured)
+            == core::mem::offset_of!(DataEvent, captured)
+);
+
 /// A process mapped a file executable (`mmap` with `PROT_EXEC` and a descriptor): a shared
 /// library being loaded, maybe a TLS library the agent has not attached yet.
 #[repr(C)]
@@ -226,4 +260,4 @@ pub const PROT_EXEC: u64 = 4;
 #[cfg(feature = "user")]
 mod user;
 #[cfg(feature = "user")]
-pub use user::{decode_data, mapped_tgid, record_len, Data};
+pub use user::{decode_data, event_time, mapped_tgid, record_len, segment_as_data, Data};

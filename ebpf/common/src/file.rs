@@ -82,9 +82,10 @@ pub struct KernelOffsets {
     pub sb_s_dev: u32,
     /// `files_struct.fd_array`: the embedded table of the first `NR_OPEN_DEFAULT` descriptors.
     pub files_fd_array: u32,
-    /// `file.private_data` and `socket.sk`: from a socket's descriptor to its `struct sock`.
-    pub file_private_data: u32,
-    pub socket_sk: u32,
+    /// `sk_buff.len` and `sk_buff.data`: a received segment's length and where it starts (the
+    /// auth-call sensor's receive hook).
+    pub skb_len: u32,
+    pub skb_data: u32,
     /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),
     /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
     /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.

@@ -10,6 +10,10 @@
 //! the built object has every one of them.
 #![cfg_attr(not(test), no_std)]
 
+// The `user` side allocates (a received segment is rewritten as a `DataEvent` record).
+#[cfg(feature = "user")]
+extern crate alloc;
+
 pub mod auth;
 pub mod file;
 
@@ -69,7 +73,8 @@ pub enum LostStage {
     ConnectsMap = 2,
     /// `SOCKS` was full, or `ENDPOINT_SOCKS` refused a socket: an endpoint socket is not followed.
     SocksMap = 3,
-    /// `AUTH_EVENTS` was full: bytes of an endpoint socket were dropped.
+    /// `AUTH_EVENTS` or this CPU's `SEGMENTS` buffer was full: bytes of an endpoint socket were
+    /// dropped.
     AuthRingBuf = 4,
 }
 pub const LOST_STAGES: u32 = 5;
@@ -83,6 +88,8 @@ pub enum EventKind {
     AuthData = 2,
     /// `auth::MappedEvent`, on `AUTH_EVENTS`.
     LibraryMapped = 3,
+    /// `auth::SegmentEvent`, on `SEGMENTS`.
+    AuthSegment = 4,
 }
 
 #[cfg(feature = "user")]

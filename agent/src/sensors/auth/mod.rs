@@ -4,9 +4,9 @@
 //! ```text
 //! catalog (built-in + endpoints:, hostnames re-resolved) --endpoints--> ENDPOINTS trie (kernel)
 //! TCP state changes --exact per-CPU counters--> CONNECTS (kernel) --connects--> State --> export
-//! plaintext endpoint sends (sk_msg) and received segments (cgroup_skb ingress)
-//!                                    ----bytes--> AUTH_EVENTS ring --requests--> decoders
-//! OpenSSL SSL_write/SSL_read (uprobes, tls) --^       --> State requests, durations, failures
+//! plaintext endpoint sends (sk_msg), OpenSSL calls (uprobes, tls) --bytes--> AUTH_EVENTS ring -+
+//! segments plaintext endpoints receive (tp_btf/tcp_probe) --bytes--> SEGMENTS (per CPU) -------+
+//!   --in time order--> decoders --> State: requests, durations, failures
 //! ```
 //!
 //! The protocol decoders are pure code that turns the plaintext captured on one socket into
@@ -53,10 +53,12 @@ use aya::Ebpf;
 
 use crate::kernel::{Hook, HookStatus, SocketHook};
 
-/// The auth-call sensor's hooks: connect outcomes.
-pub const HOOKS: [Hook; 2] = [
+/// The auth-call sensor's hooks: connect outcomes, and the segments plaintext endpoint sockets
+/// receive.
+pub const HOOKS: [Hook; 3] = [
     Hook::tracepoint("sock", "inet_sock_set_state"),
     Hook::tracepoint("tcp", "tcp_receive_reset"),
+    Hook::btf_tracepoint("endpoint_receive", "tcp_probe"),
 ];
 
 /// Files mapped executable (a library loaded: a TLS library to attach, maybe): the LSM hook
@@ -69,16 +71,13 @@ pub const MAPPED: Hook = Hook::tracepoint("syscalls", "sys_enter_mmap");
 /// The bytes of endpoint sockets, without a program on any other socket's I/O. The `sk_msg`
 /// program goes on the sock hash before `sock_ops` puts a socket there (a socket takes the
 /// programs its map has when it joins).
-pub const SOCKET_HOOKS: [SocketHook; 3] = [
+pub const SOCKET_HOOKS: [SocketHook; 2] = [
     SocketHook::SkMsg {
         program: "endpoint_send",
         map: credwatch_common::auth::maps::ENDPOINT_SOCKS,
     },
     SocketHook::SockOps {
         program: "endpoint_established",
-    },
-    SocketHook::CgroupIngress {
-        program: "endpoint_receive",
     },
 ];
 

@@ -14,6 +14,8 @@
 #                                    hook, the hook's BPF run time per open and, if BIN_DIR has
 #                                    credwatch-bench-loop, a non-endpoint TCP loop with and without
 #                                    the whole agent (cargo xtask bench)
+#   BENCH_ONLY="6.1 fexit"           with BENCH: only the kernels whose package name holds the
+#                                    first word, only the hook named second (either may be *)
 # Output: one "KERNEL ... PASS|FAIL" line per run; console logs in target/kernels/logs/.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -126,6 +128,18 @@ if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; t
         mkdir -p "$R$(dirname "$lib")"
         cp -L "$lib" "$R$lib"
     done
+    # The benchmark's TLS loop: the host's libssl (the loop dlopens it, so ldd does not list it)
+    # and a throwaway certificate for its server.
+    if [[ " ${EXTRA_BINS[*]} " == *" credwatch-bench-loop "* ]]; then
+        for lib in libssl.so.3 libcrypto.so.3; do
+            path=$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')
+            if [ -n "$path" ]; then mkdir -p "$R$(dirname "$path")"; cp -L "$path" "$R$path"; fi
+        done
+        mkdir -p "$R/etc/bench"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+            -subj /CN=localhost -keyout "$R/etc/bench/key.pem" -out "$R/etc/bench/cert.pem" 2>/dev/null ||
+            echo "kernels: no openssl CLI: the guest benchmark runs without its TLS loop" >&2
+    fi
     echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
     echo 'root:x:0:' >"$R/etc/group"
     printf '127.0.0.1 localhost\n' >"$R/etc/hosts"
@@ -173,8 +187,11 @@ if [ -n "${BENCH:-}" ]; then
     # guest's clocks (the BPF accounting's and the open loop's) count instructions, steadily.
     QEMU_CPU="-accel tcg,thread=single -icount shift=0,sleep=off -smp 1"
     status=0
+    only=${BENCH_ONLY:-* *}; only_kernel=${only%% *}; only_hook=${only#* }
     for pkg in "${KERNELS[@]}"; do
+        [[ "$only_kernel" = "*" || "$pkg" == *"-$only_kernel."* ]] || continue
         for hook in fexit tracepoints; do
+            [[ "$only_hook" = "*" || "$hook" = "$only_hook" ]] || continue
             log=$LOGS/$pkg-bench-$hook.log
             flag=; [ "$hook" = tracepoints ] && flag="cw.hook=tracepoints"
             qemu "$pkg" "cw.bench=$BENCH $flag" "$log" || true

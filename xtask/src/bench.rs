@@ -174,6 +174,7 @@ fn run_kernels(root: &Path, quick: bool) -> Result<()> {
     }
     report.push_str(&floor_table(&rows));
     report.push_str(&socket_table(&rows));
+    report.push_str(&tls_table(&rows));
     print!("{report}");
     let path = root.join("target/bench/report-kernels.md");
     std::fs::create_dir_all(root.join("target/bench"))?;
@@ -218,15 +219,50 @@ fn floor_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
 fn socket_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
     let mut table = String::from(
         "\nPer 64-byte send + recv on a loopback TCP pair that is no auth endpoint, before the agent \
-         started and with the whole agent (file and auth-call sensors), same guests:\n\n\
-         | kernel | file hook | without | with | with / without |\n|---|---|---|---|---|\n",
+         started and with the whole agent (file and auth-call sensors, settled 5 s after start), \
+         same guests; and per `getppid`, a syscall no program sees (what every syscall pays: the \
+         slow path on the tracepoint kernels, the agent's own timers everywhere):\n\n\
+         | kernel | file hook | without | with | with / without | getppid without / with |\n\
+         |---|---|---|---|---|---|\n",
     );
     for (kernel, hooks) in rows {
         for (hook, cost) in hooks {
             if let Some((with, without)) = cost.sock {
+                let syscall = cost.syscall.map_or("-".to_owned(), |(with, without)| {
+                    format!("{without:.0} / {with:.0} ({:.3})", with / without)
+                });
                 let _ = writeln!(
                     table,
-                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} |",
+                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {syscall} |",
+                    with / without
+                );
+            }
+        }
+    }
+    table
+}
+
+/// The TLS loop per kernel and file hook: what a token lookup over TLS to a catalogued endpoint
+/// pays for the whole agent (its uprobes in both ends, the capture, the decoding), in
+/// instructions; and whether every request was counted.
+fn tls_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
+    let mut table = String::from(
+        "\nPer token lookup (HTTP/1.1 keep-alive) over one TLS connection to a catalogued endpoint, \
+         client and server in one process on the system's libssl (`credwatch-bench-loop tls`: \
+         the lower bound of a request's own cost, so the upper bound of the share credwatch \
+         takes), same guests:\n\n\
+         | kernel | file hook | without | with | with / without | counted / made |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for (kernel, hooks) in rows {
+        for (hook, cost) in hooks {
+            if let Some((with, without)) = cost.tls {
+                let counted = cost
+                    .tls_counted
+                    .map_or("-".to_owned(), |(c, m)| format!("{c:.0} / {m:.0}"));
+                let _ = writeln!(
+                    table,
+                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {counted} |",
                     with / without
                 );
             }
@@ -250,6 +286,12 @@ struct HookCost {
     /// 64-byte send + recv on a loopback TCP pair (no auth endpoint) with the whole agent, and
     /// before it started.
     sock: Option<(f64, f64)>,
+    /// `getppid` with the whole agent, and before it started.
+    syscall: Option<(f64, f64)>,
+    /// A token lookup over TLS to a catalogued endpoint with the whole agent, and before it
+    /// started; and the requests credwatch counted against those made.
+    tls: Option<(f64, f64)>,
+    tls_counted: Option<(f64, f64)>,
 }
 
 impl HookCost {
@@ -282,6 +324,9 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
         };
         // The socket loop: absent where the guest had no loop binary (or it failed).
         let sock = num(line, "sock_ns_per_op=").zip(num(line, "base_sock_ns_per_op="));
+        let syscall = num(line, "ppid_ns_per_op=").zip(num(line, "base_ppid_ns_per_op="));
+        let tls = num(line, "tls_ns_per_op=").zip(num(line, "base_tls_ns_per_op="));
+        let tls_counted = num(line, "tls_counted=").zip(num(line, "tls_made="));
         let floor = num(line, "floor_ns_per_open=").zip(num(line, "floor_wall_ns_per_open="));
         let cost = HookCost {
             walk,
@@ -290,6 +335,9 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
             base,
             floor,
             sock,
+            syscall,
+            tls,
+            tls_counted,
         };
         rows.entry(kernel).or_default().insert(hook, cost);
     }
@@ -1421,7 +1469,7 @@ mod tests {
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
 BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4 floor_ns_per_open=290.9 floor_wall_ns_per_open=10371.9
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
@@ -1433,8 +1481,12 @@ BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoi
             floor_table(&rows).contains("| 6.1.0-57-cloud-amd64 | 24 | 200 | 80 | 300 | 0.30 |")
         );
         assert_eq!(k["tracepoints"].sock, Some((20400.0, 20000.0)));
-        assert!(socket_table(&rows)
-            .contains("| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 |"));
+        assert!(socket_table(&rows).contains(
+            "| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 | 330 / 420 (1.273) |"
+        ));
+        assert!(tls_table(&rows).contains(
+            "| 6.1.0-57-cloud-amd64 | tracepoints | 100000 | 110000 | 1.100 | 5355 / 5355 |"
+        ));
         let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
         assert!(
             kernel_rows(bad).is_err(),

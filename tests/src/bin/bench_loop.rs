@@ -90,6 +90,16 @@ struct Ssl {
     read: unsafe extern "C" fn(*mut libc::c_void, *mut libc::c_void, libc::c_int) -> libc::c_int,
 }
 
+/// A symbol's address as the function pointer type `F`.
+///
+/// # Safety
+/// `F` must be a function pointer type matching the symbol's C signature.
+unsafe fn as_fn<F: Copy>(f: *mut libc::c_void) -> F {
+    assert_eq!(size_of::<F>(), size_of::<*mut libc::c_void>());
+    // SAFETY: same size (asserted); the caller vouches for the signature.
+    unsafe { std::mem::transmute_copy(&f) }
+}
+
 /// A connection object (`SSL *`), moved to the server thread.
 struct Conn(*mut libc::c_void);
 // SAFETY: an SSL object is used by one thread at a time (created here, used only there).
@@ -119,17 +129,17 @@ impl Ssl {
         // SAFETY: each symbol has the C signature of the field it is cast to (OpenSSL 3 API).
         unsafe {
             Ok(Ssl {
-                ctx_new: std::mem::transmute(sym(c"SSL_CTX_new")?),
-                client_method: std::mem::transmute(sym(c"TLS_client_method")?),
-                server_method: std::mem::transmute(sym(c"TLS_server_method")?),
-                use_certificate_file: std::mem::transmute(sym(c"SSL_CTX_use_certificate_file")?),
-                use_private_key_file: std::mem::transmute(sym(c"SSL_CTX_use_PrivateKey_file")?),
-                new: std::mem::transmute(sym(c"SSL_new")?),
-                set_fd: std::mem::transmute(sym(c"SSL_set_fd")?),
-                connect: std::mem::transmute(sym(c"SSL_connect")?),
-                accept: std::mem::transmute(sym(c"SSL_accept")?),
-                write: std::mem::transmute(sym(c"SSL_write")?),
-                read: std::mem::transmute(sym(c"SSL_read")?),
+                ctx_new: as_fn(sym(c"SSL_CTX_new")?),
+                client_method: as_fn(sym(c"TLS_client_method")?),
+                server_method: as_fn(sym(c"TLS_server_method")?),
+                use_certificate_file: as_fn(sym(c"SSL_CTX_use_certificate_file")?),
+                use_private_key_file: as_fn(sym(c"SSL_CTX_use_PrivateKey_file")?),
+                new: as_fn(sym(c"SSL_new")?),
+                set_fd: as_fn(sym(c"SSL_set_fd")?),
+                connect: as_fn(sym(c"SSL_connect")?),
+                accept: as_fn(sym(c"SSL_accept")?),
+                write: as_fn(sym(c"SSL_write")?),
+                read: as_fn(sym(c"SSL_read")?),
             })
         }
     }

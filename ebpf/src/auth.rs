@@ -101,12 +101,18 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         on_syn_sent(&ctx, sk);
         return 0;
     }
+    // Only an active open's establishment and a close matter: a connection's other changes
+    // (closing handshakes, a server's sockets) cost no lookup.
+    let oldstate: i32 = field(&ctx, SS_OLDSTATE);
+    let established = oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED;
+    if !established && newstate != TCP_CLOSE {
+        return 0;
+    }
     let Some(info) = SOCKS.get_ptr_mut(&sk) else {
         return 0;
     };
     let info = unsafe { &mut *info };
-    let oldstate: i32 = field(&ctx, SS_OLDSTATE);
-    if oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED {
+    if established {
         info.flags |= SOCK_COUNTED;
         count_connect(info, ConnectResult::Established);
     } else if newstate == TCP_CLOSE {

@@ -383,6 +383,7 @@ fn receive(skb: *const u8, sk: u64, info: &mut SockInfo) -> Option<()> {
         tgid: info.tgid,
         len,
         captured: n,
+        data: [],
     };
     // The segment's first `start + n` bytes (header and captured payload) follow the event,
     // copied from wherever the packet keeps them (its pages too).

@@ -22,17 +22,25 @@ pub async fn drain(
     tx: mpsc::Sender<Vec<u8>>,
     on_drop: impl Fn() + Send,
 ) -> std::io::Result<()> {
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register(ring) }?;
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let pass = |ring: &mut RingBuf<MapData>| {
+    passes(ring, |ring| {
         while let Some(item) = ring.next() {
             if tx.try_send(item.to_vec()).is_err() {
                 on_drop();
             }
         }
-    };
+    })
+    .await
+}
+
+/// Runs `pass` on the ring whenever its producers wake the reader, and every `DRAIN_EVERY`.
+async fn passes(
+    ring: RingBuf<MapData>,
+    mut pass: impl FnMut(&mut RingBuf<MapData>),
+) -> std::io::Result<()> {
+    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
+    let mut fd = unsafe { AsyncFd::register(ring) }?;
+    let mut tick = tokio::time::interval(DRAIN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
@@ -67,12 +75,8 @@ pub async fn drain_auth(
     on_undecodable: impl Fn() + Send,
 ) -> std::io::Result<()> {
     let AuthSources { ring, mut segments } = sources;
-    // SAFETY: the ring buffer owns its fd and keeps it open for as long as the AsyncFd lives.
-    let mut fd = unsafe { AsyncFd::register(ring) }?;
-    let mut tick = tokio::time::interval(DRAIN_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut merge = Merge::default();
-    let mut pass = |ring: &mut RingBuf<MapData>| {
+    passes(ring, |ring| {
         let settled = crate::sys::monotonic_ns().saturating_sub(SETTLE_NS);
         // The ring first: a record read there was written before every later one of SEGMENTS.
         while let Some(item) = ring.next() {
@@ -93,17 +97,8 @@ pub async fn drain_auth(
                 on_drop();
             }
         }
-    };
-    loop {
-        tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard?;
-                pass(guard.get_inner_mut());
-                guard.clear_ready();
-            }
-            _ = tick.tick() => pass(fd.get_mut()),
-        }
-    }
+    })
+    .await
 }
 
 /// Records of two sources, passed on in time order once settled.

@@ -189,10 +189,11 @@ pub enum Direction {
     Close = 2,
 }
 
-/// Bytes written to or read from an endpoint socket, or its close.
+/// Bytes written to or read from an endpoint socket, or its close: `N` is the room for captured
+/// bytes (a segment's header alone is a `DataEvent<0>`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DataEvent {
+pub struct DataEvent<const N: usize = DATA_CAPTURE> {
     /// Always `EventKind::AuthData as u32`.
     pub kind: u32,
     /// A `Direction`.
@@ -205,38 +206,21 @@ pub struct DataEvent {
     pub tgid: u32,
     /// Bytes moved: one send, one received TCP segment, or one TLS read or write.
     pub len: u32,
-    /// Bytes of them in `data` (at most `DATA_CAPTURE`).
+    /// Bytes of them in `data` (at most `N`).
     pub captured: u32,
-    pub data: [u8; DATA_CAPTURE],
+    pub data: [u8; N],
 }
 const _: () = assert!(size_of::<DataEvent>() == 48 + DATA_CAPTURE && DATA_HEADER == 48);
 /// The fixed part of a `DataEvent`: where its `data` starts.
 pub const DATA_HEADER: usize = core::mem::offset_of!(DataEvent, data);
 
 /// A TCP segment a plaintext endpoint socket received, as `bpf_skb_output` writes it to
-/// `SEGMENTS`: this header (a `DataEvent`'s, `kind` `AuthSegment`, `direction` `Response`,
-/// `len` the payload's length, `captured` the payload bytes that follow), then the segment from
-/// its TCP header on: the header (its length is in its data offset field), then the first
-/// `captured` bytes of the payload.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SegmentEvent {
-    pub kind: u32,
-    pub direction: u32,
-    pub sock: u64,
-    pub cgroup_id: u64,
-    pub ts_ns: u64,
-    pub endpoint: u32,
-    pub tgid: u32,
-    pub len: u32,
-    pub captured: u32,
-}
+/// `SEGMENTS`: a `DataEvent`'s header (`kind` `AuthSegment`, `direction` `Response`, `len` the
+/// payload's length, `captured` the payload bytes that follow), then the segment from its TCP
+/// header on: the header (its length is in its data offset field), then the first `captured`
+/// bytes of the payload.
+pub type SegmentEvent = DataEvent<0>;
 const _: () = assert!(size_of::<SegmentEvent>() == DATA_HEADER);
-const _: () = assert!(
-    core::mem::offset_of!(SegmentEvent, ts_ns) == core::mem::offset_of!(DataEvent, ts_ns)
-        && core::mem::offset_of!(SegmentEvent, captured)
-            == core::mem::offset_of!(DataEvent, captured)
-);
 
 /// A process mapped a file executable (`mmap` with `PROT_EXEC` and a descriptor): a shared
 /// library being loaded, maybe a TLS library the agent has not attached yet.

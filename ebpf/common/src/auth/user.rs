@@ -1,7 +1,5 @@
 //! Userspace side of the auth-call sensor's types: Pod impls and the `DataEvent` decoder.
-use super::{
-    ConnectKey, DataEvent, Endpoint, EndpointKey, SegmentEvent, DATA_CAPTURE, DATA_HEADER,
-};
+use super::{ConnectKey, DataEvent, Endpoint, EndpointKey, DATA_CAPTURE, DATA_HEADER};
 use crate::{DecodeError, EventKind};
 use alloc::vec::Vec;
 
@@ -81,13 +79,13 @@ pub fn segment_as_data(b: &[u8]) -> Result<Vec<u8>, DecodeError> {
     if b.len() < DATA_HEADER + 20 {
         return Err(DecodeError::Short(b.len(), DATA_HEADER + 20));
     }
-    let kind = u32_at(b, offset_of!(SegmentEvent, kind));
+    let kind = u32_at(b, offset_of!(DataEvent, kind));
     if kind != EventKind::AuthSegment as u32 {
         return Err(DecodeError::UnknownKind(kind));
     }
     // The TCP header's data offset: its length in 32-bit words, in the high nibble of byte 12.
     let tcp_header = usize::from(b[DATA_HEADER + 12] >> 4) * 4;
-    let captured = (u32_at(b, offset_of!(SegmentEvent, captured)) as usize).min(DATA_CAPTURE);
+    let captured = (u32_at(b, offset_of!(DataEvent, captured)) as usize).min(DATA_CAPTURE);
     let start = DATA_HEADER + tcp_header;
     let payload = b
         .get(start..start + captured)

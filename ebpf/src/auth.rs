@@ -14,7 +14,7 @@
 //!   lock): a plaintext endpoint's response bytes, segment by segment in sequence order, copied
 //!   out by `bpf_skb_output` to `SEGMENTS`. Any other segment costs the tracepoint's dispatch, one
 //!   load of the peer's port and one array load (its port is not a plaintext endpoint's); a
-//!   `cgroup_skb` program here cost every packet of the host four times as much (the cgroup
+//!   `cgroup_skb` program here cost every packet of the host about twice as much (the cgroup
 //!   framework saves and restores the packet around it), most of what a busy socket paid.
 use aya_ebpf::{
     bindings::{

@@ -36,7 +36,7 @@ use aya_ebpf::{
 use credwatch_common::{
     auth::{
         ConnectKey, ConnectResult, DataEvent, Direction, Endpoint, EndpointKey, SegmentEvent,
-        SockInfo, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE,
+        SockInfo, AF_INET6, AUTH_EVENTS_BYTE_SIZE, CONNECTS_MAX_ENTRIES, DATA_CAPTURE, DATA_HEADER,
         ENDPOINTS_MAX_ENTRIES, ENDPOINT_PLAINTEXT, PLAINTEXT_PORTS_WORDS, SOCKS_MAX_ENTRIES,
         SOCK_COUNTED, SOCK_DATA, SOCK_PLAINTEXT, SOCK_RESET, SOCK_SEQ, SOCK_TLS_BOUND, TCP_CLOSE,
         TCP_ESTABLISHED, TCP_SYN_SENT,
@@ -272,13 +272,15 @@ pub fn endpoint_send(ctx: SkMsgContext) -> u32 {
     let data = ctx.data();
     let linear = (ctx.data_end() - data) as u32;
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let Some(mut entry) = data_event(sk, info, Direction::Request, cgroup_id, size) else {
-        return SK_PASS;
-    };
-    let n = capture_len(linear.min(want));
-    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
-    let ret = unsafe { generated::bpf_probe_read_kernel(dst as *mut _, n, data as *const _) };
-    submit_captured(entry, n, ret);
+    emit_captured(
+        sk,
+        info,
+        Direction::Request,
+        cgroup_id,
+        size,
+        linear.min(want),
+        |dst, n| unsafe { generated::bpf_probe_read_kernel(dst as *mut _, n, data as *const _) },
+    );
     info.flags |= SOCK_DATA;
     SK_PASS
 }
@@ -406,22 +408,22 @@ fn receive(skb: *const u8, sk: u64, info: &mut SockInfo) -> Option<()> {
 /// `len` response bytes that are not captured (their length keeps the stream's positions).
 #[inline(always)]
 fn skipped(sk: u64, info: &SockInfo, len: u32) {
-    if let Some(entry) = data_event(sk, info, Direction::Response, info.cgroup_id, len) {
+    if let Some(entry) = data_event::<0>(sk, info, Direction::Response, info.cgroup_id, len) {
         entry.submit(wakeup_flags());
     }
 }
 
-/// A `DataEvent` reserved on `AUTH_EVENTS` with its header filled in; the caller fills in
-/// `data` and `captured`, and submits it.
+/// A `DataEvent` with room for `N` captured bytes reserved on `AUTH_EVENTS`, its header filled
+/// in; the caller fills in `data` and `captured`, and submits it.
 #[inline(always)]
-pub(crate) fn data_event(
+fn data_event<const N: usize>(
     sk: u64,
     info: &SockInfo,
     direction: Direction,
     cgroup_id: u64,
     len: u32,
-) -> Option<RingBufEntry<DataEvent>> {
-    let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent>(0) else {
+) -> Option<RingBufEntry<DataEvent<N>>> {
+    let Some(mut entry) = AUTH_EVENTS.reserve::<DataEvent<N>>(0) else {
         lost(LostStage::AuthRingBuf);
         return None;
     };
@@ -440,11 +442,48 @@ pub(crate) fn data_event(
     Some(entry)
 }
 
-/// Submits a `DataEvent` whose first `n` bytes a copy helper filled in, if it succeeded
-/// (`ret == 0`): else none counts as captured.
+/// Room for captured bytes in the short records: a 512-byte `DataEvent`.
+const SHORT_CAPTURE: usize = 512 - DATA_HEADER;
+
+/// Sends the event of `len` bytes moved on `sk` with the first `want` of them (at most
+/// `DATA_CAPTURE`), which `copy(dst, n)` copies in (a copy helper's return: 0 when it copied;
+/// else none counts as captured). A ring record's size is fixed when it is reserved: those that
+/// fit go in a 512-byte record, the rest in a full one, so that a burst of small requests fills
+/// the 1 MB ring only after ~2,000 of them (256 full ones).
 #[inline(always)]
-pub(crate) fn submit_captured(mut entry: RingBufEntry<DataEvent>, n: u32, ret: i64) {
-    unsafe { (*entry.as_mut_ptr()).captured = if ret == 0 { n } else { 0 } };
+pub(crate) fn emit_captured(
+    sk: u64,
+    info: &SockInfo,
+    direction: Direction,
+    cgroup_id: u64,
+    len: u32,
+    want: u32,
+    copy: impl FnOnce(*mut u8, u32) -> i64,
+) {
+    if want <= SHORT_CAPTURE as u32 {
+        emit_in::<SHORT_CAPTURE>(sk, info, direction, cgroup_id, len, want, copy);
+    } else {
+        emit_in::<DATA_CAPTURE>(sk, info, direction, cgroup_id, len, want, copy);
+    }
+}
+
+#[inline(always)]
+fn emit_in<const N: usize>(
+    sk: u64,
+    info: &SockInfo,
+    direction: Direction,
+    cgroup_id: u64,
+    len: u32,
+    want: u32,
+    copy: impl FnOnce(*mut u8, u32) -> i64,
+) {
+    let Some(mut entry) = data_event::<N>(sk, info, direction, cgroup_id, len) else {
+        return;
+    };
+    let n = at_most(want, N as u32);
+    let ev = entry.as_mut_ptr();
+    let ret = copy(unsafe { (*ev).data.as_mut_ptr() }, n);
+    unsafe { (*ev).captured = if ret == 0 { n } else { 0 } };
     entry.submit(wakeup_flags());
 }
 
@@ -462,7 +501,7 @@ pub(crate) fn wakeup_flags() -> u64 {
 
 #[inline(always)]
 fn emit_close(sk: u64, info: &SockInfo) {
-    if let Some(entry) = data_event(sk, info, Direction::Close, info.cgroup_id, 0) {
+    if let Some(entry) = data_event::<0>(sk, info, Direction::Close, info.cgroup_id, 0) {
         entry.submit(wakeup_flags());
     }
 }

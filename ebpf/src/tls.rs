@@ -31,7 +31,7 @@ use credwatch_common::{
 };
 
 use crate::{
-    auth::{capture_len, data_event, submit_captured, wakeup_flags, AUTH_EVENTS, SOCKS},
+    auth::{emit_captured, wakeup_flags, AUTH_EVENTS, SOCKS},
     is_agent, lost,
 };
 
@@ -145,13 +145,15 @@ fn exit(ret: i64) -> u32 {
     };
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let len = len.min(u64::from(u32::MAX)) as u32;
-    let Some(mut entry) = data_event(sock, info, direction, cgroup_id, len) else {
-        return 0;
-    };
-    let n = capture_len(len);
-    let dst = unsafe { (*entry.as_mut_ptr()).data.as_mut_ptr() };
-    let ret = unsafe { generated::bpf_probe_read_user(dst as *mut _, n, call.buf as *const _) };
-    submit_captured(entry, n, ret);
+    emit_captured(
+        sock,
+        info,
+        direction,
+        cgroup_id,
+        len,
+        len,
+        |dst, n| unsafe { generated::bpf_probe_read_user(dst as *mut _, n, call.buf as *const _) },
+    );
     0
 }
 

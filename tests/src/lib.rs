@@ -73,6 +73,11 @@ pub fn hung_fs_bin() -> PathBuf {
     reader_bin().with_file_name("credwatch-hung-fs")
 }
 
+/// The benchmark's loops (see `src/bin/bench_loop.rs`), built next to the reader.
+pub fn bench_loop_bin() -> PathBuf {
+    reader_bin().with_file_name("credwatch-bench-loop")
+}
+
 /// `credwatch-hung-fs` mounted on a temporary directory: `token` reads normally, `id_rsa` (and
 /// every file `hang` adds) never answers a read. On drop: stdin closed (the server detaches the
 /// mount and exits, which aborts the reads still waiting), the server killed if it lingers, and

@@ -19,19 +19,19 @@
 use aya_ebpf::{
     bindings::{
         sk_action::SK_PASS, BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
     },
+    btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated,
     },
-    macros::{btf_tracepoint, map, sk_msg, sock_ops, tracepoint},
+    macros::{btf_map, btf_tracepoint, map, sk_msg, sock_ops},
     maps::{
         lpm_trie::Key, ring_buf::RingBufEntry, Array, HashMap, LpmTrie, PerCpuHashMap,
         PerfEventArray, RingBuf, SockHash,
     },
-    programs::{BtfTracePointContext, SkMsgContext, SockOpsContext, TracePointContext},
-    EbpfContext as _,
+    programs::{BtfTracePointContext, SkMsgContext, SockOpsContext},
 };
 use credwatch_common::{
     auth::{
@@ -62,16 +62,15 @@ static ENDPOINT_SOCKS: SockHash<u64> = SockHash::with_max_entries(SOCKS_MAX_ENTR
 static PLAINTEXT_PORTS: Array<u32> = Array::with_max_entries(PLAINTEXT_PORTS_WORDS, 0);
 #[map]
 pub(crate) static AUTH_EVENTS: RingBuf = RingBuf::with_byte_size(AUTH_EVENTS_BYTE_SIZE, 0);
+/// A mark in each endpoint socket's own storage (set at `SYN_SENT`): every other socket's later
+/// hooks find none by a NULL test of the socket's storage pointer, no map lookup.
+#[btf_map]
+static ENDPOINT_MARKS: SkStorage<u32> = SkStorage::new();
 /// One buffer per CPU (the loader sizes it).
 #[map]
 static SEGMENTS: PerfEventArray<u8> = PerfEventArray::new(0);
 
 const IPPROTO_TCP: u16 = 6;
-
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    unsafe { core::ptr::read_unaligned(ctx.as_ptr().add(offset) as *const T) }
-}
 
 #[inline(always)]
 fn endpoint(key: EndpointKey) -> Option<Endpoint> {
@@ -80,34 +79,47 @@ fn endpoint(key: EndpointKey) -> Option<Endpoint> {
         .copied()
 }
 
-/// Offsets in the `sock/inet_sock_set_state` record.
-const SS_SKADDR: usize = 8;
-const SS_OLDSTATE: usize = 16;
-const SS_NEWSTATE: usize = 20;
-const SS_DPORT: usize = 26;
-const SS_FAMILY: usize = 28;
-const SS_PROTOCOL: usize = 30;
-const SS_DADDR: usize = 36;
-const SS_DADDR_V6: usize = 56;
+/// `struct sock_common` fields that have kept their places since Linux 2.6 (socket lookups depend
+/// on them): the peer's IPv4 address, its port (both network order), the family.
+const SKC_DADDR: usize = 0;
+const SKC_FAMILY: usize = 16;
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    if field::<u16>(&ctx, SS_PROTOCOL) != IPPROTO_TCP {
+/// Whether `sk` is marked as an endpoint socket (its storage holds the mark).
+#[inline(always)]
+fn is_endpoint(sk: *mut core::ffi::c_void) -> bool {
+    !sk.is_null()
+        && !unsafe {
+            generated::bpf_sk_storage_get(
+                &raw const ENDPOINT_MARKS as *mut _,
+                sk,
+                core::ptr::null_mut(),
+                0,
+            )
+        }
+        .is_null()
+}
+
+/// Every TCP state change (`sock:inet_sock_set_state`, typed).
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> u32 {
+    let sock: *const u8 = ctx.arg(0);
+    let oldstate: i32 = ctx.arg(1);
+    let newstate: i32 = ctx.arg(2);
+    let off = crate::file::offsets();
+    if unsafe { *(sock.add(off.sock_protocol as usize) as *const u16) } != IPPROTO_TCP {
         return 0;
     }
-    let sk: u64 = field(&ctx, SS_SKADDR);
-    let newstate: i32 = field(&ctx, SS_NEWSTATE);
     if newstate == TCP_SYN_SENT {
-        on_syn_sent(&ctx, sk);
+        on_syn_sent(sock);
         return 0;
     }
-    // Only an active open's establishment and a close matter: a connection's other changes
-    // (closing handshakes, a server's sockets) cost no lookup.
-    let oldstate: i32 = field(&ctx, SS_OLDSTATE);
+    // Only an active open's establishment and a close matter, and only on an endpoint socket:
+    // every other change, and every other socket, costs no lookup.
     let established = oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED;
-    if !established && newstate != TCP_CLOSE {
+    if (!established && newstate != TCP_CLOSE) || !is_endpoint(sock as *mut _) {
         return 0;
     }
+    let sk = sock as u64;
     let Some(info) = SOCKS.get_ptr_mut(&sk) else {
         return 0;
     };
@@ -115,7 +127,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if established {
         info.flags |= SOCK_COUNTED;
         count_connect(info, ConnectResult::Established);
-    } else if newstate == TCP_CLOSE {
+    } else {
         if info.flags & SOCK_COUNTED == 0 {
             let result = if info.flags & SOCK_RESET != 0 {
                 ConnectResult::Refused
@@ -133,12 +145,17 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A connect begins: the one lookup every connection pays (the destination in `ENDPOINTS`); an
+/// endpoint socket goes into `SOCKS` and is marked.
 #[inline(always)]
-fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
-    let port: [u8; 2] = field::<u16>(ctx, SS_DPORT).to_be_bytes();
-    // Arrays through a helper read: the verifier allows only plain loads from the record.
-    let key = if field::<u16>(ctx, SS_FAMILY) == AF_INET6 {
-        let Ok(addr) = (unsafe { ctx.read_at::<[u8; 16]>(SS_DADDR_V6) }) else {
+fn on_syn_sent(sock: *const u8) {
+    let off = crate::file::offsets();
+    // Direct loads from the typed socket; the IPv6 address (16 bytes) through a helper read.
+    let port: [u8; 2] = unsafe { *(sock.add(SKC_DPORT) as *const u16) }.to_ne_bytes();
+    let family = unsafe { *(sock.add(SKC_FAMILY) as *const u16) };
+    let key = if family == AF_INET6 {
+        let from = unsafe { sock.add(off.sock_v6_daddr as usize) } as *const [u8; 16];
+        let Ok(addr) = (unsafe { bpf_probe_read_kernel(from) }) else {
             return;
         };
         EndpointKey {
@@ -147,9 +164,7 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
             _pad: [0; 2],
         }
     } else {
-        let Ok(addr) = (unsafe { ctx.read_at::<[u8; 4]>(SS_DADDR) }) else {
-            return;
-        };
+        let addr = unsafe { *(sock.add(SKC_DADDR) as *const u32) }.to_ne_bytes();
         EndpointKey::v4(addr, port)
     };
     let Some(ep) = endpoint(key) else {
@@ -170,15 +185,35 @@ fn on_syn_sent(ctx: &TracePointContext, sk: u64) {
         tgid,
         rcv_next: 0,
     };
+    let sk = sock as u64;
     if SOCKS.insert(&sk, &info, 0).is_err() {
+        lost(LostStage::SocksMap);
+        return;
+    }
+    let marked = unsafe {
+        generated::bpf_sk_storage_get(
+            &raw const ENDPOINT_MARKS as *mut _,
+            sock as *mut _,
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    };
+    if marked.is_null() {
+        // Unmarked, its later changes would go unseen: not followed at all.
+        let _ = SOCKS.remove(&sk);
         lost(LostStage::SocksMap);
     }
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let sk: u64 = field(&ctx, 8);
-    if let Some(info) = SOCKS.get_ptr_mut(&sk) {
+/// The peer reset the connection (`tcp:tcp_receive_reset`, typed): a connect refused, if it was
+/// still in `SYN_SENT`.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> u32 {
+    let sock: *const u8 = ctx.arg(0);
+    if !is_endpoint(sock as *mut _) {
+        return 0;
+    }
+    if let Some(info) = SOCKS.get_ptr_mut(&(sock as u64)) {
         unsafe { (*info).flags |= SOCK_RESET };
     }
     0
@@ -224,7 +259,11 @@ pub fn endpoint_established(ctx: SockOpsContext) -> u32 {
         return 1;
     }
     let ops = ctx.ops;
-    let Some(mut sk) = sock_key(unsafe { (*ops).__bindgen_anon_2.sk }) else {
+    let sock = unsafe { (*ops).__bindgen_anon_2.sk };
+    if !is_endpoint(sock as *mut _) {
+        return 1;
+    }
+    let Some(mut sk) = sock_key(sock) else {
         return 1;
     };
     let Some(info) = SOCKS.get_ptr_mut(&sk) else {

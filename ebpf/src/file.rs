@@ -52,6 +52,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     files_fd_array: 0,
     skb_len: 0,
     skb_data: 0,
+    sock_protocol: 0,
+    sock_v6_daddr: 0,
     file_slot_btf_id: 0,
 };
 

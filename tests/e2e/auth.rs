@@ -996,7 +996,7 @@ fn check_and_inventory_show_the_catalog_as_resolved() {
         "10.20.0.0/16",
         "endpoint nowhere :443",
         "does not resolve",
-        "probe tracepoint/sock/inet_sock_set_state",
+        "probe tp_btf/inet_sock_set_state",
     ] {
         assert!(check.contains(want), "check lacks {want:?}:\n{check}");
     }

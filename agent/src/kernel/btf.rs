@@ -208,6 +208,8 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         files_fd_array: field("files_struct", "fd_array")?,
         skb_len: field("sk_buff", "len")?,
         skb_data: field("sk_buff", "data")?,
+        sock_protocol: field("sock", "sk_protocol")?,
+        sock_v6_daddr: field("sock_common", "skc_v6_daddr")?,
         file_slot_btf_id: 0,
     })
 }

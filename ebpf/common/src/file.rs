@@ -86,12 +86,16 @@ pub struct KernelOffsets {
     /// auth-call sensor's receive hook).
     pub skb_len: u32,
     pub skb_data: u32,
+    /// `sock.sk_protocol` (a `u16` since Linux 5.6) and `sock_common.skc_v6_daddr`: a connect's
+    /// protocol and IPv6 destination (the auth-call sensor's state hook).
+    pub sock_protocol: u32,
+    pub sock_v6_daddr: u32,
     /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),
     /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
     /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
     pub file_slot_btf_id: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 56);
+const _: () = assert!(size_of::<KernelOffsets>() == 64);
 
 /// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
 /// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into

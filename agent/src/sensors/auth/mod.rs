@@ -56,8 +56,8 @@ use crate::kernel::{Hook, HookStatus, SocketHook};
 /// The auth-call sensor's hooks: connect outcomes, and the segments plaintext endpoint sockets
 /// receive.
 pub const HOOKS: [Hook; 3] = [
-    Hook::tracepoint("sock", "inet_sock_set_state"),
-    Hook::tracepoint("tcp", "tcp_receive_reset"),
+    Hook::btf_tracepoint("inet_sock_set_state", "inet_sock_set_state"),
+    Hook::btf_tracepoint("tcp_receive_reset", "tcp_receive_reset"),
     Hook::btf_tracepoint("endpoint_receive", "tcp_probe"),
 ];
 

@@ -809,27 +809,7 @@ fn a_socket_closing_after_its_descriptor_number_was_reused_does_not_hide_the_new
 fn a_burst_of_tls_requests_is_counted_exactly_and_nothing_is_dropped() {
     require_e2e!();
     let dir = TempDir::new("tls-burst");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (cert, key) = credwatch_e2e::kubelet::self_signed(dir.path());
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

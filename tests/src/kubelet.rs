@@ -162,6 +162,30 @@ fn openssl(args: &[&str]) -> Vec<u8> {
     out.stdout
 }
 
+/// A throwaway self-signed certificate and its key for a TLS server on this host, written into
+/// `dir` as `cert.pem` and `key.pem`.
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    (cert, key)
+}
+
 /// Signs JWTs with a throwaway RSA key (RS256), as the API server signs service-account tokens.
 pub struct Signer {
     dir: TempDir,

@@ -154,6 +154,9 @@ fn on_syn_sent(sock: *const u8) {
     let port: [u8; 2] = unsafe { *(sock.add(SKC_DPORT) as *const u16) }.to_ne_bytes();
     let family = unsafe { *(sock.add(SKC_FAMILY) as *const u16) };
     let key = if family == AF_INET6 {
+        if off.sock_v6_daddr == 0 {
+            return; // a kernel without IPv6 fields
+        }
         let from = unsafe { sock.add(off.sock_v6_daddr as usize) } as *const [u8; 16];
         let Ok(addr) = (unsafe { bpf_probe_read_kernel(from) }) else {
             return;

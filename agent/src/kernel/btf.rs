@@ -209,7 +209,9 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         skb_len: field("sk_buff", "len")?,
         skb_data: field("sk_buff", "data")?,
         sock_protocol: field("sock", "sk_protocol")?,
-        sock_v6_daddr: field("sock_common", "skc_v6_daddr")?,
+        // Absent from kernels built without IPv6: the auth-call sensor then skips IPv6 connects,
+        // and the file sensor, which shares these offsets, loads all the same.
+        sock_v6_daddr: field("sock_common", "skc_v6_daddr").unwrap_or(0),
         file_slot_btf_id: 0,
     })
 }

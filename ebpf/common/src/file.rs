@@ -87,7 +87,8 @@ pub struct KernelOffsets {
     pub skb_len: u32,
     pub skb_data: u32,
     /// `sock.sk_protocol` (a `u16` since Linux 5.6) and `sock_common.skc_v6_daddr`: a connect's
-    /// protocol and IPv6 destination (the auth-call sensor's state hook).
+    /// protocol and IPv6 destination (the auth-call sensor's state hook; 0 on a kernel without
+    /// IPv6).
     pub sock_protocol: u32,
     pub sock_v6_daddr: u32,
     /// Not an offset: the BTF id of a struct whose first member is a `struct file *` (`kiocb`),

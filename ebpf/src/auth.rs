@@ -13,7 +13,8 @@
 //! - `tcp:tcp_probe` (a BTF tracepoint at the top of `tcp_rcv_established`, under the socket's
 //!   lock): a plaintext endpoint's response bytes, segment by segment in sequence order, copied
 //!   out by `bpf_skb_output` to `SEGMENTS`. Any other segment costs the tracepoint's dispatch, one
-//!   load of the peer's port and one array load (its port is not a plaintext endpoint's); a
+//!   load of the peer's port and one array load (its port is not a plaintext endpoint's; when it
+//!   is, as every web server's port 80 is, the socket's mark is tested before any lookup); a
 //!   `cgroup_skb` program here cost every packet of the host about twice as much (the cgroup
 //!   framework saves and restores the packet around it), most of what a busy socket paid.
 use aya_ebpf::{
@@ -82,6 +83,7 @@ fn endpoint(key: EndpointKey) -> Option<Endpoint> {
 /// `struct sock_common` fields that have kept their places since Linux 2.6 (socket lookups depend
 /// on them): the peer's IPv4 address, its port (both network order), the family.
 const SKC_DADDR: usize = 0;
+const SKC_DPORT: usize = 12;
 const SKC_FAMILY: usize = 16;
 
 /// Whether `sk` is marked as an endpoint socket (its storage holds the mark).
@@ -345,10 +347,6 @@ pub(crate) fn capture_len(len: u32) -> u32 {
     at_most(len, DATA_CAPTURE as u32)
 }
 
-/// `sock_common.skc_dport`: the peer's port, in network order. The first fields of
-/// `struct sock_common` have kept their places since Linux 2.6 (socket lookups depend on them).
-const SKC_DPORT: usize = 12;
-
 /// `BPF_F_CURRENT_CPU`: `bpf_skb_output` writes to this CPU's buffer of `SEGMENTS`.
 const BPF_F_CURRENT_CPU: u64 = 0xffff_ffff;
 
@@ -363,7 +361,8 @@ pub fn endpoint_receive(ctx: BtfTracePointContext) -> i32 {
     let bit = PLAINTEXT_PORTS
         .get(u32::from(port >> 5))
         .is_some_and(|w| w & (1 << (port & 31)) != 0);
-    if !bit {
+    // Port 80 is every web server's too: only a marked socket is looked up.
+    if !bit || !is_endpoint(sk as *mut _) {
         return 0;
     }
     let key = sk as u64;

@@ -65,8 +65,8 @@ pub struct AuthSources {
 /// libraries) and each CPU's `SEGMENTS` buffer (received segments), merged into `tx` in the
 /// order the kernel wrote them: a response must reach the decoder after its request, a close
 /// after the last response. Only the first `record_len` bytes of a ring record are copied: a
-/// fixed-size reservation is mostly unwritten when little was captured (an auth event reserves
-/// 4 KB for a 300-byte request), and the queue would hold it all. `on_drop` counts a record the
+/// record's reservation is mostly unwritten when little was captured (a 300-byte request in a
+/// 512-byte record, a 600-byte one in a 4 KB one), and the queue would hold it all. `on_drop` counts a record the
 /// full queue refused, `on_undecodable` one that did not decode.
 pub async fn drain_auth(
     sources: AuthSources,

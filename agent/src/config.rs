@@ -112,6 +112,15 @@ pub enum FileHook {
     Tracepoints,
 }
 
+/// See `AgentFlags::tls_probe_points`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProbePoints {
+    #[default]
+    Auto,
+    Exported,
+}
+
 /// Options of `credwatch agent` only.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct AgentFlags {
@@ -159,6 +168,13 @@ pub struct AgentFlags {
     #[arg(long, env = "CREDWATCH_NO_AUTH_SENSOR")]
     pub no_auth_sensor: bool,
 
+    /// Where the TLS uprobes go in each OpenSSL: `auto` puts them on the internal write and read
+    /// functions that SSL_write/SSL_write_ex and SSL_read/SSL_read_ex share, where the library's
+    /// code shows them (one trap per call fewer: no single-step), else on the exported
+    /// functions; `exported` always on the exported functions [default: auto]
+    #[arg(long, env = "CREDWATCH_TLS_PROBE_POINTS", value_name = "WHERE")]
+    pub tls_probe_points: Option<TlsProbePoints>,
+
     /// Remove every pin under --pin-dir (the pinned programs stop, the kept counters go) and exit:
     /// the last step of an uninstall. Refused while an agent runs with that directory.
     #[arg(long)]
@@ -195,6 +211,7 @@ pub struct FileConfig {
     pub api_allow_remote: bool,
     pub pin_dir: Option<PathBuf>,
     pub no_auth_sensor: bool,
+    pub tls_probe_points: Option<TlsProbePoints>,
 }
 
 /// An outbound authentication endpoint, added to the built-in catalog.
@@ -256,6 +273,7 @@ pub struct Config {
     pub pin_dir: Option<PathBuf>,
     /// Whether the auth-call sensor runs (`--no-auth-sensor` turns it off).
     pub auth_sensor: bool,
+    pub tls_probe_points: TlsProbePoints,
 }
 
 impl FileConfig {
@@ -353,6 +371,10 @@ impl Config {
             },
             pin_dir: pin_dir(flags.kernel.pin_dir.clone().or(file.pin_dir)),
             auth_sensor: !(flags.no_auth_sensor || file.no_auth_sensor),
+            tls_probe_points: flags
+                .tls_probe_points
+                .or(file.tls_probe_points)
+                .unwrap_or_default(),
             credential_csi_drivers: DEFAULT_CSI_DRIVERS
                 .iter()
                 .map(|d| d.to_string())

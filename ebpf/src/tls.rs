@@ -42,25 +42,46 @@ static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(4096, 
 #[map]
 static TLS_SOCKS: LruHashMap<TlsKey, u64> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
 
+/// Where a data call's byte count goes: its return value (`SSL_write`, `SSL_read`), or the
+/// `size_t *` argument at this position (`SSL_write_ex`, `SSL_read_ex` and the internal functions
+/// they share with the plain forms: 3; `SSL_write_ex2` and OpenSSL 3.3's internal write: 4).
+#[derive(Clone, Copy)]
+enum Count {
+    Returned,
+    At(usize),
+}
+
 #[inline(always)]
-fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) -> u32 {
+fn enter(ctx: &ProbeContext, direction: Direction, count: Count) -> u32 {
     let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
-    let out = if ex {
-        ctx.arg::<u64>(3).unwrap_or(0)
-    } else {
-        0
+    let out = match count {
+        Count::At(n) => ctx.arg::<u64>(n).unwrap_or(0),
+        Count::Returned => 0,
     };
-    let call = TlsCall {
+    remember(TlsCall {
         ssl,
         buf,
         out,
         direction: direction as u32,
         active: 1,
-    };
-    let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+    });
     0
+}
+
+/// Makes `call` this thread's current one: written in place once the thread has an entry (every
+/// call after its first), which spares the LRU map's allocation and locks on every call of
+/// every TLS program on the node.
+#[inline(always)]
+fn remember(call: TlsCall) {
+    let key = bpf_get_current_pid_tgid();
+    match TLS_CALLS.get_ptr_mut(&key) {
+        Some(slot) => unsafe { *slot = call },
+        None => {
+            let _ = TLS_CALLS.insert(&key, &call, 0);
+        }
+    }
 }
 
 /// Called for each send on a TLS endpoint socket: ties the thread's current TLS call to the
@@ -90,14 +111,13 @@ pub fn bind(pid_tgid: u64, sock: u64, bound: bool) -> bool {
 #[uprobe]
 pub fn ssl_do_handshake(ctx: ProbeContext) -> u32 {
     if let Some(ssl) = ctx.arg::<u64>(0) {
-        let call = TlsCall {
+        remember(TlsCall {
             ssl,
             buf: 0,
             out: 0,
             direction: Direction::Request as u32,
             active: 0,
-        };
-        let _ = TLS_CALLS.insert(&bpf_get_current_pid_tgid(), &call, 0);
+        });
     }
     0
 }
@@ -116,14 +136,8 @@ fn exit(ret: i64) -> u32 {
     if call.active == 0 || ret <= 0 {
         return 0;
     }
-    let len = if call.out != 0 {
-        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
-            Ok(n) => n,
-            Err(_) => return 0,
-        }
-    } else {
-        ret as u64
-    };
+    // Not tied to an endpoint socket (a server's connection, any other TLS): done, before any
+    // read of the caller's memory.
     let tgid = (pid_tgid >> 32) as u32;
     let key = TlsKey {
         tgid,
@@ -132,6 +146,14 @@ fn exit(ret: i64) -> u32 {
     };
     let Some(sock) = (unsafe { TLS_SOCKS.get(&key) }).copied() else {
         return 0;
+    };
+    let len = if call.out != 0 {
+        match unsafe { bpf_probe_read_user(call.out as *const u64) } {
+            Ok(n) => n,
+            Err(_) => return 0,
+        }
+    } else {
+        ret as u64
     };
     let Some(info) = SOCKS.get_ptr_mut(&sock) else {
         return 0;
@@ -159,26 +181,32 @@ fn exit(ret: i64) -> u32 {
 
 #[uprobe]
 pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Request, false)
+    enter(&ctx, Direction::Request, Count::Returned)
 }
 
 #[uprobe]
 pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Request, true)
+    enter(&ctx, Direction::Request, Count::At(3))
+}
+
+#[uprobe]
+pub fn ssl_write_ex2(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Request, Count::At(4))
 }
 
 #[uprobe]
 pub fn ssl_read(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Response, false)
+    enter(&ctx, Direction::Response, Count::Returned)
 }
 
 #[uprobe]
 pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Response, true)
+    enter(&ctx, Direction::Response, Count::At(3))
 }
 
-/// One return probe for all four: the `_ex` forms are told apart by `TlsCall::out`. They all
-/// return a C `int`: only the low 32 bits of the register are the value (-1 is not 2^32 - 1).
+/// One return probe for all of them: the forms with a count argument are told apart by
+/// `TlsCall::out` (they return 1 on success). They all return a C `int`: only the low 32 bits of
+/// the register are the value (-1 is not 2^32 - 1).
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     exit(i64::from(ctx.ret::<i32>()))

@@ -533,6 +533,13 @@ fn vault_calls_over_tls_are_counted_once_each_for_curl_h2_curl_h1_and_python() {
     for (what, text) in [("metrics", &m), ("failures", &failures), ("log", &log)] {
         assert!(!text.contains(&canary), "the canary leaked into the {what}");
     }
+    // curl's SSL_write/SSL_read and Python's _ex forms, all seen through the internal functions
+    // they share (the exported ones: the private-copy test below).
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TLS library attached") && l.contains(r#"probes="internal""#)),
+        "{log}"
+    );
     drop(clients);
 }
 
@@ -568,7 +575,9 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_at_once_a
     let bao = OpenBao::start();
     let dir = TempDir::new("libssl");
     let cfg = config(&dir, &[("openbao", "127.0.0.1", bao.port, true, "vault")]);
-    let agent = Agent::start(&[], &["--config", &cfg]);
+    // The probes on the exported functions, the fallback for an OpenSSL whose internal ones are
+    // not found: counted as exactly.
+    let agent = Agent::start(&[], &["--config", &cfg, "--tls-probe-points", "exported"]);
     let private = dir.join("private");
     std::fs::create_dir_all(&private).unwrap();
     let (rel, uid, _) = pod_container_cgroup();
@@ -619,7 +628,8 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_at_once_a
     assert!(
         log.lines().any(|l| l.contains("TLS library attached")
             && l.contains(&copy)
-            && l.contains(r#"found_by="mapping""#)),
+            && l.contains(r#"found_by="mapping""#)
+            && l.contains(r#"probes="exported""#)),
         "{log}"
     );
     assert!(

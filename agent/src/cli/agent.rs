@@ -233,7 +233,7 @@ fn load_kernel(state: &Arc<State>, cfg: &Config, pins: Option<Pins>) -> anyhow::
     let ebpf = Arc::new(std::sync::Mutex::new(loaded.ebpf));
     let (mapped, mapped_rx) = mpsc::channel(MAPPED_QUEUE);
     let tls_hooks = match cfg.auth_sensor {
-        true => follow_tls_libraries(&ebpf, &cfg.host_root, mapped_rx),
+        true => follow_tls_libraries(&ebpf, cfg, mapped_rx),
         false => Vec::new(),
     };
     state.set_hooks(
@@ -266,12 +266,12 @@ const MAPPED_QUEUE: usize = 1024;
 /// processes map them (`mapped`: processes that just mapped a library; and a periodic scan).
 fn follow_tls_libraries(
     ebpf: &Arc<std::sync::Mutex<aya::Ebpf>>,
-    host_root: &Path,
+    cfg: &Config,
     mapped: mpsc::Receiver<u32>,
 ) -> Vec<kernel::HookStatus> {
-    let mut tls = TlsProbes::new(ebpf.clone());
+    let mut tls = TlsProbes::new(ebpf.clone(), cfg.tls_probe_points);
     let hooks = tls.load();
-    tls::log_libraries(&tls.attach_system(host_root), "start");
+    tls::log_libraries(&tls.attach_system(&cfg.host_root), "start");
     tls::log_libraries(&tls.scan(Path::new("/proc")), "start");
     tokio::spawn(tls.run("/proc".into(), mapped));
     hooks

@@ -33,6 +33,7 @@ pub mod catalog;
 pub mod connects;
 pub mod endpoints;
 pub mod failures;
+pub mod probe_points;
 pub mod requests;
 pub mod tls;
 

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::uprobe::UProbeScope;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::{
     programs::{ProgramError, UProbe},
     Ebpf,
@@ -22,7 +22,8 @@ use aya::{
 
 use tokio::sync::mpsc;
 
-use crate::kernel::HookStatus;
+use super::probe_points;
+use crate::{config::TlsProbePoints, kernel::HookStatus};
 
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// After a process maps a library, the loader maps the next ones within a few milliseconds, and
@@ -41,13 +42,16 @@ const SYSTEM_LIB_DIRS: [&str; 7] = [
     "/usr/local/lib64",
 ];
 
-/// (program, function): entry probes, then the one return probe on each function, then `SSL_free`.
+/// (program, function): the entry probes on the exported functions (where the library's internal
+/// ones are not found, see `probe_points`), then the one return probe on each function.
 const ENTRIES: [(&str, &str); 4] = [
     ("ssl_write", "SSL_write"),
     ("ssl_write_ex", "SSL_write_ex"),
     ("ssl_read", "SSL_read"),
     ("ssl_read_ex", "SSL_read_ex"),
 ];
+/// The entry probe of OpenSSL 3.3's internal write (`flags` before `written`, as in `SSL_write_ex2`).
+const WRITE_FLAGS: &str = "ssl_write_ex2";
 const RETURN: &str = "ssl_return";
 const FREE: (&str, &str) = ("ssl_free", "SSL_free");
 const HANDSHAKE: (&str, &str) = ("ssl_do_handshake", "SSL_do_handshake");
@@ -58,6 +62,8 @@ pub struct Library {
     /// The path as the first process that mapped it sees it.
     pub path: String,
     pub pid: u32,
+    /// Where the probes went: `internal` (the functions the exported ones share) or `exported`.
+    pub at: &'static str,
     pub error: Option<String>,
 }
 
@@ -71,12 +77,14 @@ pub struct TlsProbes {
     /// price of not reading every process's stat on every scan).
     seen: HashSet<u32>,
     loaded: bool,
+    points: TlsProbePoints,
 }
 
 impl TlsProbes {
-    pub fn new(ebpf: Arc<Mutex<Ebpf>>) -> Self {
+    pub fn new(ebpf: Arc<Mutex<Ebpf>>, points: TlsProbePoints) -> Self {
         Self {
             ebpf,
+            points,
             files: HashMap::new(),
             seen: HashSet::new(),
             checked: HashSet::new(),
@@ -87,10 +95,11 @@ impl TlsProbes {
     /// Loads the programs (once); the statuses say whether the kernel took them.
     pub fn load(&mut self) -> Vec<HookStatus> {
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        let names = ENTRIES
-            .iter()
-            .map(|(p, _)| *p)
-            .chain([RETURN, FREE.0, HANDSHAKE.0]);
+        let names =
+            ENTRIES
+                .iter()
+                .map(|(p, _)| *p)
+                .chain([WRITE_FLAGS, RETURN, FREE.0, HANDSHAKE.0]);
         let statuses: Vec<HookStatus> = names
             .map(|name| {
                 let r = ebpf
@@ -223,34 +232,68 @@ impl TlsProbes {
         if self.files.contains_key(&id) {
             return None;
         }
+        let (at, result) = self.attach_file(target);
         let lib = Library {
             path,
             pid,
-            error: self.attach_file(target).err(),
+            at,
+            error: result.err(),
         };
         self.files.insert(id, lib.clone());
         Some(lib)
     }
 
-    fn attach_file(&self, target: &Path) -> Result<(), String> {
+    /// Attaches the probes to `target`: on its internal write and read functions where they are
+    /// found (and not turned off), else on the exported ones. Returns where, and the outcome.
+    fn attach_file(&self, target: &Path) -> (&'static str, Result<(), String>) {
+        let internal = match self.points {
+            TlsProbePoints::Auto => probe_points::internal(target),
+            TlsProbePoints::Exported => None,
+        };
         let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
-        let mut attach = |program: &str, function: &str| -> Result<(), String> {
+        let mut attach = |program: &str, point: UProbeAttachLocation| -> Result<(), String> {
             let p: &mut UProbe = ebpf
                 .program_mut(program)
                 .ok_or("program missing")?
                 .try_into()
                 .map_err(|e: ProgramError| e.to_string())?;
-            p.attach(function, target, UProbeScope::AllProcesses)
+            let name = match &point {
+                UProbeAttachLocation::Symbol(f) => (*f).to_owned(),
+                UProbeAttachLocation::AbsoluteOffset(o) => format!("offset {o:#x}"),
+                other => format!("{other:?}"),
+            };
+            p.attach(point, target, UProbeScope::AllProcesses)
                 .map(|_| ())
-                .map_err(|e| format!("{function}: {e}"))
+                .map_err(|e| format!("{name}: {e}"))
         };
-        // SSL_write is the one every OpenSSL has: without its symbol the library is not usable.
-        for (program, function) in ENTRIES {
-            attach(program, function)?;
-            attach(RETURN, function)?;
+        let result = match internal {
+            Some(i) => {
+                let write = if i.write_flags {
+                    WRITE_FLAGS
+                } else {
+                    "ssl_write_ex"
+                };
+                [(write, i.write), ("ssl_read_ex", i.read)]
+                    .into_iter()
+                    .try_for_each(|(program, offset)| {
+                        attach(program, offset.into())?;
+                        attach(RETURN, offset.into())
+                    })
+            }
+            // SSL_write is the one every OpenSSL has: without its symbol the library is not usable.
+            None => ENTRIES.into_iter().try_for_each(|(program, function)| {
+                attach(program, function.into())?;
+                attach(RETURN, function.into())
+            }),
         }
-        attach(HANDSHAKE.0, HANDSHAKE.1)?;
-        attach(FREE.0, FREE.1)
+        .and_then(|()| attach(HANDSHAKE.0, HANDSHAKE.1.into()))
+        .and_then(|()| attach(FREE.0, FREE.1.into()));
+        let at = if internal.is_some() {
+            "internal"
+        } else {
+            "exported"
+        };
+        (at, result)
     }
 
     /// Looks at each process `mapped` names as it comes, and scans for new ones every
@@ -297,7 +340,9 @@ impl TlsProbes {
 pub fn log_libraries(libs: &[Library], found_by: &str) {
     for l in libs {
         match &l.error {
-            None => tracing::info!(path = ?l.path, pid = l.pid, found_by, "TLS library attached"),
+            None => {
+                tracing::info!(path = ?l.path, pid = l.pid, found_by, probes = l.at, "TLS library attached")
+            }
             Some(e) => {
                 tracing::warn!(path = ?l.path, pid = l.pid, found_by, error = ?e, "TLS library not attached (its calls are seen at L4 only)")
             }

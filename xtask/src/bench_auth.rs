@@ -2,9 +2,10 @@
 //! nothing attached, in one run.
 //!
 //! - TLS: `--tls-requests` token lookups (default 20,000) over one keep-alive HTTPS connection
-//!   (Python's http.client against Python's ssl server, both on OpenSSL: the uprobes fire in both),
-//!   the server configured as a catalogued auth endpoint, so every request is captured, decoded
-//!   and counted. credwatch's count must equal the requests made.
+//!   (Python's http.client against Python's ssl server, both on OpenSSL and on the loops' CPU: the
+//!   uprobes fire in both), the server configured as a catalogued auth endpoint, so every request
+//!   is captured, decoded and counted. credwatch's count must equal the requests made; the
+//!   agent's own CPU time per request is reported beside.
 //! - Sockets: 64-byte send + recv over a loopback TCP pair that is no endpoint (what every other
 //!   connection on the node pays).
 //!
@@ -103,11 +104,16 @@ impl AuthBench {
         thread::sleep(SETTLE);
         let before = agent.as_ref().map(|(_, p)| requests(*p)).transpose()?;
         BpfStats::set(false)?;
+        let cpu_before = agent.as_ref().map(|(a, _)| cpu_ns(a.0.id())).transpose()?;
         let tls = self.tls_client(port, cert)?;
+        let cpu_after = agent.as_ref().map(|(a, _)| cpu_ns(a.0.id())).transpose()?;
         let sock = self.socket_loop()?;
         let mut add = |m: &'static str, v: f64| cells.values.entry((m, setup)).or_default().push(v);
         add("tls", tls.0);
         add("socket", sock.0);
+        if let (Some(b), Some(a)) = (cpu_before, cpu_after) {
+            add("agent_cpu_tls", (a - b) / tls.1 as f64);
+        }
         let (Some((agent, metrics)), Some(before)) = (&agent, before) else {
             return Ok(());
         };
@@ -168,8 +174,11 @@ impl AuthBench {
         Ok((child, port))
     }
 
+    /// The server is part of the workload: it runs on the loops' CPU, beside its client, so the
+    /// agent's own work (on the other CPUs) is not counted in the requests' time but reported
+    /// apart, as CPU time per request.
     fn tls_server(&self, cert: &Path, key: &Path) -> Result<(Guard, u16)> {
-        let mut cmd = pinned(self.setup_cpus.as_deref());
+        let mut cmd = pinned(self.loop_cpus.as_deref());
         cmd.arg("python3")
             .arg(self.root.join("xtask/bench/tls_server.py"))
             .args([cert, key])
@@ -260,6 +269,12 @@ impl AuthBench {
             med("bpf_tls", "credwatch"),
             med("bpf_socket", "credwatch")
         );
+        let _ = writeln!(
+            out,
+            "\nThe agent's own CPU time (all its threads, on the other CPUs): {:.1} us \
+             per TLS request (median of rounds).",
+            med("agent_cpu_tls", "credwatch") * 1e-3
+        );
         let exact = cells.exact.iter().all(|(g, w)| g == w);
         let _ = writeln!(
             out,
@@ -294,6 +309,23 @@ fn requests(port: u16) -> Result<u64> {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum())
+}
+
+/// CPU time (ns) process `pid`'s threads have used, summed from each one's
+/// `/proc/<pid>/task/<tid>/schedstat` (time on CPU, in ns: clock ticks would be too coarse).
+fn cpu_ns(pid: u32) -> Result<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue; // a thread that just ended
+        };
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .context("unreadable schedstat")?;
+    }
+    Ok(total)
 }
 
 /// Run time (ns) of every program process `pid` holds, summed: their ids from the `prog_id:` of

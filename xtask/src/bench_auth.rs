@@ -275,6 +275,15 @@ impl AuthBench {
              per TLS request (median of rounds).",
             med("agent_cpu_tls", "credwatch") * 1e-3
         );
+        // Every round's value: how far this machine's wall clock moves between rounds.
+        let _ = writeln!(
+            out,
+            "\n| per round | setup | values (round order) |\n|---|---|---|"
+        );
+        for ((m, setup), values) in &cells.values {
+            let list: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+            let _ = writeln!(out, "| {m} | {setup} | {} |", list.join(", "));
+        }
         let exact = cells.exact.iter().all(|(g, w)| g == w);
         let _ = writeln!(
             out,

@@ -251,8 +251,8 @@ fn tls_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
          client and server in one process on the system's libssl (`credwatch-bench-loop tls`: \
          the lower bound of a request's own cost, so the upper bound of the share credwatch \
          takes), same guests:\n\n\
-         | kernel | file hook | without | with | with / without | counted / made |\n\
-         |---|---|---|---|---|---|\n",
+         | kernel | file hook | probes | without | with | with / without | counted / made |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for (kernel, hooks) in rows {
         for (hook, cost) in hooks {
@@ -260,9 +260,10 @@ fn tls_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
                 let counted = cost
                     .tls_counted
                     .map_or("-".to_owned(), |(c, m)| format!("{c:.0} / {m:.0}"));
+                let probes = cost.tls_probes.as_deref().unwrap_or("?");
                 let _ = writeln!(
                     table,
-                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {counted} |",
+                    "| {kernel} | {hook} | {probes} | {without:.0} | {with:.0} | {:.3} | {counted} |",
                     with / without
                 );
             }
@@ -292,6 +293,8 @@ struct HookCost {
     /// started; and the requests credwatch counted against those made.
     tls: Option<(f64, f64)>,
     tls_counted: Option<(f64, f64)>,
+    /// Where the agent put the TLS probes in the guest's libssl (`internal` or `exported`).
+    tls_probes: Option<String>,
 }
 
 impl HookCost {
@@ -338,6 +341,7 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
             syscall,
             tls,
             tls_counted,
+            tls_probes: field(line, "tls_probes="),
         };
         rows.entry(kernel).or_default().insert(hook, cost);
     }
@@ -1469,7 +1473,7 @@ mod tests {
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
 BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4 floor_ns_per_open=290.9 floor_wall_ns_per_open=10371.9
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355 tls_probes=internal
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
@@ -1485,7 +1489,7 @@ BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoi
             "| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 | 330 / 420 (1.273) |"
         ));
         assert!(tls_table(&rows).contains(
-            "| 6.1.0-57-cloud-amd64 | tracepoints | 100000 | 110000 | 1.100 | 5355 / 5355 |"
+            "| 6.1.0-57-cloud-amd64 | tracepoints | internal | 100000 | 110000 | 1.100 | 5355 / 5355 |"
         ));
         let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
         assert!(

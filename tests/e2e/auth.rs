@@ -968,7 +968,30 @@ fn check_and_inventory_show_the_catalog_as_resolved() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    // A process with the system's libssl mapped: check says where the probes would go in it.
+    let mut python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import ssl, sys; print('mapped', flush=True); sys.stdin.read()",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(python.stdout.as_mut().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
     let check = run(&["check"]);
+    drop(python.stdin.take());
+    python.wait().unwrap();
+    assert!(
+        check.lines().any(|l| l.contains("TLS library")
+            && l.contains("libssl.so.3: probes on the internal write and read functions")),
+        "{check}"
+    );
     let metadata = format!(
         "endpoint {} :80",
         credwatch::sensors::auth::catalog::metadata_name(

@@ -2,10 +2,10 @@
 use std::path::Path;
 
 use crate::{
-    config::{Config, FileHook},
+    config::{Config, FileHook, TlsProbePoints},
     kernel::{attach_can_pin, btf, pin::Pins},
     sensors::{
-        auth::{self, catalog::Catalog, tls},
+        auth::{self, catalog::Catalog, probe_points, tls},
         file,
     },
     sys,
@@ -97,7 +97,7 @@ pub fn run(catalog: &Catalog, cfg: &Config) -> Vec<Item> {
         items.push(pin_item(cfg.pin_dir.as_deref()));
     }
     items.extend(endpoint_items(catalog));
-    items.extend(tls_library_items(Path::new("/proc")));
+    items.extend(tls_library_items(Path::new("/proc"), cfg.tls_probe_points));
     items
 }
 
@@ -136,12 +136,14 @@ pub fn endpoint_items(catalog: &Catalog) -> Vec<Item> {
         .collect()
 }
 
-/// The distinct OpenSSL libraries processes have mapped now (the agent attaches to each).
-fn tls_library_items(proc_root: &Path) -> Vec<Item> {
-    let mut seen = std::collections::BTreeSet::new();
+/// The distinct OpenSSL libraries processes have mapped now (the agent attaches to each), and
+/// where in each the probes would go.
+fn tls_library_items(proc_root: &Path, points: TlsProbePoints) -> Vec<Item> {
+    // path -> the first (pid, mapped range) seen: its map_files link reaches the very file.
+    let mut seen = std::collections::BTreeMap::new();
     for pid in tls::pids(proc_root) {
-        for (_, path) in tls::ssl_mappings(proc_root, pid) {
-            seen.insert(path);
+        for (range, path) in tls::ssl_mappings(proc_root, pid) {
+            seen.entry(path).or_insert((pid, range));
         }
     }
     if seen.is_empty() {
@@ -153,7 +155,21 @@ fn tls_library_items(proc_root: &Path) -> Vec<Item> {
         )];
     }
     seen.into_iter()
-        .map(|p| item("TLS library", true, false, p))
+        .map(|(path, (pid, range))| {
+            let link = proc_root.join(format!("{pid}/map_files/{range}"));
+            let at = match points {
+                TlsProbePoints::Exported => {
+                    "probes on SSL_write/SSL_read and their _ex forms \
+                                             (--tls-probe-points exported)"
+                }
+                TlsProbePoints::Auto if probe_points::internal(&link).is_some() => {
+                    "probes on the internal write and read functions that SSL_write/SSL_read \
+                     and their _ex forms share (no single-step per call)"
+                }
+                TlsProbePoints::Auto => "probes on SSL_write/SSL_read and their _ex forms",
+            };
+            item("TLS library", true, false, format!("{path}: {at}"))
+        })
         .collect()
 }
 

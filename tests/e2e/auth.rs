@@ -640,6 +640,127 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_at_once_a
     drop(cg);
 }
 
+/// Waits for the go-ahead file (the agent has attached its copy of libssl), then makes token
+/// lookups with each token given, over one keep-alive connection; prints the OpenSSL version,
+/// then one code per lookup.
+const PY_LOOKUPS: &str = r#"
+import http.client, os, ssl, sys, time
+base, ca, go, tokens = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+print(ssl.OPENSSL_VERSION, flush=True)
+while not os.path.exists(go):
+    time.sleep(0.05)
+conn = http.client.HTTPSConnection(base, context=ssl.create_default_context(cafile=ca))
+for token in tokens:
+    conn.request("GET", "/v1/auth/token/lookup-self", headers={"X-Vault-Token": token})
+    r = conn.getresponse()
+    r.read()
+    print(r.status, flush=True)
+"#;
+
+/// The libssl and libcrypto 3.5 that `cargo xtask setup` installs (inside PyPI's psycopg-binary
+/// wheel, under names of its own), set up as a directory a client's loader takes `libssl.so.3` and
+/// `libcrypto.so.3` from.
+fn openssl_35(dir: &std::path::Path) -> std::path::PathBuf {
+    let lib_root = credwatch_e2e::project_root().join("target/tools/python/lib");
+    let libs = std::fs::read_dir(&lib_root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("site-packages/psycopg_binary.libs"))
+        .find(|p| p.is_dir())
+        .unwrap_or_else(|| {
+            panic!(
+                "no psycopg_binary.libs under {} (cargo xtask setup)",
+                lib_root.display()
+            )
+        });
+    let out = dir.join("openssl35");
+    std::fs::create_dir_all(&out).unwrap();
+    for entry in std::fs::read_dir(&libs).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libssl-") {
+            std::fs::copy(entry.path(), out.join("libssl.so.3")).unwrap();
+        } else if name.starts_with("libcrypto-") {
+            // Under its own name (libssl's NEEDED) and as libcrypto.so.3 (Python's), one file.
+            std::fs::copy(entry.path(), out.join(&name)).unwrap();
+            std::os::unix::fs::symlink(&name, out.join("libcrypto.so.3")).unwrap();
+        }
+    }
+    out
+}
+
+/// OpenSSL 3.3 and later give the internal write function a `flags` argument before `written`
+/// (with `SSL_write_ex2`): a client on OpenSSL 3.5 is attached at its internal functions too, and
+/// each of its requests is counted once with the right code.
+#[test]
+fn a_client_on_openssl_3_5_is_counted_through_its_internal_functions() {
+    require_e2e!();
+    let bao = OpenBao::start();
+    let dir = TempDir::new("openssl35");
+    let libs = openssl_35(dir.path());
+    let cfg = config(&dir, &[("openbao", "127.0.0.1", bao.port, true, "vault")]);
+    let agent = Agent::start(&[], &["--config", &cfg]);
+    let (rel, uid, _) = pod_container_cgroup();
+    let cg = Cgroup::new(&rel);
+    let go = dir.join("go");
+    let mut client = cg
+        .command("python3")
+        .env("LD_LIBRARY_PATH", &libs)
+        .args(["-c", PY_LOOKUPS, &format!("127.0.0.1:{}", bao.port)])
+        .arg(&bao.ca)
+        .arg(&go)
+        .args(["root", "nope", "root"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut version = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(client.stdout.as_mut().unwrap()),
+        &mut version,
+    )
+    .unwrap();
+    assert!(version.starts_with("OpenSSL 3.5"), "{version:?}");
+    let copy = format!("{}/libssl.so.3", libs.display());
+    let attached = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("TLS library attached")
+                && l.contains(&copy)
+                && l.contains(r#"probes="internal""#)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !attached(&agent.log_text()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the OpenSSL 3.5 copy was never attached at its internal functions:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["200", "403", "200"],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |m: &str, code: &str| {
+        sample(
+            m,
+            "credwatch_auth_requests_total",
+            &[("pod", &uid), ("operation", "lookup"), ("code", code)],
+        )
+    };
+    let m = agent.wait_metrics("the 3.5 client's lookups", |m| count(m, "200") == Some(2.0));
+    assert_eq!(count(&m, "403"), Some(1.0), "{m}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(count(&agent.metrics(), "200"), Some(2.0), "counted once");
+    drop(cg);
+}
+
 /// Starts a Python server script that prints its port first; returns it and the port.
 fn python_server(script: &str) -> (std::process::Child, u16) {
     let mut server = std::process::Command::new("python3")

@@ -159,9 +159,33 @@ fn venv() -> Result<std::path::PathBuf> {
 /// auth-call tests call.
 pub const OPENBAO_VERSION: &str = "2.7.2";
 
-/// What the end-to-end tier runs besides the agent: OpenBao.
+/// A newer OpenSSL than the system's, for the TLS probes' OpenSSL 3.3+ layout (`SSL_write_ex2`):
+/// the 3.5 libssl and libcrypto that PyPI's `psycopg-binary` wheel bundles
+/// (`site-packages/psycopg_binary.libs/`); the test points a client at them.
+pub const PSYCOPG_BINARY_VERSION: &str = "3.3.9";
+
+/// What the end-to-end tier runs besides the agent: OpenBao, and the OpenSSL 3.5 libraries.
 pub fn test_tools() -> Result<()> {
     let py = venv()?;
+    let have_psycopg = output(Command::new(&py).args([
+        "-c",
+        "import importlib.metadata as m; print(m.version('psycopg-binary'))",
+    ]))
+    .is_some_and(|v| v.trim() == PSYCOPG_BINARY_VERSION);
+    if !have_psycopg {
+        eprintln!("setup: pip install psycopg-binary=={PSYCOPG_BINARY_VERSION} (its OpenSSL 3.5)");
+        sh(Command::new(&py).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            &format!("psycopg-binary=={PSYCOPG_BINARY_VERSION}"),
+        ]))
+        .context("installing psycopg-binary")?;
+    }
     let bao = crate::project_root().join("target/tools/python/bin/bao");
     let ok = output(Command::new(&bao).arg("version")).is_some_and(|v| v.contains(OPENBAO_VERSION));
     if !ok {

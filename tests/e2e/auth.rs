@@ -6,7 +6,8 @@ use credwatch_e2e::{
     bench_loop_bin, netns::NetNs, pod_container_cgroup, sample, Agent, Cgroup, TempDir,
 };
 
-/// Tests that put a server on the metadata address (one per host) take turns.
+/// Tests that put a server on the metadata address (one per host) take turns, and with the
+/// Prometheus test, whose agent must lose nothing (see there).
 pub static METADATA_ADDRESS: Mutex<()> = Mutex::new(());
 
 /// A Python client that connects to each `host:port` given and prints one outcome per line.

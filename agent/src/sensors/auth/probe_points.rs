@@ -13,8 +13,9 @@
 //! call of either form once, with no single-step. The internal functions are not exported: they
 //! are found as the target of the first call in `SSL_write_ex` (`SSL_write_ex2` where it exists:
 //! OpenSSL 3.3 added it, and the `flags` argument with it) and `SSL_read_ex`, and taken only if
-//! the plain form calls the same function (or the `_ex` form). Anything else (another compiler's
-//! code, an OpenSSL 1.1) keeps the probes on the exported functions.
+//! that wrapper calls nothing else and the plain form calls the same function (or the `_ex`
+//! form). Anything else (another compiler's code, Node's static OpenSSL, whose exported functions
+//! start with an emulated `push %rbp` anyway) keeps the probes on the exported functions.
 use std::path::Path;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
@@ -96,7 +97,9 @@ const CALL_REL32: u8 = 0xe8;
 const JMP_REL32: u8 = 0xe9;
 
 impl Code {
-    /// The target of the call a wrapper starts with: `[endbr64] [sub $n,%rsp] call rel32`.
+    /// The function a wrapper calls: it starts with `[endbr64] [sub $n,%rsp] call rel32` and
+    /// calls or jumps nowhere else (a function that first calls a helper of its own, say a check,
+    /// is no wrapper: its first call is not where the work is).
     fn first_call(&self) -> Option<u64> {
         let b = &self.bytes;
         let mut at = 0;
@@ -107,6 +110,13 @@ impl Code {
             at += SUB_RSP_IMM8.len() + 1;
         }
         if *b.get(at)? != CALL_REL32 {
+            return None;
+        }
+        let rest = at + 5..self.bytes.len();
+        let more = rest
+            .into_iter()
+            .any(|i| matches!(self.bytes[i], CALL_REL32 | JMP_REL32) && self.target(i).is_some());
+        if more {
             return None;
         }
         self.target(at)
@@ -180,6 +190,13 @@ mod tests {
         plt.extend(rel(0x2005, 0x500));
         assert_eq!(code(0x2000, &plt).first_call(), None);
         assert_eq!(code(0x2000, &[0x48, 0x83]).first_call(), None);
+        // call check; ...; call work: the first call is not the one that does the work.
+        let mut two = vec![0x48, 0x83, 0xec, 0x08, 0xe8];
+        two.extend(rel(0x2009, 0x1800));
+        two.extend([0x85, 0xc0, 0xe8]);
+        two.extend(rel(0x2010, 0x1900));
+        two.push(0xc3);
+        assert_eq!(code(0x2000, &two).first_call(), None);
     }
 
     #[test]

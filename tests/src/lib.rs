@@ -348,6 +348,23 @@ impl Agent {
         }
     }
 
+    /// The agent's log once it holds `needle` (60 s at most): lines written from the event
+    /// rings trail the kernel's counters, which /metrics reads at once.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?} in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Polls /metrics until `pred` holds for it (the inventory follows files asynchronously; on
     /// a loaded 2-CPU machine running every test at once, that can take a while).
     pub fn wait_metrics(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {

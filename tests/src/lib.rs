@@ -351,15 +351,21 @@ impl Agent {
     /// The agent's log once it holds `needle` (60 s at most): lines written from the event
     /// rings trail the kernel's counters, which /metrics reads at once.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.wait_log_line(needle, |l| l.contains(needle))
+    }
+
+    /// The agent's log once one of its lines satisfies `pred` (60 s at most); `what` names it
+    /// in the failure.
+    pub fn wait_log_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let log = self.log_text();
-            if log.contains(needle) {
+            if log.lines().any(&pred) {
                 return log;
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {needle:?} in the log:\n{log}"
+                "timed out waiting for {what} in the log:\n{log}"
             );
             std::thread::sleep(Duration::from_millis(50));
         }

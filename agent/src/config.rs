@@ -91,7 +91,8 @@ pub struct Flags {
 pub struct KernelFlags {
     /// How the file sensor sees opens: `auto` takes the return of security_file_open (fexit:
     /// every open, io_uring's included, no descriptor walk) where the kernel runs BPF trampolines,
-    /// else the open syscalls' tracepoints; `tracepoints` skips the first [default: auto]
+    /// else the open syscalls' tracepoints and io_uring's completions (opens into fixed-file
+    /// slots unseen); `tracepoints` skips the first [default: auto]
     #[arg(long, env = "CREDWATCH_FILE_HOOK", value_name = "HOOK")]
     pub file_hook: Option<FileHook>,
 

@@ -17,9 +17,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{fexit, map, tracepoint},
+    macros::{btf_tracepoint, fexit, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap},
-    programs::{FExitContext, TracePointContext},
+    programs::{BtfTracePointContext, FExitContext, TracePointContext},
     EbpfContext as _,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
@@ -27,9 +27,9 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use credwatch_common::{
     file::{
         CredentialGeneration, FirstReadEvent, InodeKey, KeptKey, KeptReads, KernelOffsets, ReadKey,
-        ReadStats, UnseenKey, UnseenRead, FMODE_READ, KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT,
-        RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES,
-        VOLUME_DEV_WORDS, WATCHED_FILTER_WORDS, WATCHED_MAX_ENTRIES,
+        ReadStats, UnseenKey, UnseenRead, FMODE_READ, IORING_OP_OPENAT, IORING_OP_OPENAT2,
+        KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES, S_IFMT,
+        S_IFREG, UNSEEN_MAX_ENTRIES, VOLUME_DEV_WORDS, WATCHED_FILTER_WORDS, WATCHED_MAX_ENTRIES,
     },
     EventKind, LostStage,
 };
@@ -55,6 +55,10 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     sock_protocol: 0,
     sock_v6_daddr: 0,
     file_slot_btf_id: 0,
+    uring_req_opcode: 0,
+    uring_req_res: 0,
+    uring_open_file_slot: 0,
+    _pad: 0,
 };
 
 /// `credwatch_common::file::maps::WATCHED`.
@@ -124,6 +128,42 @@ pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
     on_open_exit(&ctx)
+}
+
+/// io_uring's opens on the tracepoint path: no open syscall carries them, so they are taken as
+/// they complete. An `IORING_OP_OPENAT`/`OPENAT2` that installed a descriptor (a result of 0 or
+/// more, no fixed-file slot asked for) has put it in the table of the process that submitted it
+/// (its io workers share that table), where the same walk as the syscall exits finds the file.
+/// Every other completion costs one helper read of the opcode. Not seen here: opens that post no
+/// completion (`IOSQE_CQE_SKIP_SUCCESS`) and opens into fixed-file slots (no descriptor); the
+/// fast hook sees both. Not attached beside the fast hook, which sees every io_uring open itself.
+#[btf_tracepoint(function = "io_uring_complete")]
+pub fn io_uring_complete(ctx: BtfTracePointContext) -> u32 {
+    let off = offsets();
+    if off.uring_req_opcode == 0 {
+        return 0;
+    }
+    // `req` is a `void *` in the tracepoint's prototype: helper reads.
+    let req: *const u8 = ctx.arg(1);
+    let Ok(opcode) = (unsafe { read::<u8>(req, off.uring_req_opcode) }) else {
+        return 0;
+    };
+    if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
+        return 0;
+    }
+    let Ok(fd) = (unsafe { read::<i32>(req, off.uring_req_res) }) else {
+        return 0;
+    };
+    let Ok(slot) = (unsafe { read::<u32>(req, off.uring_open_file_slot) }) else {
+        return 0;
+    };
+    if fd < 0 || slot != 0 || fd as u64 >= MAX_FD {
+        return 0;
+    }
+    if let Some(opened) = unsafe { watched_open(off, fd as u64) } {
+        count_open(opened);
+    }
+    0
 }
 
 /// The fast hook, where the kernel allows BPF trampolines: the return of `security_file_open`,

@@ -1,8 +1,8 @@
 #!/bin/bash
 # The kernel-compatibility tier: boots Debian's current 6.1 and 6.12 cloud kernels under QEMU (TCG)
 # and checks, inside each, that credwatch's file probes load and attach: the fast hook
-# (fexit/security_file_open) by default, counting io_uring opens too; and, forced, the syscall
-# tracepoints with the expected walk from descriptor to inode (6.1 has no bpf_rdonly_cast: the
+# (fexit/security_file_open) by default; and, forced, the syscall tracepoints (with io_uring's
+# opens taken as they complete) with the expected walk from descriptor to inode (6.1 has no bpf_rdonly_cast: the
 # helper walk; 6.12: the kfunc walk, and the helper walk again when forced); each counts reads
 # exactly through every descriptor-table shape.
 # Run by `cargo xtask test` (as root); idempotent, kernels and the initramfs are cached.
@@ -204,7 +204,7 @@ fi
 
 # Per kernel: the fast hook (chosen by default: both kernels allow BPF trampolines), then the
 # tracepoint path forced, with the walk the kernel allows and (6.2+) the helper walk too. The
-# same reads are expected from both paths, plus the io_uring opens from the fast hook only.
+# same reads, io_uring's included, are expected from both paths.
 status=0
 for pkg in "${KERNELS[@]}"; do
     want=$(want_walk "$pkg")

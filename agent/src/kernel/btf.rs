@@ -181,19 +181,36 @@ fn rdonly_cast(types: &TypeInformation) -> Option<RdonlyCast> {
         })
 }
 
+/// The byte offset of `ty.field`.
+fn field(types: &TypeInformation, ty: &'static str, field: &'static str) -> Result<u32, Error> {
+    let id = types.id_of(ty).ok_or(Error::NoType(ty))?;
+    match types.offset_of(id, field) {
+        Ok((_, Offset::ByteOffset(off))) => Ok(off),
+        Ok((_, Offset::BitOffsetAndSize(..))) => Err(Error::BitField { ty, field }),
+        Err(e) => Err(Error::NoField {
+            ty,
+            field,
+            reason: format!("{e:?}"),
+        }),
+    }
+}
+
+/// Where a completing io_uring request keeps its opcode, its result and, for an open, the
+/// fixed-file slot it asked for: `(opcode, res, file_slot)` offsets in `struct io_kiocb`. The
+/// open's command (`struct io_open`) overlays the request's first bytes (`io_kiocb_to_cmd`);
+/// None when the kernel has no io_uring or the layout is not that one.
+fn uring_offsets(types: &TypeInformation) -> Option<(u32, u32, u32)> {
+    let opcode = field(types, "io_kiocb", "opcode").ok()?;
+    let res = field(types, "io_kiocb", "cqe").ok()? + field(types, "io_cqe", "res").ok()?;
+    let cmd = field(types, "io_kiocb", "cmd").ok()?;
+    let slot = field(types, "io_open", "file_slot").ok()?;
+    (cmd == 0 && opcode > 0 && res > 0).then_some((opcode, res, slot))
+}
+
 fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
-    let field = |ty: &'static str, field: &'static str| -> Result<u32, Error> {
-        let id = types.id_of(ty).ok_or(Error::NoType(ty))?;
-        match types.offset_of(id, field) {
-            Ok((_, Offset::ByteOffset(off))) => Ok(off),
-            Ok((_, Offset::BitOffsetAndSize(..))) => Err(Error::BitField { ty, field }),
-            Err(e) => Err(Error::NoField {
-                ty,
-                field,
-                reason: format!("{e:?}"),
-            }),
-        }
-    };
+    let field = |ty, f| field(types, ty, f);
+    let (uring_req_opcode, uring_req_res, uring_open_file_slot) =
+        uring_offsets(types).unwrap_or_default();
     Ok(KernelOffsets {
         task_files: field("task_struct", "files")?,
         files_fdt: field("files_struct", "fdt")?,
@@ -213,6 +230,10 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         // and the file sensor, which shares these offsets, loads all the same.
         sock_v6_daddr: field("sock_common", "skc_v6_daddr").unwrap_or(0),
         file_slot_btf_id: 0,
+        uring_req_opcode,
+        uring_req_res,
+        uring_open_file_slot,
+        _pad: 0,
     })
 }
 
@@ -234,6 +255,15 @@ mod tests {
         assert!(off.file_f_inode > 0 && off.inode_i_ino > 0, "{off:?}");
         assert_ne!(off.inode_i_ino, off.inode_i_sb);
         assert_eq!(off.file_slot_btf_id, 0, "set only by globals(): {btf:?}");
+        // io_uring: where the kernel has it, the three offsets are all there (a request starts
+        // with its file/command union, so none is 0 but the slot's own small offset).
+        if std::path::Path::new("/proc/sys/kernel/io_uring_disabled").exists() {
+            assert!(off.uring_req_opcode > 0 && off.uring_req_res > 0, "{off:?}");
+            assert!(
+                off.uring_open_file_slot > 0 && off.uring_open_file_slot < 64,
+                "{off:?}"
+            );
+        }
         if let Some(cast) = btf.rdonly_cast {
             assert_ne!(cast.func, cast.slot_type);
             assert_eq!(btf.globals().file_slot_btf_id, cast.slot_type);

@@ -95,8 +95,19 @@ pub struct KernelOffsets {
     /// which `bpf_rdonly_cast` turns a descriptor-table slot into. 0 when the kernel has no
     /// `bpf_rdonly_cast` (before Linux 6.2): the probe then falls back to helper reads.
     pub file_slot_btf_id: u32,
+    /// `io_kiocb.opcode`, `io_kiocb.cqe.res` and `io_open.file_slot` (an open request's
+    /// command, which overlays the start of its `io_kiocb`): the tracepoint path's view of an
+    /// io_uring open as it completes. All three 0 on a kernel without io_uring.
+    pub uring_req_opcode: u32,
+    pub uring_req_res: u32,
+    pub uring_open_file_slot: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 64);
+const _: () = assert!(size_of::<KernelOffsets>() == 80);
+
+/// `IORING_OP_OPENAT` and `IORING_OP_OPENAT2` from `include/uapi/linux/io_uring.h`.
+pub const IORING_OP_OPENAT: u8 = 18;
+pub const IORING_OP_OPENAT2: u8 = 28;
 
 /// The helper number the file probe calls in place of the `bpf_rdonly_cast` kfunc, which aya cannot
 /// emit. The loader rewrites every such call into the kfunc call (or, on kernels without it, into

@@ -2,7 +2,7 @@
 //! controlled ways.
 //!
 //! usage: credwatch-probe-reader [--chdir DIR] [--tmpfs DIR] [--mkdir DIR] [--bind SRC:DST]...
-//!                                open PATH N [r|w|rw] | open-uring PATH N
+//!                                open PATH N [r|w|rw] | open-uring PATH N [fd|fixed]
 //!        credwatch-probe-reader bpf-cost PATH N BATCHES PROGRAM...
 //!
 //! `--tmpfs` and `--bind` first move the process into a private mount namespace, so what they
@@ -12,7 +12,10 @@
 //! `--fdtable expanded` first dups a descriptor to 100 and closes it (an expanded table, low
 //! descriptors); `--fdtable high` fills descriptors 3..200 (opens return 200 and up).
 //! `open-uring` opens read-only through io_uring (`IORING_OP_OPENAT`), which no open syscall
-//! carries. Prints the number of successful opens.
+//! carries; `fixed` opens into a fixed-file slot (a direct descriptor, the completion's result
+//! 0), after putting PATH on descriptor 0 with one plain open (counted): a probe that took that
+//! result for a descriptor would find the credential there and count every fixed open. Prints
+//! the number of successful opens (through io_uring).
 //!
 //! `bpf-cost` measures what the loaded programs whose names start with a PROGRAM prefix cost per
 //! open of PATH (a file no one watches), from the kernel's BPF accounting (`BPF_ENABLE_STATS`):
@@ -114,18 +117,29 @@ fn open_n(path: &str, n: u64, mode: &str) -> u64 {
     ok
 }
 
-/// Opens `path` read-only `n` times through io_uring, closing each; returns the count.
-fn open_uring(path: &str, n: u64) -> u64 {
-    use io_uring::{opcode, types, IoUring};
+/// Opens `path` read-only `n` times through io_uring, closing each; returns the count. `fixed`:
+/// into fixed-file slot 0 (see the module's doc), closed through the ring.
+fn open_uring(path: &str, n: u64, fixed: bool) -> u64 {
+    use io_uring::{opcode, squeue, types, IoUring};
     let p = cstr(path);
     let mut ring = IoUring::new(8).unwrap_or_else(|e| die(format!("io_uring_setup: {e}")));
-    let mut ok = 0u64;
-    for _ in 0..n {
-        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), p.as_ptr())
-            .flags(libc::O_RDONLY | libc::O_CLOEXEC)
-            .build();
-        // SAFETY: `p` outlives the submission, which completes before the next loop.
-        unsafe { ring.submission().push(&open) }.unwrap_or_else(|_| die("ring full".into()));
+    if fixed {
+        // SAFETY: plain descriptor calls on a path we own.
+        let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+        if fd < 0 || unsafe { libc::dup2(fd, 0) } != 0 {
+            die(format!(
+                "open {path} onto descriptor 0: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        ring.submitter()
+            .register_files_sparse(1)
+            .unwrap_or_else(|e| die(format!("register a fixed-file table: {e}")));
+    }
+    // Submits one entry, waits for it and returns its result.
+    let mut run = |entry: squeue::Entry| -> i32 {
+        // SAFETY: what the entry points at (`p`) outlives it: it completes before this returns.
+        unsafe { ring.submission().push(&entry) }.unwrap_or_else(|_| die("ring full".into()));
         ring.submit_and_wait(1)
             .unwrap_or_else(|e| die(format!("io_uring_enter: {e}")));
         let cqe = ring
@@ -134,12 +148,27 @@ fn open_uring(path: &str, n: u64) -> u64 {
             .unwrap_or_else(|| die("no completion".into()));
         if cqe.result() < 0 {
             die(format!(
-                "io_uring open {path}: {}",
+                "io_uring on {path}: {}",
                 std::io::Error::from_raw_os_error(-cqe.result())
             ));
         }
-        // SAFETY: the descriptor the open returned, closed once.
-        unsafe { libc::close(cqe.result()) };
+        cqe.result()
+    };
+    let mut ok = 0u64;
+    for _ in 0..n {
+        // A direct descriptor cannot be close-on-exec (the kernel refuses the flag).
+        let cloexec = if fixed { 0 } else { libc::O_CLOEXEC };
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), p.as_ptr())
+            .flags(libc::O_RDONLY | cloexec);
+        if fixed {
+            let slot = types::DestinationSlot::try_from_slot_target(0).expect("slot 0");
+            run(open.file_index(Some(slot)).build());
+            run(opcode::Close::new(types::Fixed(0)).build());
+        } else {
+            let fd = run(open.build());
+            // SAFETY: the descriptor the open returned, closed once.
+            unsafe { libc::close(fd) };
+        }
         ok += 1;
     }
     ok
@@ -194,6 +223,19 @@ fn bpf_cost(path: &str, n: u64, batches: usize, prefixes: &[String]) {
     );
 }
 
+/// `COMMAND PATH N ...`: the path and the count.
+fn path_and_count(args: &[String]) -> (&str, u64) {
+    let command = &args[0];
+    let path = args
+        .get(1)
+        .unwrap_or_else(|| die(format!("{command} needs PATH")));
+    let n = args
+        .get(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| die(format!("{command} needs a count")));
+    (path, n)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -235,26 +277,19 @@ fn main() {
                 i += 2;
             }
             "open" => {
-                let path = args
-                    .get(i + 1)
-                    .unwrap_or_else(|| die("open needs PATH".into()));
-                let n: u64 = args
-                    .get(i + 2)
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| die("open needs a count".into()));
+                let (path, n) = path_and_count(&args[i..]);
                 let mode = args.get(i + 3).map(String::as_str).unwrap_or("r");
                 println!("{}", open_n(path, n, mode));
                 return;
             }
             "open-uring" => {
-                let path = args
-                    .get(i + 1)
-                    .unwrap_or_else(|| die("open-uring needs PATH".into()));
-                let n: u64 = args
-                    .get(i + 2)
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| die("open-uring needs a count".into()));
-                println!("{}", open_uring(path, n));
+                let (path, n) = path_and_count(&args[i..]);
+                let fixed = match args.get(i + 3).map(String::as_str) {
+                    None | Some("fd") => false,
+                    Some("fixed") => true,
+                    Some(other) => die(format!("open-uring: fd or fixed, not {other:?}")),
+                };
+                println!("{}", open_uring(path, n, fixed));
                 return;
             }
             "bpf-cost" => {

@@ -17,14 +17,19 @@ use crate::{
     kernel::{btf::ProbeBtf, compat, pin::Pins, Hook, Result},
 };
 
-/// The exits of every syscall that returns a new descriptor for a path. (`creat` is left out:
-/// it always opens write-only, so it can never be a read.)
-pub const HOOKS: [Hook; 4] = [
+/// The exits of every syscall that returns a new descriptor for a path (`creat` is left out:
+/// it always opens write-only, so it can never be a read), and io_uring's opens as they
+/// complete (attached where the kernel has io_uring).
+pub const HOOKS: [Hook; 5] = [
     Hook::syscall_exit("sys_exit_openat", "sys_exit_openat"),
     Hook::syscall_exit("sys_exit_openat2", "sys_exit_openat2"),
     Hook::syscall_exit("sys_exit_open", "sys_exit_open"),
     Hook::syscall_exit("sys_exit_open_by_handle_at", "sys_exit_open_by_handle_at"),
+    URING_HOOK,
 ];
+
+/// io_uring's opens on the tracepoint path (the fast hook sees them itself).
+pub const URING_HOOK: Hook = Hook::btf_tracepoint("io_uring_complete", "io_uring_complete");
 
 /// The fast hook: the return of `security_file_open`, which every open of a file passes with
 /// the `struct file` in hand (io_uring's, compat syscalls' and kernel helpers' too). It needs
@@ -47,5 +52,10 @@ pub fn attach(
     pins: Option<&Pins>,
 ) -> Result<compat::Loaded> {
     let fast = (choice == FileHook::Auto).then_some(&FAST_HOOKS[..]);
-    compat::load_and_attach(btf, agent_tgid, fast, &HOOKS, pins)
+    // Without io_uring (or its BTF) the program has nothing to read: not attached at all.
+    let hooks: Vec<Hook> = HOOKS
+        .into_iter()
+        .filter(|h| *h != URING_HOOK || btf.offsets.uring_req_opcode != 0)
+        .collect();
+    compat::load_and_attach(btf, agent_tgid, fast, &hooks, pins)
 }

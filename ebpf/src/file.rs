@@ -58,7 +58,7 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     uring_req_opcode: 0,
     uring_req_res: 0,
     uring_open_file_slot: 0,
-    _pad: 0,
+    uring_req_btf_id: 0,
 };
 
 /// `credwatch_common::file::maps::WATCHED`.
@@ -143,18 +143,19 @@ pub fn io_uring_complete(ctx: BtfTracePointContext) -> u32 {
     if off.uring_req_opcode == 0 {
         return 0;
     }
-    // `req` is a `void *` in the tracepoint's prototype: helper reads.
     let req: *const u8 = ctx.arg(1);
-    let Ok(opcode) = (unsafe { read::<u8>(req, off.uring_req_opcode) }) else {
+    let Some(opcode) = (unsafe { request_field::<u8>(off, req, off.uring_req_opcode) }) else {
         return 0;
     };
     if opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2 {
         return 0;
     }
-    let Ok(fd) = (unsafe { read::<i32>(req, off.uring_req_res) }) else {
-        return 0;
-    };
-    let Ok(slot) = (unsafe { read::<u32>(req, off.uring_open_file_slot) }) else {
+    let (Some(fd), Some(slot)) = (unsafe {
+        (
+            request_field::<i32>(off, req, off.uring_req_res),
+            request_field::<u32>(off, req, off.uring_open_file_slot),
+        )
+    }) else {
         return 0;
     };
     if fd < 0 || slot != 0 || fd as u64 >= MAX_FD {
@@ -164,6 +165,20 @@ pub fn io_uring_complete(ctx: BtfTracePointContext) -> u32 {
         count_open(opened);
     }
     0
+}
+
+/// A field of an io_uring request. `req` is a `void *` in the tracepoint's prototype: with
+/// `bpf_rdonly_cast` it becomes a typed pointer (a direct load), else a helper reads.
+#[inline(always)]
+unsafe fn request_field<T: Copy>(off: &KernelOffsets, req: *const u8, at: u32) -> Option<T> {
+    unsafe {
+        if off.uring_req_btf_id != 0 {
+            let req = rdonly_cast(req as u64, off.uring_req_btf_id);
+            Some(*(req.add(at as usize) as *const T))
+        } else {
+            read::<T>(req, at).ok()
+        }
+    }
 }
 
 /// The fast hook, where the kernel allows BPF trampolines: the return of `security_file_open`,

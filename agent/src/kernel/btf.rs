@@ -60,7 +60,8 @@ impl Readable for Bytes {
 /// What the file probe needs from the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeBtf {
-    /// Field offsets (`file_slot_btf_id` is left 0 here: see `globals`).
+    /// Field offsets (`file_slot_btf_id` is left 0 here, and `uring_req_btf_id` is kept for the
+    /// kfunc walk only: see `globals`).
     pub offsets: KernelOffsets,
     /// Set when the probe casts descriptor-table slots with `bpf_rdonly_cast`.
     pub rdonly_cast: Option<RdonlyCast>,
@@ -80,6 +81,9 @@ impl ProbeBtf {
     pub fn globals(&self) -> KernelOffsets {
         KernelOffsets {
             file_slot_btf_id: self.rdonly_cast.map_or(0, |c| c.slot_type),
+            uring_req_btf_id: self
+                .rdonly_cast
+                .map_or(0, |_| self.offsets.uring_req_btf_id),
             ..self.offsets
         }
     }
@@ -207,10 +211,23 @@ fn uring_offsets(types: &TypeInformation) -> Option<(u32, u32, u32)> {
     (cmd == 0 && opcode > 0 && res > 0).then_some((opcode, res, slot))
 }
 
+/// `struct io_kiocb`'s BTF id, for `bpf_rdonly_cast`.
+fn kiocb_id(types: &TypeInformation) -> u32 {
+    types
+        .id_of("io_kiocb")
+        .filter(|&id| matches!(types.from_id(id), Some(TypeVariant::Struct(_))))
+        .unwrap_or(0)
+}
+
 fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
     let field = |ty, f| field(types, ty, f);
     let (uring_req_opcode, uring_req_res, uring_open_file_slot) =
         uring_offsets(types).unwrap_or_default();
+    let uring_req_btf_id = if uring_req_opcode == 0 {
+        0
+    } else {
+        kiocb_id(types)
+    };
     Ok(KernelOffsets {
         task_files: field("task_struct", "files")?,
         files_fdt: field("files_struct", "fdt")?,
@@ -233,7 +250,7 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         uring_req_opcode,
         uring_req_res,
         uring_open_file_slot,
-        _pad: 0,
+        uring_req_btf_id,
     })
 }
 
@@ -255,6 +272,11 @@ mod tests {
         assert!(off.file_f_inode > 0 && off.inode_i_ino > 0, "{off:?}");
         assert_ne!(off.inode_i_ino, off.inode_i_sb);
         assert_eq!(off.file_slot_btf_id, 0, "set only by globals(): {btf:?}");
+        assert_eq!(
+            btf.without_kfuncs().globals().uring_req_btf_id,
+            0,
+            "helper reads without the kfunc"
+        );
         // io_uring: where the kernel has it, the three offsets are all there (a request starts
         // with its file/command union, so none is 0 but the slot's own small offset).
         if std::path::Path::new("/proc/sys/kernel/io_uring_disabled").exists() {
@@ -267,6 +289,7 @@ mod tests {
         if let Some(cast) = btf.rdonly_cast {
             assert_ne!(cast.func, cast.slot_type);
             assert_eq!(btf.globals().file_slot_btf_id, cast.slot_type);
+            assert_eq!(btf.globals().uring_req_btf_id, off.uring_req_btf_id);
         }
     }
 

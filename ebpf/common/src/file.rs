@@ -101,7 +101,9 @@ pub struct KernelOffsets {
     pub uring_req_opcode: u32,
     pub uring_req_res: u32,
     pub uring_open_file_slot: u32,
-    pub _pad: u32,
+    /// Not an offset: the BTF id of `struct io_kiocb`, for `bpf_rdonly_cast` (the three fields
+    /// by direct loads); 0 without the kfunc (helper reads).
+    pub uring_req_btf_id: u32,
 }
 const _: () = assert!(size_of::<KernelOffsets>() == 80);
 

@@ -221,19 +221,24 @@ fn socket_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
         "\nPer 64-byte send + recv on a loopback TCP pair that is no auth endpoint, before the agent \
          started and with the whole agent (file and auth-call sensors, settled 5 s after start), \
          same guests; and per `getppid`, a syscall no program sees (what every syscall pays: the \
-         slow path on the tracepoint kernels, the agent's own timers everywhere):\n\n\
-         | kernel | file hook | without | with | with / without | getppid without / with |\n\
-         |---|---|---|---|---|---|\n",
+         slow path on the tracepoint kernels, the agent's own timers everywhere); and per io_uring \
+         NOP submitted and reaped (what every io_uring completion pays: the io_uring hook of the \
+         tracepoint path):\n\n\
+         | kernel | file hook | without | with | with / without | getppid without / with | io_uring NOP without / with |\n\
+         |---|---|---|---|---|---|---|\n",
     );
     for (kernel, hooks) in rows {
         for (hook, cost) in hooks {
             if let Some((with, without)) = cost.sock {
-                let syscall = cost.syscall.map_or("-".to_owned(), |(with, without)| {
-                    format!("{without:.0} / {with:.0} ({:.3})", with / without)
-                });
+                let pair = |p: Option<(f64, f64)>| {
+                    p.map_or("-".to_owned(), |(with, without)| {
+                        format!("{without:.0} / {with:.0} ({:.3})", with / without)
+                    })
+                };
+                let (syscall, uring) = (pair(cost.syscall), pair(cost.uring));
                 let _ = writeln!(
                     table,
-                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {syscall} |",
+                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {syscall} | {uring} |",
                     with / without
                 );
             }
@@ -289,6 +294,8 @@ struct HookCost {
     sock: Option<(f64, f64)>,
     /// `getppid` with the whole agent, and before it started.
     syscall: Option<(f64, f64)>,
+    /// An io_uring NOP submitted and reaped with the whole agent, and before it started.
+    uring: Option<(f64, f64)>,
     /// A token lookup over TLS to a catalogued endpoint with the whole agent, and before it
     /// started; and the requests credwatch counted against those made.
     tls: Option<(f64, f64)>,
@@ -328,6 +335,7 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
         // The socket loop: absent where the guest had no loop binary (or it failed).
         let sock = num(line, "sock_ns_per_op=").zip(num(line, "base_sock_ns_per_op="));
         let syscall = num(line, "ppid_ns_per_op=").zip(num(line, "base_ppid_ns_per_op="));
+        let uring = num(line, "uring_ns_per_op=").zip(num(line, "base_uring_ns_per_op="));
         let tls = num(line, "tls_ns_per_op=").zip(num(line, "base_tls_ns_per_op="));
         let tls_counted = num(line, "tls_counted=").zip(num(line, "tls_made="));
         let floor = num(line, "floor_ns_per_open=").zip(num(line, "floor_wall_ns_per_open="));
@@ -339,6 +347,7 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
             floor,
             sock,
             syscall,
+            uring,
             tls,
             tls_counted,
             tls_probes: field(line, "tls_probes="),

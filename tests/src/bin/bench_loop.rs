@@ -4,6 +4,8 @@
 //!   credwatch-bench-loop open-expanded PATH N  the same with an expanded descriptor table
 //!   credwatch-bench-loop getppid N             getppid, N times (a syscall no probe sees)
 //!   credwatch-bench-loop tcp N                 64-byte send + recv over a loopback TCP pair, N times
+//!   credwatch-bench-loop uring N               an io_uring NOP submitted and reaped, N times (what
+//!                                              every io_uring completion pays)
 //!   credwatch-bench-loop tls PORT CERT KEY N   N token lookups (HTTP/1.1 keep-alive) over one TLS
 //!                                              connection to a server on 127.0.0.1:PORT in this
 //!                                              process; both ends on the system's libssl.so.3
@@ -237,6 +239,17 @@ fn tls_lookups(ssl: &Ssl, client: *mut libc::c_void, n: u64) -> Result<(), Strin
     Ok(())
 }
 
+fn uring_nops(ring: &mut io_uring::IoUring, n: u64) -> Result<(), String> {
+    for _ in 0..n {
+        let nop = io_uring::opcode::Nop::new().build();
+        // SAFETY: a NOP points at no memory.
+        unsafe { ring.submission().push(&nop) }.map_err(|_| "ring full".to_owned())?;
+        ring.submit_and_wait(1).map_err(|e| e.to_string())?;
+        ring.completion().next().ok_or("no completion")?;
+    }
+    Ok(())
+}
+
 fn getppid(n: u64) {
     for _ in 0..n {
         // SAFETY: getppid has no preconditions.
@@ -289,6 +302,14 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
             tcp_ping(&mut a, &mut b, n)?;
             Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
         }
+        Some("uring") => {
+            let n = count(args.get(1))?;
+            let mut ring = io_uring::IoUring::new(8).map_err(|e| format!("io_uring_setup: {e}"))?;
+            uring_nops(&mut ring, warmup(n))?;
+            let t = Instant::now();
+            uring_nops(&mut ring, n)?;
+            Ok((t.elapsed().as_nanos() as f64 / n as f64, warmup(n)))
+        }
         Some("tls") => {
             let port = args.get(1).and_then(|p| p.parse().ok()).ok_or("bad PORT")?;
             let (cert, key) = (
@@ -305,7 +326,7 @@ fn run(args: &[String]) -> Result<(f64, u64), String> {
         }
         _ => Err(
             "usage: credwatch-bench-loop open PATH N | open-expanded PATH N | getppid N | \
-                  tcp N | tls PORT CERT KEY N"
+                  tcp N | uring N | tls PORT CERT KEY N"
                 .into(),
         ),
     }

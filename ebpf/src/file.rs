@@ -134,7 +134,7 @@ pub fn sys_exit_open_by_handle_at(ctx: TracePointContext) -> u32 {
 /// they complete. An `IORING_OP_OPENAT`/`OPENAT2` that installed a descriptor (a result of 0 or
 /// more, no fixed-file slot asked for) has put it in the table of the process that submitted it
 /// (its io workers share that table), where the same walk as the syscall exits finds the file.
-/// Every other completion costs one helper read of the opcode. Not seen here: opens that post no
+/// Every other completion costs one read of the opcode (see `request_field`). Not seen here: opens that post no
 /// completion (`IOSQE_CQE_SKIP_SUCCESS`) and opens into fixed-file slots (no descriptor); the
 /// fast hook sees both. Not attached beside the fast hook, which sees every io_uring open itself.
 #[btf_tracepoint(function = "io_uring_complete")]

@@ -60,8 +60,7 @@ impl Readable for Bytes {
 /// What the file probe needs from the kernel's BTF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeBtf {
-    /// Field offsets (`file_slot_btf_id` is left 0 here, and `uring_req_btf_id` is kept for the
-    /// kfunc walk only: see `globals`).
+    /// Field offsets (`file_slot_btf_id` and `uring_req_btf_id` are left 0 here: see `globals`).
     pub offsets: KernelOffsets,
     /// Set when the probe casts descriptor-table slots with `bpf_rdonly_cast`.
     pub rdonly_cast: Option<RdonlyCast>,
@@ -74,6 +73,8 @@ pub struct RdonlyCast {
     pub func: u32,
     /// `struct kiocb`, whose first member is the `struct file *` read out of a slot.
     pub slot_type: u32,
+    /// `struct io_kiocb`, an io_uring request (0 on a kernel without io_uring).
+    pub uring_req_type: u32,
 }
 
 impl ProbeBtf {
@@ -81,9 +82,7 @@ impl ProbeBtf {
     pub fn globals(&self) -> KernelOffsets {
         KernelOffsets {
             file_slot_btf_id: self.rdonly_cast.map_or(0, |c| c.slot_type),
-            uring_req_btf_id: self
-                .rdonly_cast
-                .map_or(0, |_| self.offsets.uring_req_btf_id),
+            uring_req_btf_id: self.rdonly_cast.map_or(0, |c| c.uring_req_type),
             ..self.offsets
         }
     }
@@ -154,6 +153,7 @@ fn refused_cast(types: &TypeInformation) -> Option<RdonlyCast> {
     Some(RdonlyCast {
         func,
         slot_type: types.id_of("kiocb")?,
+        uring_req_type: struct_id(types, "io_kiocb").unwrap_or(0),
     })
 }
 
@@ -172,17 +172,21 @@ fn rdonly_cast(types: &TypeInformation) -> Option<RdonlyCast> {
     if !matches!(types.from_id(func)?, TypeVariant::Func(_)) {
         return None;
     }
-    let kiocb = types.id_of("kiocb")?;
-    if !matches!(types.from_id(kiocb)?, TypeVariant::Struct(_)) {
-        return None;
-    }
+    let kiocb = struct_id(types, "kiocb")?;
     let (member, offset) = types.offset_of(kiocb, "ki_filp").ok()?;
     let pointee = types.pointee_tid(member).ok()?;
     (offset == Offset::ByteOffset(0) && types.name_of(pointee).as_deref() == Some("file"))
         .then_some(RdonlyCast {
             func,
             slot_type: kiocb,
+            uring_req_type: struct_id(types, "io_kiocb").unwrap_or(0),
         })
+}
+
+/// The BTF id of `struct <name>`.
+fn struct_id(types: &TypeInformation, name: &str) -> Option<u32> {
+    let id = types.id_of(name)?;
+    matches!(types.from_id(id)?, TypeVariant::Struct(_)).then_some(id)
 }
 
 /// The byte offset of `ty.field`.
@@ -211,23 +215,10 @@ fn uring_offsets(types: &TypeInformation) -> Option<(u32, u32, u32)> {
     (cmd == 0 && opcode > 0 && res > 0).then_some((opcode, res, slot))
 }
 
-/// `struct io_kiocb`'s BTF id, for `bpf_rdonly_cast`.
-fn kiocb_id(types: &TypeInformation) -> u32 {
-    types
-        .id_of("io_kiocb")
-        .filter(|&id| matches!(types.from_id(id), Some(TypeVariant::Struct(_))))
-        .unwrap_or(0)
-}
-
 fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
     let field = |ty, f| field(types, ty, f);
     let (uring_req_opcode, uring_req_res, uring_open_file_slot) =
         uring_offsets(types).unwrap_or_default();
-    let uring_req_btf_id = if uring_req_opcode == 0 {
-        0
-    } else {
-        kiocb_id(types)
-    };
     Ok(KernelOffsets {
         task_files: field("task_struct", "files")?,
         files_fdt: field("files_struct", "fdt")?,
@@ -250,7 +241,7 @@ fn kernel_offsets(types: &TypeInformation) -> Result<KernelOffsets, Error> {
         uring_req_opcode,
         uring_req_res,
         uring_open_file_slot,
-        uring_req_btf_id,
+        uring_req_btf_id: 0,
     })
 }
 
@@ -272,6 +263,7 @@ mod tests {
         assert!(off.file_f_inode > 0 && off.inode_i_ino > 0, "{off:?}");
         assert_ne!(off.inode_i_ino, off.inode_i_sb);
         assert_eq!(off.file_slot_btf_id, 0, "set only by globals(): {btf:?}");
+        assert_eq!(off.uring_req_btf_id, 0, "set only by globals(): {btf:?}");
         assert_eq!(
             btf.without_kfuncs().globals().uring_req_btf_id,
             0,
@@ -285,11 +277,14 @@ mod tests {
                 off.uring_open_file_slot > 0 && off.uring_open_file_slot < 64,
                 "{off:?}"
             );
+            if let Some(cast) = btf.rdonly_cast {
+                assert!(cast.uring_req_type > 0, "{cast:?}");
+            }
         }
         if let Some(cast) = btf.rdonly_cast {
             assert_ne!(cast.func, cast.slot_type);
             assert_eq!(btf.globals().file_slot_btf_id, cast.slot_type);
-            assert_eq!(btf.globals().uring_req_btf_id, off.uring_req_btf_id);
+            assert_eq!(btf.globals().uring_req_btf_id, cast.uring_req_type);
         }
     }
 

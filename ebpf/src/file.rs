@@ -26,10 +26,11 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use credwatch_common::{
     file::{
-        CredentialGeneration, FirstReadEvent, InodeKey, KeptKey, KeptReads, KernelOffsets, ReadKey,
-        ReadStats, UnseenKey, UnseenRead, FMODE_READ, IORING_OP_OPENAT, IORING_OP_OPENAT2,
-        KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER, READS_MAX_ENTRIES, S_IFMT,
-        S_IFREG, UNSEEN_MAX_ENTRIES, VOLUME_DEV_WORDS, WATCHED_FILTER_WORDS, WATCHED_MAX_ENTRIES,
+        filter_bit, CredentialGeneration, FirstReadEvent, InodeKey, KeptKey, KeptReads,
+        KernelOffsets, ReadKey, ReadStats, UnseenKey, UnseenRead, FMODE_READ, IORING_OP_OPENAT,
+        IORING_OP_OPENAT2, KEPT_MAX_ENTRIES, NR_OPEN_DEFAULT, RDONLY_CAST_PLACEHOLDER,
+        READS_MAX_ENTRIES, S_IFMT, S_IFREG, UNSEEN_MAX_ENTRIES, VOLUME_DEV_WORDS,
+        WATCHED_FILTER_WORDS, WATCHED_MAX_ENTRIES,
     },
     EventKind, LostStage,
 };
@@ -237,11 +238,11 @@ fn count_open(opened: Opened) {
     }
 }
 
-/// Whether `key`'s bit is set in `WATCHED_FILTER`: it may be watched (every watched inode's bit is
-/// set before it goes into `WATCHED`); clear, it is not.
+/// Whether the inode's bit is set in `WATCHED_FILTER`: it may be watched (every watched inode's
+/// bit is set before it goes into `WATCHED`); clear, it is not.
 #[inline(always)]
-fn maybe_watched(key: &InodeKey) -> bool {
-    let bit = key.filter_bit();
+fn maybe_watched(dev: u32, ino: u64) -> bool {
+    let bit = filter_bit(dev, ino);
     WATCHED_FILTER
         .get(bit >> 6)
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
@@ -320,7 +321,8 @@ unsafe fn classify_file(off: &KernelOffsets, file: *const u8) -> Option<Opened> 
         let sb = *(inode.add(off.inode_i_sb as usize) as *const *const u8);
         let dev = *(sb.add(off.sb_s_dev as usize) as *const u32);
         classify(
-            InodeKey::new(dev, ino),
+            dev,
+            ino,
             || Some(*(inode.add(off.inode_i_mode as usize) as *const u16)),
             || Some(*(file.add(off.file_f_mode as usize) as *const u32)),
         )
@@ -332,20 +334,22 @@ unsafe fn classify_file(off: &KernelOffsets, file: *const u8) -> Option<Opened> 
 /// the walk's own kind of load (direct, or helper reads).
 #[inline(always)]
 fn classify(
-    key: InodeKey,
+    dev: u32,
+    ino: u64,
     i_mode: impl FnOnce() -> Option<u16>,
     f_mode: impl FnOnce() -> Option<u32>,
 ) -> Option<Opened> {
-    // An array load (inlined by the verifier) spares nearly every open the hash lookup.
-    if maybe_watched(&key) {
-        if let Some(cred) = unsafe { WATCHED.get(&key) } {
+    // An array load (inlined by the verifier) spares nearly every open the hash lookup; the key
+    // is built only then.
+    if maybe_watched(dev, ino) {
+        if let Some(cred) = unsafe { WATCHED.get(&InodeKey::new(dev, ino)) } {
             return Some(Opened::Watched(*cred, f_mode()?));
         }
     }
-    if !on_volume_dev(key.dev) || i_mode()? & S_IFMT != S_IFREG {
+    if !on_volume_dev(dev) || i_mode()? & S_IFMT != S_IFREG {
         return None;
     }
-    Some(Opened::Unseen(key, f_mode()?))
+    Some(Opened::Unseen(InodeKey::new(dev, ino), f_mode()?))
 }
 
 /// The walk from the table slot on, for kernels without `bpf_rdonly_cast`: the slot's value is an
@@ -359,7 +363,8 @@ unsafe fn watched_open_by_helpers(off: &KernelOffsets, table: u64, fd: u64) -> O
         let sb: *const u8 = read(inode, off.inode_i_sb).ok()?;
         let dev: u32 = read(sb, off.sb_s_dev).ok()?;
         classify(
-            InodeKey::new(dev, ino),
+            dev,
+            ino,
             || read(inode, off.inode_i_mode).ok(),
             || read(file, off.file_f_mode).ok(),
         )

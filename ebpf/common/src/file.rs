@@ -136,16 +136,18 @@ impl InodeKey {
         Self { ino, dev, _pad: 0 }
     }
 
-    /// The inode's bit in `WATCHED_FILTER` (20 bits: multiplicative hashing of the number and
-    /// the device, the top bits kept). The kernel programs and the agent compute it with this
-    /// one function.
-    #[inline(always)]
+    /// The inode's bit in `WATCHED_FILTER`: see [`filter_bit`].
     pub const fn filter_bit(&self) -> u32 {
-        let h = (self.ino as u32)
-            ^ ((self.ino >> 32) as u32).rotate_left(16)
-            ^ self.dev.wrapping_mul(0x85eb_ca6b);
-        h.wrapping_mul(0x9e37_79b1) >> 12
+        filter_bit(self.dev, self.ino)
     }
+}
+
+/// The bit of inode `ino` on device `dev` in `WATCHED_FILTER` (20 bits): Fibonacci hashing of
+/// the number with the device above its low 32 bits, the product's top bits kept. One 64-bit
+/// multiply: the programs compute it on every open, and the agent with this same function.
+#[inline(always)]
+pub const fn filter_bit(dev: u32, ino: u64) -> u32 {
+    ((ino ^ ((dev as u64) << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 44) as u32
 }
 
 /// What a watched inode is: which credential, and which generation of it.
@@ -256,3 +258,31 @@ const _: () = assert!(size_of::<FirstReadEvent>() == 56);
 
 #[cfg(feature = "user")]
 mod user;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// The filter only spares lookups if watched inodes spread over its bits: tmpfs numbers its
+    /// inodes in sequence, and a node's volumes are many devices with small numbers each.
+    #[test]
+    fn the_filter_spreads_sequential_inodes_over_many_devices() {
+        let bits: HashSet<u32> = (0..64u32)
+            .flat_map(|minor| (1..=1024u64).map(move |ino| filter_bit(minor + 40, ino)))
+            .collect();
+        // 65,536 inodes in 2^20 bits: ~63,500 distinct bits for a uniform hash.
+        assert!(bits.len() > 62_000, "{} distinct bits", bits.len());
+        assert!(bits.iter().all(|&b| b < 1 << 20));
+        // The device is part of the bit: the same number on two devices (almost always) differs.
+        let same = (1..=10_000u64)
+            .filter(|&ino| filter_bit(41, ino) == filter_bit(42, ino))
+            .count();
+        assert!(
+            same < 10,
+            "{same} of 10,000 inode numbers collide across devices"
+        );
+        // Above 32 bits too (tmpfs with inode64, XFS).
+        assert_ne!(filter_bit(41, 5), filter_bit(41, 5 | 1 << 40));
+    }
+}

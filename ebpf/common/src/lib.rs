@@ -54,7 +54,7 @@ const _: () = assert!(core::mem::size_of::<Control>() == 16);
 /// their pins live in a directory named after it, so an agent never takes over maps whose keys,
 /// values or sizes it reads differently. Bump it with any such change (a unit test of the agent
 /// lists the sizes it was set for).
-pub const PINNED_LAYOUT: u32 = 1;
+pub const PINNED_LAYOUT: u32 = 2;
 
 /// Ring buffer size in bytes (a power of two and a multiple of the page size).
 pub const EVENTS_BYTE_SIZE: u32 = 256 * 1024;

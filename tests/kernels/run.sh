@@ -12,8 +12,10 @@
 #   EXTRA_APPEND=cw.expect=1         (checks the FAIL path: every run must fail)
 #   BENCH=N                          instead of the tests: one "BENCH ..." line per kernel and file
 #                                    hook, the hook's BPF run time per open and, if BIN_DIR has
-#                                    credwatch-bench-loop, a non-endpoint TCP loop with and without
-#                                    the whole agent (cargo xtask bench)
+#                                    credwatch-bench-loop, a non-endpoint TCP loop and TLS token
+#                                    lookups (the C loop; Python's http.client and ssl server when
+#                                    the host has python3) with and without the whole agent
+#                                    (cargo xtask bench)
 #   BENCH_ONLY="6.1 fexit"           with BENCH: only the kernels whose package name holds the
 #                                    first word, only the hook named second (either may be *)
 # Output: one "KERNEL ... PASS|FAIL" line per run; console logs in target/kernels/logs/.
@@ -113,7 +115,26 @@ if [ -n "${BENCH:-}" ]; then
         if [ -x "$BIN/$b" ]; then EXTRA_BINS+=("$b"); fi
     done
 fi
-stamp=$(cat "$HERE/init" "$BIN/credwatch" "$BIN/credwatch-probe-reader" "${EXTRA_BINS[@]/#/$BIN/}" /bin/busybox | md5sum | cut -d' ' -f1)
+# The benchmark's Python TLS client and server (`xtask/bench/tls_*.py`, a real HTTP library
+# over OpenSSL): the host's interpreter at its own path with only the modules they import, and
+# the libraries those need.
+PY=$(command -v python3 || true)
+add_python() { # add_python ROOT
+    [ -n "$PY" ] || { echo "kernels: no python3: the guest benchmark runs without its Python TLS loop" >&2; return 0; }
+    local r=$1 f
+    mkdir -p "$r/etc/bench"
+    cp "$ROOT/xtask/bench/tls_client.py" "$ROOT/xtask/bench/tls_server.py" "$r/etc/bench/"
+    for f in $("$PY" "$HERE/python_files.py" "$ROOT/xtask/bench/tls_client.py" "$ROOT/xtask/bench/tls_server.py"); do
+        if [ -d "$f" ]; then mkdir -p "$r$f"; continue; fi
+        mkdir -p "$r$(dirname "$f")"
+        cp -L "$f" "$r$f"
+        case $f in *.so | */bin/python3*) for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*'); do
+            mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"
+        done ;; esac
+    done
+    ln -sf "$("$PY" -c 'import sys, os; print(os.path.realpath(sys.executable))')" "$r/bin/python3"
+}
+stamp=$(cat "$HERE/init" "$HERE/python_files.py" "$ROOT"/xtask/bench/tls_*.py "$BIN/credwatch" "$BIN/credwatch-probe-reader" "${EXTRA_BINS[@]/#/$BIN/}" /bin/busybox | md5sum | cut -d' ' -f1)
 if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$CACHE/rootfs"
     R=$CACHE/rootfs
@@ -137,8 +158,10 @@ if [ ! -s "$INITRD" ] || [ "$(cat "$INITRD.stamp" 2>/dev/null)" != "$stamp" ]; t
         done
         mkdir -p "$R/etc/bench"
         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
-            -subj /CN=localhost -keyout "$R/etc/bench/key.pem" -out "$R/etc/bench/cert.pem" 2>/dev/null ||
+            -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 \
+            -keyout "$R/etc/bench/key.pem" -out "$R/etc/bench/cert.pem" 2>/dev/null ||
             echo "kernels: no openssl CLI: the guest benchmark runs without its TLS loop" >&2
+        add_python "$R"
     fi
     echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
     echo 'root:x:0:' >"$R/etc/group"

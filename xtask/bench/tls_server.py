@@ -1,5 +1,6 @@
 """The auth benchmark's TLS server: HTTP/1.1 keep-alive over OpenSSL (Python's ssl), answering
-every GET with 200 and a small JSON body, like a token lookup. Prints its port, then serves."""
+every GET with 200 and a small JSON body, like a token lookup. Usage: CERT KEY [PORT] (default: any
+free port). Prints its port, then serves."""
 import http.server
 import ssl
 import sys
@@ -24,7 +25,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 cert, key = sys.argv[1], sys.argv[2]
-server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+port = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(cert, key)
 server.socket = ctx.wrap_socket(server.socket, server_side=True)

@@ -259,12 +259,29 @@ fn tls_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
          | kernel | file hook | probes | without | with | with / without | counted / made |\n\
          |---|---|---|---|---|---|---|\n",
     );
+    tls_rows(&mut table, rows, |c| (c.tls, c.tls_counted));
+    table.push_str(
+        "\nThe same lookups from Python's http.client to Python's ssl server (`xtask/bench/tls_*.py`, \
+         the host benchmark's pair, one process each, both on libssl): a request as an HTTP library \
+         makes it; the agent's own work runs on the same vCPU and is counted in it:\n\n\
+         | kernel | file hook | probes | without | with | with / without | counted / made |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    tls_rows(&mut table, rows, |c| (c.py_tls, c.py_tls_counted));
+    table
+}
+
+/// One row per kernel and hook that measured `loop_of` (with, without; counted, made).
+fn tls_rows(
+    table: &mut String,
+    rows: &BTreeMap<String, BTreeMap<String, HookCost>>,
+    loop_of: impl Fn(&HookCost) -> (Option<(f64, f64)>, Option<(f64, f64)>),
+) {
     for (kernel, hooks) in rows {
         for (hook, cost) in hooks {
-            if let Some((with, without)) = cost.tls {
-                let counted = cost
-                    .tls_counted
-                    .map_or("-".to_owned(), |(c, m)| format!("{c:.0} / {m:.0}"));
+            let (measured, counted) = loop_of(cost);
+            if let Some((with, without)) = measured {
+                let counted = counted.map_or("-".to_owned(), |(c, m)| format!("{c:.0} / {m:.0}"));
                 let probes = cost.tls_probes.as_deref().unwrap_or("?");
                 let _ = writeln!(
                     table,
@@ -274,7 +291,6 @@ fn tls_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
             }
         }
     }
-    table
 }
 
 /// One guest's figures for one hook (ns under `-icount shift=0`: instructions).
@@ -300,6 +316,9 @@ struct HookCost {
     /// started; and the requests credwatch counted against those made.
     tls: Option<(f64, f64)>,
     tls_counted: Option<(f64, f64)>,
+    /// The same lookups from Python's http.client to Python's ssl server.
+    py_tls: Option<(f64, f64)>,
+    py_tls_counted: Option<(f64, f64)>,
     /// Where the agent put the TLS probes in the guest's libssl (`internal` or `exported`).
     tls_probes: Option<String>,
 }
@@ -338,6 +357,8 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
         let uring = num(line, "uring_ns_per_op=").zip(num(line, "base_uring_ns_per_op="));
         let tls = num(line, "tls_ns_per_op=").zip(num(line, "base_tls_ns_per_op="));
         let tls_counted = num(line, "tls_counted=").zip(num(line, "tls_made="));
+        let py_tls = num(line, "py_tls_ns_per_op=").zip(num(line, "base_py_tls_ns_per_op="));
+        let py_tls_counted = num(line, "py_tls_counted=").zip(num(line, "py_tls_made="));
         let floor = num(line, "floor_ns_per_open=").zip(num(line, "floor_wall_ns_per_open="));
         let cost = HookCost {
             walk,
@@ -350,6 +371,8 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
             uring,
             tls,
             tls_counted,
+            py_tls,
+            py_tls_counted,
             tls_probes: field(line, "tls_probes="),
         };
         rows.entry(kernel).or_default().insert(hook, cost);
@@ -1482,7 +1505,7 @@ mod tests {
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
 BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4 floor_ns_per_open=290.9 floor_wall_ns_per_open=10371.9
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355 tls_probes=internal
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355 tls_probes=internal py_tls_ns_per_op=1030000 base_py_tls_ns_per_op=1000000 py_tls_counted=2100 py_tls_made=2100
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
@@ -1499,6 +1522,9 @@ BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoi
         ));
         assert!(tls_table(&rows).contains(
             "| 6.1.0-57-cloud-amd64 | tracepoints | internal | 100000 | 110000 | 1.100 | 5355 / 5355 |"
+        ));
+        assert!(tls_table(&rows).contains(
+            "| 6.1.0-57-cloud-amd64 | tracepoints | internal | 1000000 | 1030000 | 1.030 | 2100 / 2100 |"
         ));
         let bad = "BENCH x KERNEL y hook=fexit walk=none ns_per_open=1 wall_ns_per_open=2\n";
         assert!(

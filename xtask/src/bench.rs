@@ -223,9 +223,10 @@ fn socket_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
          same guests; and per `getppid`, a syscall no program sees (what every syscall pays: the \
          slow path on the tracepoint kernels, the agent's own timers everywhere); and per io_uring \
          NOP submitted and reaped (what every io_uring completion pays: the io_uring hook of the \
-         tracepoint path):\n\n\
-         | kernel | file hook | without | with | with / without | getppid without / with | io_uring NOP without / with |\n\
-         |---|---|---|---|---|---|---|\n",
+         tracepoint path). `file sensor alone` is the same socket loop while the agent ran its file \
+         sensor alone, so `with` over it is the auth-call sensor's own share:\n\n\
+         | kernel | file hook | without | with | with / without | file sensor alone (with / it) | getppid without / with | io_uring NOP without / with |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for (kernel, hooks) in rows {
         for (hook, cost) in hooks {
@@ -236,9 +237,12 @@ fn socket_table(rows: &BTreeMap<String, BTreeMap<String, HookCost>>) -> String {
                     })
                 };
                 let (syscall, uring) = (pair(cost.syscall), pair(cost.uring));
+                let file_alone = cost
+                    .sock_file
+                    .map_or("-".to_owned(), |f| format!("{f:.0} ({:.3})", with / f));
                 let _ = writeln!(
                     table,
-                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {syscall} | {uring} |",
+                    "| {kernel} | {hook} | {without:.0} | {with:.0} | {:.3} | {file_alone} | {syscall} | {uring} |",
                     with / without
                 );
             }
@@ -308,6 +312,8 @@ struct HookCost {
     /// 64-byte send + recv on a loopback TCP pair (no auth endpoint) with the whole agent, and
     /// before it started.
     sock: Option<(f64, f64)>,
+    /// The same loop while the agent ran its file sensor alone.
+    sock_file: Option<f64>,
     /// `getppid` with the whole agent, and before it started.
     syscall: Option<(f64, f64)>,
     /// An io_uring NOP submitted and reaped with the whole agent, and before it started.
@@ -367,6 +373,7 @@ fn kernel_rows(text: &str) -> Result<BTreeMap<String, BTreeMap<String, HookCost>
             base,
             floor,
             sock,
+            sock_file: num(line, "file_sock_ns_per_op="),
             syscall,
             uring,
             tls,
@@ -1505,7 +1512,7 @@ mod tests {
     fn guest_benchmark_lines_are_read_by_kernel_and_hook() {
         let text = "\
 BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=fexit walk=none ns_per_open=314.9 runs_per_open=1.00 wall_ns_per_open=10571.9 base_wall_ns_per_open=10034.4 floor_ns_per_open=290.9 floor_wall_ns_per_open=10371.9
-BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355 tls_probes=internal py_tls_ns_per_op=1030000 base_py_tls_ns_per_op=1000000 py_tls_counted=2100 py_tls_made=2100
+BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoints walk=helpers ns_per_open=394.4 runs_per_open=1.00 wall_ns_per_open=10877.2 base_wall_ns_per_open=10033.8 floor_ns_per_open=314.4 floor_wall_ns_per_open=10577.2 sock_ns_per_op=20400 base_sock_ns_per_op=20000 file_sock_ns_per_op=20100 ppid_ns_per_op=420 base_ppid_ns_per_op=330 tls_ns_per_op=110000 base_tls_ns_per_op=100000 tls_counted=5355 tls_made=5355 tls_probes=internal py_tls_ns_per_op=1030000 base_py_tls_ns_per_op=1000000 py_tls_counted=2100 py_tls_made=2100
 ";
         let rows = kernel_rows(text).unwrap();
         let k = &rows["6.1.0-57-cloud-amd64"];
@@ -1518,7 +1525,7 @@ BENCH linux-image-6.1.0-57-cloud-amd64 KERNEL 6.1.0-57-cloud-amd64 hook=tracepoi
         );
         assert_eq!(k["tracepoints"].sock, Some((20400.0, 20000.0)));
         assert!(socket_table(&rows).contains(
-            "| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 | 330 / 420 (1.273) |"
+            "| 6.1.0-57-cloud-amd64 | tracepoints | 20000 | 20400 | 1.020 | 20100 (1.015) | 330 / 420 (1.273) |"
         ));
         assert!(tls_table(&rows).contains(
             "| 6.1.0-57-cloud-amd64 | tracepoints | internal | 100000 | 110000 | 1.100 | 5355 / 5355 |"

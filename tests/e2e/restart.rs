@@ -59,7 +59,6 @@ fn scene(name: &str, file: &str, content: &str) -> Scene {
     }
 }
 
-/// Polls until the credential's reads by `container` are `want`; returns them as last seen.
 /// The directory of the maps an agent pinned: `maps-v<layout>`, the one there is.
 fn maps_dir(pins: &PinDir) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(&pins.0)
@@ -76,6 +75,7 @@ fn maps_dir(pins: &PinDir) -> PathBuf {
     dirs.into_iter().next().unwrap()
 }
 
+/// Polls until the credential's reads by `container` are `want`; returns them as last seen.
 fn wait_reads(agent: &Agent, file: &str, container: &str, want: u64) -> f64 {
     let m = agent.wait_metrics(&format!("{want} reads"), |m| {
         reads(m, &[("file", file), ("container", container)]) == Some(want as f64)

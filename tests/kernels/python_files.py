@@ -4,6 +4,7 @@ into the benchmark's guest image at the same paths (the interpreter finds its pr
 import ast
 import os
 import sys
+import sysconfig
 
 for script in sys.argv[1:]:
     for node in ast.walk(ast.parse(open(script).read())):
@@ -24,8 +25,6 @@ for module in list(sys.modules.values()):
         if path and os.path.exists(path):
             files.add(os.path.realpath(path))
 # The landmarks the interpreter looks for to find its prefix and extension directory.
-import sysconfig
-
 stdlib = sysconfig.get_path("stdlib")
 files.add(os.path.join(stdlib, "os.py"))
 dynload = os.path.join(stdlib, "lib-dynload")
